@@ -1,0 +1,158 @@
+"""PX, Path eXclusion (Iurada et al., CVPR 2024): keep the weights that carry the NTK trace bound.
+
+    R = sum_k C_k K_k(theta^2),  C = sum_n c_n  (data term, surrogate A),  K (kernel term, surrogate K)
+    S_j = theta_j^2 |dR / d(theta_j^2)|                                      (PX_SPEC E1, E2)
+
+The data enter only through C, so C is summed over all scoring batches first (no grad) and surrogate K
+runs once, forward and backward, on a single all-ones input (PX_SPEC §3).
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .._dtypes import compute_dtype, model_dtype
+from ..batches import first_images
+from ..surrogate import (SurrogateOptions, data_term, find_cuts, kernel_term, parameter_roles,
+                         pass_parameters)
+from .base import Criterion, make_criterion, register_method
+
+GATE_ONLY_POLICIES = ("magnitude", "px-exact", "dense")
+
+
+@register_method("px")
+@dataclass
+class PX(Criterion):
+    """PX with the authors' conventions (PX_SPEC §2) and gated path lifting beyond ReLU (§4).
+
+    head: "real" keeps the classifier's signed weights and bias in both surrogates and scores it by
+        |dR/dtheta| theta^2 (the authors'); "path" treats it like any other layer (the pure bound E1).
+    batchnorm: "eval" uses BN as the fixed per-channel map of eval mode (scale^2 in K); "batch"
+        reproduces the authors' code (surrogates normalise by their own batch statistics).
+    batchnorm_activation: BN's scale in surrogate A, "one" or "abs".
+    gate_only: weights that only feed a gate (W_Q/W_K, squeeze-excitation) lie on no path and would score
+        0. "magnitude" ranks them by |theta| within their tensor and maps the ranks onto the quantiles of
+        the path weights' PX scores (so they get about the global density); "px-exact" ranks them by
+        px-exact instead; "dense" keeps them all.
+    kernel_dtype: "auto" (float64 for float64 models, else float32 with power-of-two rescaling at cuts),
+        "float32" or "float64".
+    """
+
+    default_rounds = 100
+    head: str = "real"
+    batchnorm: str = "eval"
+    batchnorm_activation: str = "one"
+    gate_only: str = "magnitude"
+    kernel_dtype: str = "auto"
+    _structure: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        self._check_choice("head", ("real", "path"))
+        self._check_choice("batchnorm", ("eval", "batch"))
+        self._check_choice("batchnorm_activation", ("one", "abs"))
+        self._check_choice("gate_only", GATE_ONLY_POLICIES)
+        self._check_choice("kernel_dtype", ("auto", "float32", "float64"))
+
+    def score(self, model, batches, targets, masks, head, seed):
+        options = SurrogateOptions(2, self.batchnorm, self.batchnorm_activation)
+        roles = parameter_roles(model, targets, head, options, head_is_path=self.head == "path")
+        device = next(model.parameters()).device
+        example = first_images(batches, device)[:1]
+        cuts, gate_only = self._structure_of(model, example, targets, head)
+
+        dtype = compute_dtype(model)
+        real, _ = pass_parameters(model, "real", roles, masks, model_dtype(model))
+        activation, _ = pass_parameters(model, "activation", roles, masks, dtype)
+        data, data_exponent = data_term(model, batches, real, activation, options, cuts, dtype)
+
+        kernel_dtype = self._kernel_dtype(model)
+        kernel, leaves = pass_parameters(model, "kernel", roles, masks, kernel_dtype)
+        with torch.enable_grad():
+            kernel_out, kernel_exponent = kernel_term(model, example, kernel, options, cuts)
+            bound = (data.to(kernel_dtype) * kernel_out).sum()
+            names = [n for n in targets if n in leaves]
+            grads = torch.autograd.grad(bound, [leaves[n] for n in names], allow_unused=True)
+        params = dict(model.named_parameters())
+        scores = {}
+        for name, grad in zip(names, grads):
+            grad = torch.zeros_like(leaves[name]) if grad is None else grad.abs()
+            if roles[name] == "head":     # signed real weight: |dR/dtheta| theta^2 (authors' head rule)
+                scores[name] = grad * params[name].detach().to(kernel_dtype) ** 2
+            else:                         # leaf is theta^2: theta^2 |dR/d theta^2|  (E2)
+                scores[name] = leaves[name].detach() * grad
+        scores = _unscale(scores, data_exponent + kernel_exponent, model_dtype(model))
+        if any(bool(m.any()) for m in gate_only.values()):
+            self._fill_gate_only(scores, gate_only, model, batches, targets, masks, head, seed)
+        return scores
+
+    def _kernel_dtype(self, model: nn.Module) -> torch.dtype:
+        if self.kernel_dtype == "auto":
+            return torch.float64 if model_dtype(model) == torch.float64 else torch.float32
+        return getattr(torch, self.kernel_dtype)
+
+    def _structure_of(self, model, example, targets, head):
+        """Cuts for rescaling, and which target entries only feed gates; fixed per model and targets."""
+        key = (id(model), tuple(targets))
+        if key not in self._structure:
+            real = {n: p.detach() for n, p in model.named_parameters()}
+            cuts = find_cuts(model, example, real)
+            self._structure = {key: (cuts, _gate_only_entries(model, example, targets, head, cuts))}
+        return self._structure[key]
+
+    def _fill_gate_only(self, scores, gate_only, model, batches, targets, masks, head, seed):
+        """Give gate-only entries scores on the path weights' scale (see `gate_only` above)."""
+        alive = {n: gate_only[n] & masks[n] for n in targets if gate_only[n].any()}
+        path_scores = torch.cat([scores[n][masks[n] & ~gate_only[n]].flatten().double() for n in targets])
+        if self.gate_only == "dense" or path_scores.numel() == 0:
+            for name, entries in alive.items():
+                scores[name][entries] = torch.finfo(scores[name].dtype).max
+            return
+        if self.gate_only == "px-exact":
+            names = list(alive)
+            ranking = make_criterion("px-exact").score(model, batches, names, masks, head, seed)
+        else:
+            params = dict(model.named_parameters())
+            ranking = {n: params[n].detach().abs() for n in alive}
+        quantiles = path_scores.sort().values
+        for name, entries in alive.items():
+            values = ranking[name][entries].double()
+            if values.numel() == 0:
+                continue
+            ranks = values.argsort().argsort().double()
+            position = ((ranks + 0.5) / values.numel() * quantiles.numel()).long().clamp(max=quantiles.numel() - 1)
+            scores[name][entries] = quantiles[position].to(scores[name].dtype)
+
+
+def _gate_only_entries(model, example, targets, head, cuts) -> dict[str, Tensor]:
+    """Target entries with no path to the output: zero gradient in K with every weight set to 1."""
+    options = SurrogateOptions(power=0)
+    roles = parameter_roles(model, targets, head, options, head_is_path=True)
+    masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters() if n in targets}
+    kernel, leaves = pass_parameters(model, "kernel", roles, masks, torch.float64, power=0)
+    with torch.enable_grad():
+        out, _ = kernel_term(model, example, kernel, options, cuts)
+        names = [n for n in targets if n in leaves]
+        grads = torch.autograd.grad(out.sum(), [leaves[n] for n in names], allow_unused=True)
+    return {n: (torch.ones_like(leaves[n], dtype=torch.bool) if g is None else g == 0)
+            for n, g in zip(names, grads)}
+
+
+def _unscale(scores: dict[str, Tensor], exponent: int, dtype: torch.dtype) -> dict[str, Tensor]:
+    """Undo the power-of-two rescaling where the true values fit the output dtype; else normalise.
+
+    Scores are only ever compared with each other, so a global factor never changes a mask.
+    """
+    dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    finfo = torch.finfo(dtype)
+    peak = max((float(s.max()) for s in scores.values() if s.numel()), default=0.0)
+    if peak == 0.0 or not math.isfinite(peak):
+        return {n: s.to(dtype) for n, s in scores.items()}
+    true_log2 = math.log2(peak) - exponent
+    if math.log2(finfo.tiny) + 60 < true_log2 < math.log2(finfo.max) - 2:
+        shift = -exponent
+    else:                         # true values out of range: normalise the largest score to 1
+        shift = -math.frexp(peak)[1]
+    return {n: torch.ldexp(s.double(), torch.tensor(shift, dtype=torch.float64)).to(dtype)
+            for n, s in scores.items()}

@@ -1,0 +1,66 @@
+"""From scores to boolean masks: the exponential schedule and one exact global threshold (PX_SPEC §2, §5)."""
+
+import torch
+from torch import Tensor
+
+from .errors import ConfigError, ModelError
+
+
+def density_schedule(final_density: float, rounds: int) -> list[float]:
+    """Round r (0-based) keeps final_density ** ((r + 1) / rounds) of the targets."""
+    return [final_density ** ((r + 1) / rounds) for r in range(rounds)]
+
+
+def kept_count(density: float, total: int) -> int:
+    """Exactly round(density * total) weights are kept.
+
+    The authors' code prunes every score <= the k-th smallest, which overshoots when scores tie at the
+    threshold (common at 0: dead units); here ties are broken by position instead, so the achieved
+    density is always exact.
+    """
+    return int(round(density * total))
+
+
+def masks_from_scores(scores: dict[str, Tensor], density: float,
+                      masks: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """Keep the `kept_count(density, N)` highest scores over all tensors; masks only shrink.
+
+    Entries already pruned in `masks` are never revived. Ties at the threshold are broken
+    deterministically: the earlier tensor (in `scores` order) and the lower flat index win.
+    """
+    if not 0.0 < density <= 1.0:
+        raise ConfigError(f"density {density} must lie in (0, 1]")
+    names = list(scores)
+    flat = []
+    for name in names:
+        score = scores[name].detach().flatten().double()
+        if not torch.isfinite(score).all():
+            raise ModelError(f"scores of {name} hold NaN or inf; cannot threshold them")
+        if masks is not None:
+            score = torch.where(masks[name].flatten().to(score.device), score, torch.tensor(-torch.inf, dtype=score.dtype))
+        flat.append(score.cpu())
+    values = torch.cat(flat)
+    alive = int(torch.isfinite(values).sum())
+    keep_count = min(kept_count(density, values.numel()), alive)
+    keep = torch.zeros(values.numel(), dtype=torch.bool)
+    if keep_count > 0:
+        threshold = torch.kthvalue(values, values.numel() - keep_count + 1).values
+        keep = values > threshold
+        ties = (values == threshold).nonzero().flatten()[: keep_count - int(keep.sum())]
+        keep[ties] = True
+    out, start = {}, 0
+    for name in names:
+        size = scores[name].numel()
+        out[name] = keep[start:start + size].view(scores[name].shape).to(scores[name].device)
+        start += size
+    return out
+
+
+def layer_densities(masks: dict[str, Tensor]) -> dict[str, float]:
+    """Fraction of kept weights per tensor."""
+    return {name: float(mask.float().mean()) for name, mask in masks.items()}
+
+
+def global_density(masks: dict[str, Tensor]) -> float:
+    kept = sum(int(mask.sum()) for mask in masks.values())
+    return kept / max(1, sum(mask.numel() for mask in masks.values()))

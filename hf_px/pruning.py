@@ -1,0 +1,114 @@
+"""The two entry points: `score` (one round of saliencies) and `prune` (the iterative schedule)."""
+
+import contextlib
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .apply import apply_masks_
+from .batches import first_images, reiterable
+from .criteria import Criterion, make_criterion
+from .errors import ConfigError, ModelError
+from .masks import density_schedule, masks_from_scores
+from .targets import find_head, resolve_targets
+
+
+def score(model: nn.Module, batches: Iterable, method: str = "px", targets: list[str] | None = None,
+          seed: int = 0, masks: dict[str, Tensor] | None = None, **options) -> dict[str, Tensor]:
+    """One round of `method`'s saliency scores, keyed by parameter name and shaped like the weights.
+
+    batches: (images, labels) tuples or dicts with `pixel_values` (and `labels`), e.g. a DataLoader.
+    targets: parameter names to score; None means every Linear/Conv weight except the classifier head.
+    masks: current boolean masks of the targets (pruned entries score 0); None means all kept.
+    options: the method's own options (see `hf_px.list_methods()` and each criterion's docstring).
+    The model is left exactly as found, also when this raises.
+    """
+    criterion = make_criterion(method, **options)
+    with preserved(model):
+        batches, targets, head = _prepare(model, batches, targets)
+        masks = _check_masks(model, targets, masks)
+        return _score_round(criterion, model, batches, targets, masks, head, seed)
+
+
+def prune(model: nn.Module, batches: Iterable, method: str = "px", sparsity: float = 0.9,
+          rounds: int | None = None, targets: list[str] | None = None, seed: int = 0, *,
+          progress: bool = False, **options) -> dict[str, Tensor]:
+    """Prune `model` in place to `sparsity` over the targets; return boolean masks keyed by name.
+
+    Round r of `rounds` (None: the method's default, 100 for px) keeps density d ** ((r+1)/rounds) with
+    one global threshold; each round re-scores the masked network, and masks only shrink. Exactly
+    round((1 - sparsity) * N) target weights are kept. Pruned weights are zeroed in place at the end.
+    """
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 < sparsity < 1.0 \
+            or math.isnan(sparsity):
+        raise ConfigError(f"sparsity={sparsity!r} must be a number strictly between 0 and 1 (e.g. 0.9 keeps 10%)")
+    criterion = make_criterion(method, **options)
+    rounds = criterion.default_rounds if rounds is None else rounds
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ConfigError(f"rounds={rounds!r} must be a positive integer (or None for the method's default)")
+    with preserved(model):
+        batches, targets, head = _prepare(model, batches, targets)
+        masks = _check_masks(model, targets, None)
+        for density in tqdm(density_schedule(1.0 - sparsity, rounds), desc=f"{method} rounds", disable=not progress):
+            scores = _score_round(criterion, model, batches, targets, masks, head, seed)
+            masks = masks_from_scores(scores, density, masks)
+    apply_masks_(model, masks)
+    return masks
+
+
+def _prepare(model, batches, targets):
+    if not any(True for _ in model.parameters()):
+        raise ModelError(f"{type(model).__name__} has no parameters to prune")
+    batches = reiterable(batches)
+    model.eval()   # gates are recorded in eval mode: no dropout, BN running statistics
+    example = first_images(batches, next(model.parameters()).device)
+    head = find_head(model, example[:2])
+    return batches, resolve_targets(model, targets, head), head
+
+
+def _check_masks(model, targets, masks):
+    params = dict(model.named_parameters())
+    if masks is None:
+        return {n: torch.ones_like(params[n], dtype=torch.bool) for n in targets}
+    missing = [n for n in targets if n not in masks]
+    if missing:
+        raise ConfigError(f"masks lack the targets {missing[:3]}{'...' if len(missing) > 3 else ''}; "
+                          "pass a mask for every target or masks=None")
+    for name in targets:
+        if masks[name].shape != params[name].shape:
+            raise ConfigError(f"mask {name!r} has shape {tuple(masks[name].shape)}, weight {tuple(params[name].shape)}")
+    return {n: masks[n].to(device=params[n].device, dtype=torch.bool) for n in targets}
+
+
+def _score_round(criterion: Criterion, model, batches, targets, masks, head, seed) -> dict[str, Tensor]:
+    scores = criterion.score(model, batches, targets, masks, head, seed)
+    params = dict(model.named_parameters())
+    checked = {}
+    for name in targets:
+        if name not in scores or scores[name].shape != params[name].shape:
+            raise AssertionError(f"criterion {criterion.name!r} returned no score of shape "
+                                 f"{tuple(params[name].shape)} for {name}")
+        value = scores[name].detach()
+        if not torch.isfinite(value).all():
+            raise ModelError(f"{criterion.name} scores of {name} are not finite; the model may already hold "
+                             "NaN/inf weights, or it uses an op the method cannot handle")
+        checked[name] = torch.where(masks[name], value, torch.zeros((), dtype=value.dtype, device=value.device))
+    return checked
+
+
+@contextlib.contextmanager
+def preserved(model: nn.Module):
+    """Restore train/eval modes, requires_grad flags and `.grad` of `model` on exit, even on error."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+        for param, requires_grad, grad in flags:
+            param.requires_grad_(requires_grad)
+            param.grad = grad

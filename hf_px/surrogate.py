@@ -1,0 +1,489 @@
+"""Gated path lifting: run an unmodified model as PX's surrogate networks (PX_SPEC §1, §3, §4).
+
+Every nonlinearity is written `y = G(u) * u` with a non-negative gate `G` recorded on the real network
+(the secant gate `phi(u)/u`; 0/1 for ReLU). A `torch.overrides.TorchFunctionMode` intercepts the ops by
+identity (no model source is edited, no global is patched) and runs one of four passes:
+
+- ``record``:     the real network; every gate is pushed on a queue in call order.
+- ``replay``:     the real parameters with the recorded gates as constants (reproduces the logits).
+- ``activation``: surrogate A, the data term: gates replaced by gate², softmax by T * A², LayerNorm by its
+                  recorded 1/sigma² times |centering|, max-pool by the recorded argmax.
+- ``kernel``:     surrogate K, the path kernel: gates removed (identity), softmax by uniform 1/T,
+                  LayerNorm by |centering|, max-pool by a sum over the window.
+
+Parameters are substituted with `torch.func.functional_call`, so the caller's model is never modified.
+
+Numerics: products of many fan-ins over- or underflow float32 (ResNet-20's data term reaches ~1e40).
+Values are rescaled by powers of two (exact in floating point) at *cuts*, tensors that every
+input-to-output path crosses (found once by tracing the op graph), so every path and hence every
+output is scaled by the same factor and the ranking is untouched; the factor is undone in float64.
+"""
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.overrides import TorchFunctionMode
+
+from ._dtypes import model_dtype
+from .batches import iter_batches, logits_of
+from .errors import ModelError
+from .targets import NORM_MODULES, PRUNABLE_MODULES
+
+_RELU = {F.relu, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_}
+_ACTIVATIONS = {
+    F.leaky_relu, F.leaky_relu_, F.hardtanh, F.hardtanh_, F.relu6, F.gelu, F.silu, F.mish, F.hardswish,
+    F.elu, F.elu_, F.celu, F.selu, torch.tanh, torch.tanh_, Tensor.tanh, Tensor.tanh_,
+}
+# Outputs in [0, 1] that multiply another path (squeeze-excitation, hand-written swish): pure gates.
+_GATES = {torch.sigmoid, torch.sigmoid_, Tensor.sigmoid, Tensor.sigmoid_, F.sigmoid, F.hardsigmoid}
+_SOFTMAX = {F.softmax, torch.softmax, Tensor.softmax}
+_SDPA = {F.scaled_dot_product_attention}
+_LAYER_NORM = {F.layer_norm}
+_GROUP_NORM = {F.group_norm}
+_BATCH_NORM = {F.batch_norm}
+_MAX_POOL = {F.max_pool2d, F.max_pool2d_with_indices}
+_INPLACE_WRITES = {Tensor.__setitem__}
+
+
+@dataclass
+class SurrogateOptions:
+    """How the surrogates treat the ops whose rule PX_SPEC §4 leaves open."""
+
+    power: int = 2                       # weights enter K as |theta|^power (2: PX, 1: SynFlow, 0: structure)
+    batchnorm: str = "eval"              # "eval": fixed per-channel map; "batch": authors' batch statistics
+    batchnorm_activation: str = "one"    # BN scale in surrogate A: "one" or "abs" (|gamma/sqrt(var+eps)|)
+
+
+def _arg(args, kwargs, index, name, default=None):
+    if name in kwargs:
+        return kwargs[name]
+    return args[index] if len(args) > index else default
+
+
+def _is_inplace(func, args, kwargs) -> bool:
+    return getattr(func, "__name__", "").endswith("_") or kwargs.get("inplace") is True or any(
+        a is True for a in args[1:]
+    )
+
+
+def _secant_gate(u: Tensor, y: Tensor) -> Tensor:
+    nonzero = u != 0
+    return torch.where(nonzero, y / torch.where(nonzero, u, torch.ones_like(u)), torch.zeros_like(u))
+
+
+def _abs_centering(u: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """|I - 11ᵀ/d| applied over `dims`: the centering map with its entries made non-negative."""
+    d = math.prod(u.shape[i] for i in dims)
+    return u * (1.0 - 2.0 / d) + u.mean(dims, keepdim=True)
+
+
+def _tensors(args, kwargs):
+    for value in list(args) + list(kwargs.values()):
+        if isinstance(value, Tensor):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            yield from (v for v in value if isinstance(v, Tensor))
+
+
+class GatedPass(TorchFunctionMode):
+    """One pass of gated path lifting; see the module docstring for the four kinds."""
+
+    def __init__(self, kind: str, gates: deque, options: SurrogateOptions | None = None,
+                 cuts: dict[int, str] | None = None, exponents: dict[int, int] | None = None):
+        super().__init__()
+        assert kind in ("record", "replay", "activation", "kernel")
+        self.kind, self.gates, self.options = kind, gates, options or SurrogateOptions()
+        self.cuts = cuts or {} if kind in ("activation", "kernel") else {}
+        self.exponents = exponents if exponents is not None else {}
+        self.exponent = 0      # total power of two applied along every path in this pass
+        self.op_index = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        index = self.op_index
+        self.op_index += 1
+        if func in _RELU or func in _ACTIVATIONS:
+            out = self._activation(func, args, kwargs, relu=func in _RELU)
+        elif func in _GATES:
+            out = self._gate(func, args, kwargs)
+        elif func in _SOFTMAX:
+            out = self._softmax(func, args, kwargs)
+        elif func in _SDPA:
+            out = self._attention(func, args, kwargs)
+        elif func in _LAYER_NORM or func in _GROUP_NORM:
+            out = self._norm(func, args, kwargs)
+        elif func in _BATCH_NORM:
+            out = self._batch_norm(func, args, kwargs)
+        elif func in _MAX_POOL:
+            out = self._max_pool(func, args, kwargs)
+        else:
+            out = func(*args, **kwargs)
+        if index in self.cuts:
+            out = self._rescale(index, func, args, out)
+        return out
+
+    # -- gate queue -------------------------------------------------------------------------------
+    def _push(self, func, gate):
+        self.gates.append((func, gate))
+
+    def _pop(self, func):
+        if not self.gates:
+            raise ModelError(f"the model called {getattr(func, '__name__', func)} more often than when its gates were "
+                             "recorded; data-dependent control flow is not supported by PX's surrogates")
+        recorded, gate = self.gates.popleft()
+        if recorded is not func:
+            raise ModelError(f"op sequence changed between passes: recorded {getattr(recorded, '__name__', recorded)}, "
+                             f"now {getattr(func, '__name__', func)}; PX's surrogates need a fixed op order")
+        return gate
+
+    # -- rules --------------------------------------------------------------------------------------
+    def _activation(self, func, args, kwargs, relu):
+        u = _arg(args, kwargs, 0, "input")
+        inplace = _is_inplace(func, args, kwargs)
+        if self.kind == "record":
+            before = u.clone() if inplace and not relu else u
+            y = func(*args, **kwargs)
+            self._push(func, y > 0 if relu else _secant_gate(before, y))   # in-place ReLU: read out > 0
+            return y
+        if self.kind == "kernel":
+            return u
+        gate = self._pop(func)
+        if self.kind == "activation" and gate.dtype != torch.bool:
+            gate = gate * gate
+        return u.mul_(gate) if inplace else u * gate
+
+    def _gate(self, func, args, kwargs):
+        u = _arg(args, kwargs, 0, "input")
+        inplace = _is_inplace(func, args, kwargs)
+        if self.kind == "record":
+            y = func(*args, **kwargs)
+            self._push(func, y.clone() if inplace else y)
+            return y
+        if self.kind == "kernel":
+            value = torch.ones_like(u)
+        else:
+            gate = self._pop(func)
+            value = gate * gate if self.kind == "activation" else gate
+        return u.copy_(value) if inplace else value.to(u.dtype)
+
+    def _softmax(self, func, args, kwargs):
+        u = _arg(args, kwargs, 0, "input")
+        dim = _arg(args, kwargs, 1, "dim")
+        dim = -1 if dim is None else dim
+        dtype = _arg(args, kwargs, 3 if func is F.softmax else 2, "dtype") or u.dtype
+        if self.kind == "record":
+            y = func(*args, **kwargs)
+            self._push(func, y)
+            return y
+        size = u.shape[dim]
+        if self.kind == "kernel":   # attention A -> uniform 1/T; the factor T moves to surrogate A
+            return torch.full(u.shape, 1.0 / size, dtype=dtype, device=u.device)
+        probs = self._pop(func)
+        return (probs * probs * size if self.kind == "activation" else probs).to(dtype)
+
+    def _attention(self, func, args, kwargs):
+        q, k, v = (_arg(args, kwargs, i, n) for i, n in enumerate(("query", "key", "value")))
+        if self.kind == "kernel":   # uniform attention: the mean of V over keys, for every query
+            mean = v.mean(-2, keepdim=True)
+            return mean.expand(*mean.shape[:-2], q.shape[-2], v.shape[-1]).clone()
+        if self.kind == "record":
+            self._push(func, _attention_probs(q, k, args, kwargs))
+            return func(*args, **kwargs)
+        probs = self._pop(func)
+        if kwargs.get("enable_gqa") and v.shape[-3] != q.shape[-3]:
+            v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
+        if self.kind == "activation":
+            probs = probs * probs * k.shape[-2]
+        return probs.to(v.dtype) @ v
+
+    def _norm(self, func, args, kwargs):
+        u = _arg(args, kwargs, 0, "input")
+        if func in _LAYER_NORM:
+            shape = _arg(args, kwargs, 1, "normalized_shape")
+            weight, bias, eps = (_arg(args, kwargs, i, n, d) for i, n, d in ((2, "weight", None), (3, "bias", None), (4, "eps", 1e-5)))
+            dims = tuple(range(-len(shape), 0))
+            grouped, channel_shape = u, None
+        else:
+            groups = _arg(args, kwargs, 1, "num_groups")
+            weight, bias, eps = (_arg(args, kwargs, i, n, d) for i, n, d in ((2, "weight", None), (3, "bias", None), (4, "eps", 1e-5)))
+            dims = (-1,)
+            grouped, channel_shape = u.reshape(u.shape[0], groups, -1), (1, -1) + (1,) * (u.dim() - 2)
+        if self.kind == "record":
+            inv_std = torch.rsqrt(grouped.float().var(dims, unbiased=False, keepdim=True) + eps).to(u.dtype)
+            self._push(func, inv_std)
+            return func(*args, **kwargs)
+        if self.kind == "replay":
+            y = (grouped - grouped.mean(dims, keepdim=True)) * self._pop(func)
+            shift = bias
+        elif self.kind == "activation":
+            inv_std = self._pop(func)
+            y, shift = _abs_centering(grouped, dims) * inv_std * inv_std, None
+        else:
+            y, shift = _abs_centering(grouped, dims), None
+        y = y.reshape(u.shape)
+        if weight is not None:
+            y = y * (weight if channel_shape is None else weight.view(channel_shape))
+        if shift is not None:
+            y = y + (shift if channel_shape is None else shift.view(channel_shape))
+        return y
+
+    def _batch_norm(self, func, args, kwargs):
+        if self.kind in ("record", "replay"):
+            return func(*args, **kwargs)
+        u, mean, var, weight, bias = (_arg(args, kwargs, i, n) for i, n in
+                                      enumerate(("input", "running_mean", "running_var", "weight", "bias")))
+        eps = _arg(args, kwargs, 7, "eps", 1e-5)
+        if self.options.batchnorm == "batch" or var is None:   # authors' convention: batch statistics
+            return F.batch_norm(u, None, None, weight, bias, True, 0.0, eps)
+        scale = torch.rsqrt(var.to(u.dtype) + eps)
+        if self.kind == "kernel":
+            factor = scale ** self.options.power
+        else:
+            factor = scale.abs() if self.options.batchnorm_activation == "abs" else torch.ones_like(scale)
+        if weight is not None:
+            factor = factor * weight
+        return u * factor.view((1, -1) + (1,) * (u.dim() - 2))
+
+    def _max_pool(self, func, args, kwargs):
+        u = _arg(args, kwargs, 0, "input")
+        kernel = _arg(args, kwargs, 1, "kernel_size")
+        stride = _arg(args, kwargs, 2, "stride") or kernel
+        padding, dilation, ceil_mode = (_arg(args, kwargs, i, n, d) for i, n, d in
+                                        ((3, "padding", 0), (4, "dilation", 1), (5, "ceil_mode", False)))
+        with_indices = func is F.max_pool2d_with_indices or _arg(args, kwargs, 6, "return_indices", False)
+        if self.kind == "record":
+            out, indices = F.max_pool2d_with_indices(u, kernel, stride, padding, dilation, ceil_mode)
+            self._push(func, indices)
+            return (out, indices) if with_indices else out
+        if self.kind == "kernel":   # every window element is on a path: sum over the window
+            if dilation not in (1, (1, 1), [1, 1]):
+                raise ModelError("PX's kernel surrogate supports max-pool with dilation 1 only")
+            out, indices = F.avg_pool2d(u, kernel, stride, padding, ceil_mode, True, 1), None
+        else:                       # replay the recorded argmax
+            indices = self._pop(func)
+            out = u.flatten(-2).gather(-1, indices.flatten(-2)).view(indices.shape)
+        return (out, indices) if with_indices else out
+
+    # -- rescaling at cuts ------------------------------------------------------------------------------
+    def _rescale(self, index, func, args, out):
+        if not isinstance(out, Tensor) or getattr(func, "__name__", func) != self.cuts[index]:
+            raise ModelError(f"op sequence changed since tracing at op {index} "
+                             f"({getattr(func, '__name__', func)} vs {self.cuts[index]})")
+        if index not in self.exponents:    # decided on the first batch, then fixed for the round
+            peak = out.detach().abs().max().item() if out.numel() else 0.0
+            exponent = -math.frexp(peak)[1] if peak > 0 and math.isfinite(peak) else 0
+            self.exponents[index] = exponent if abs(exponent) > 8 else 0
+        exponent = self.exponents[index]
+        if exponent == 0:
+            return out
+        self.exponent += exponent
+        if args and out is args[0]:        # in-place op: the caller may ignore the return value
+            return out.mul_(2.0 ** exponent)
+        return out * 2.0 ** exponent
+
+
+def _attention_probs(q, k, args, kwargs) -> Tensor:
+    """The softmax probabilities `scaled_dot_product_attention` uses internally (math backend)."""
+    mask, is_causal, scale = (_arg(args, kwargs, i, n, d) for i, n, d in
+                              ((3, "attn_mask", None), (5, "is_causal", False), (6, "scale", None)))
+    if kwargs.get("enable_gqa") and k.shape[-3] != q.shape[-3]:
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    logits = (q @ k.transpose(-2, -1)) * scale
+    if is_causal:
+        causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        logits = logits.masked_fill(~causal, float("-inf"))
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
+    return logits.softmax(-1)
+
+
+# --- tracing the op graph to find cuts ----------------------------------------------------------------
+
+class _Trace(TorchFunctionMode):
+    """Runs the model plainly, logging which op produced each tensor from which tensors."""
+
+    def __init__(self, x: Tensor):
+        super().__init__()
+        self.node_of = {id(x): 0}
+        self.site = [None]            # node -> (op index, op name); None for the input
+        self.edges: list[tuple[int, int]] = []
+        self.alive = [x]              # keep tensors alive so that id() is never reused during the trace
+        self.op_index = 0
+
+    def _node(self, tensor, inputs, site):
+        node = len(self.site)
+        self.site.append(site)
+        self.edges.extend((i, node) for i in inputs)
+        self.node_of[id(tensor)] = node
+        self.alive.append(tensor)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        index = self.op_index
+        self.op_index += 1
+        out = func(*args, **kwargs)
+        inputs = {self.node_of[id(t)] for t in _tensors(args, kwargs) if id(t) in self.node_of}
+        name = getattr(func, "__name__", str(func))
+        if isinstance(out, Tensor):
+            self._node(out, inputs, (index, name))
+        elif isinstance(out, (tuple, list)):
+            for t in out:
+                if isinstance(t, Tensor):
+                    self._node(t, inputs, None)     # parts of a tuple: connected, never rescaled
+        elif func in _INPLACE_WRITES and inputs:
+            self._node(args[0], inputs, None)
+        return out
+
+
+def find_cuts(model: nn.Module, x: Tensor, params: dict[str, Tensor]) -> dict[int, str]:
+    """Op indices (with op names) whose single-tensor output every input-to-logits path crosses.
+
+    In a topological order, a node is crossed by every path iff no edge between two path nodes jumps
+    over it; the op order of one forward pass is such an order.
+    """
+    trace = _Trace(x)
+    with torch.no_grad(), trace:
+        logits = logits_of(functional_call(model, params, (x,), strict=False))
+    output = trace.node_of.get(id(logits))
+    if output is None:
+        return {}
+    successors, predecessors = {}, {}
+    for a, b in trace.edges:
+        successors.setdefault(a, []).append(b)
+        predecessors.setdefault(b, []).append(a)
+    forward, backward = _reach(0, successors), _reach(output, predecessors)
+    on_path = forward & backward
+    jumps = [0] * (len(trace.site) + 1)
+    for a, b in trace.edges:
+        if a in on_path and b in on_path and b - a > 1:
+            jumps[a + 1] += 1
+            jumps[b] -= 1
+    cuts, covered = {}, 0
+    for node in range(len(trace.site)):
+        covered += jumps[node]
+        site = trace.site[node]
+        if covered == 0 and node in on_path and 0 < node < output and site is not None:
+            cuts[site[0]] = site[1]
+    return cuts
+
+
+def _reach(start, neighbours) -> set[int]:
+    seen, stack = {start}, [start]
+    while stack:
+        for nxt in neighbours.get(stack.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return seen
+
+
+# --- parameters of each pass ----------------------------------------------------------------------------
+
+def parameter_roles(model: nn.Module, targets: list[str], head: list[str], options: SurrogateOptions,
+                    head_is_path: bool = False) -> dict[str, str]:
+    """Role of every parameter in the surrogates (PX_SPEC §4, §5).
+
+    target: pruned weight (K: |theta|^p * mask, A: mask); path: other multiplicative weight, such as a
+    non-target Linear/Conv weight, a norm's gamma or a layer-scale vector (K: |theta|^p, A: 1);
+    head: kept real and signed in both (authors' convention); real: kept as is; zero: additive terms
+    (biases, tokens, position embeddings, norm shifts), dropped from both surrogates.
+    """
+    roles = {}
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        if isinstance(module, PRUNABLE_MODULES) or isinstance(module, NORM_MODULES):
+            keep_real = options.batchnorm == "batch" and isinstance(module, nn.modules.batchnorm._NormBase)
+            for name, _ in module.named_parameters(recurse=False):
+                roles[prefix + name] = "real" if keep_real else ("path" if name == "weight" else "zero")
+    for name, param in model.named_parameters():
+        if name not in roles:   # free parameters: 1-D scales (layer scale) are on the path, the rest add
+            roles[name] = "path" if param.dim() == 1 and not name.endswith("bias") else "zero"
+    for name in head:
+        roles[name] = "head"
+    for name in targets:
+        roles[name] = "target" if (head_is_path or name not in head) else "head"
+    if head_is_path:
+        for name in head:
+            if roles[name] == "head":
+                roles[name] = "path" if name.endswith("weight") else "zero"
+    return roles
+
+
+def pass_parameters(model: nn.Module, kind: str, roles: dict[str, str], masks: dict[str, Tensor],
+                    dtype: torch.dtype, power: int = 2) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Parameters and buffers for one pass, and the leaves to differentiate (kernel pass only).
+
+    kind: "real" (record/replay), "activation" or "kernel". The kernel pass's leaves are |theta|^power
+    for targets and the signed theta for a head among the targets.
+    """
+    params, leaves = {}, {}
+    for name, param in model.named_parameters():
+        theta = param.detach().to(dtype)
+        role = roles.get(name, "real")
+        mask = masks.get(name)
+        if kind == "real" or role == "real":
+            value = theta
+        elif role == "zero":
+            value = torch.zeros_like(theta)
+        elif role == "head":
+            if kind == "kernel" and name in masks:
+                theta = leaves[name] = theta.clone().requires_grad_(True)
+            value = theta
+        elif kind == "activation":
+            value = torch.ones_like(theta)
+        else:
+            value = theta.abs() ** power
+            if role == "target":
+                value = leaves[name] = value.requires_grad_(True)
+        params[name] = value if mask is None else value * mask.to(dtype)
+    if dtype != model_dtype(model):
+        for name, buffer in model.named_buffers():
+            params[name] = buffer.to(dtype) if buffer.is_floating_point() else buffer
+    return params, leaves
+
+
+# --- the two terms of PX ----------------------------------------------------------------------------------
+
+def run_pass(model: nn.Module, x: Tensor, params: dict[str, Tensor], mode: TorchFunctionMode) -> Tensor:
+    with mode:
+        return logits_of(functional_call(model, params, (x,), strict=False))
+
+
+@torch.no_grad()
+def data_term(model, batches, real_params, activation_params, options, cuts, dtype) -> tuple[Tensor, int]:
+    """C = sum_n c_n (E1), in float64, and the power of two it carries from rescaling.
+
+    Gates are recorded on the real network and consumed by surrogate A batch by batch, so the gates
+    of the whole scoring set are never held at once.
+    """
+    total, exponents, exponent = None, {}, None
+    device = next(iter(real_params.values())).device
+    for images, _ in iter_batches(batches, device):
+        gates = deque()
+        run_pass(model, images, real_params, GatedPass("record", gates, options))
+        surrogate = GatedPass("activation", gates, options, cuts, exponents)
+        out = run_pass(model, images.to(dtype) ** 2, activation_params, surrogate)
+        if gates:
+            raise ModelError(f"{len(gates)} recorded gates were not consumed by surrogate A; "
+                             "the model's op sequence depends on its weights")
+        if exponent is not None and surrogate.exponent != exponent:
+            raise ModelError("rescaling differed between batches; please report this model")
+        exponent = surrogate.exponent
+        batch_sum = out.double().sum(0)
+        total = batch_sum if total is None else total + batch_sum
+    return total, exponent
+
+
+def kernel_term(model, example, kernel_params, options, cuts) -> tuple[Tensor, int]:
+    """K(theta^2) (E1) on one all-ones input, with its power of two from rescaling; differentiable."""
+    dtype = next(iter(kernel_params.values())).dtype
+    ones = torch.ones_like(example[:1], dtype=dtype)
+    surrogate = GatedPass("kernel", deque(), options, cuts)
+    out = run_pass(model, ones, kernel_params, surrogate)
+    return out[0], surrogate.exponent

@@ -1,0 +1,104 @@
+"""Tiny models built from configs (no downloads) for tests, examples and benchmarks."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PlainCNN(nn.Module):
+    """conv-BN-ReLU-maxpool x2, then a linear head: the smallest CNN with every CNN op PX handles."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 8, batchnorm: bool = True,
+                 bias: bool = True, maxpool: bool = True):
+        super().__init__()
+        norm = (lambda c: nn.BatchNorm2d(c)) if batchnorm else (lambda c: nn.Identity())
+        pool = nn.MaxPool2d(2) if maxpool else nn.AvgPool2d(2)
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=bias), norm(width), nn.ReLU(inplace=True), pool,
+            nn.Conv2d(width, 2 * width, 3, padding=1, bias=bias), norm(2 * width), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+        )
+        self.fc = nn.Linear(8 * width, num_classes, bias=bias)
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNetCifar(nn.Module):
+    """CIFAR-style ResNet (He et al. 2016): 3 stages of `depth` basic blocks, widths 16/32/64 x width."""
+
+    def __init__(self, depth: int = 3, num_classes: int = 10, in_channels: int = 3, width: int = 1):
+        super().__init__()
+        widths = [16 * width, 32 * width, 64 * width]
+        self.conv = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(widths[0])
+        blocks, cin = [], widths[0]
+        for stage, cout in enumerate(widths):
+            for i in range(depth):
+                blocks.append(_BasicBlock(cin, cout, 2 if stage > 0 and i == 0 else 1))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x):
+        out = self.blocks(F.relu(self.bn(self.conv(x))))
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def resnet20(num_classes: int = 10, in_channels: int = 3) -> ResNetCifar:
+    return ResNetCifar(3, num_classes, in_channels)
+
+
+def tiny_zoo() -> dict[str, callable]:
+    """Constructors of the tiny models every method is tested on; each takes 3x32x32 images, 10 classes."""
+    import timm
+    import transformers as tf
+
+    def timm_model(name, **kwargs):
+        return lambda: timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
+
+    def hf_vit(attn):
+        config = tf.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              intermediate_size=64, num_labels=10)
+        config._attn_implementation = attn
+        return lambda: tf.ViTForImageClassification(config)
+
+    return {
+        "plain_cnn": lambda: PlainCNN(in_channels=3),
+        "timm_resnet18": timm_model("resnet18"),
+        "timm_vit_tiny": timm_model("vit_tiny_patch16_224", img_size=32, depth=2),
+        "timm_convnext_atto": timm_model("convnext_atto"),
+        "timm_efficientnet_b0": timm_model("efficientnet_b0"),
+        "hf_resnet": lambda: tf.ResNetForImageClassification(tf.ResNetConfig(
+            embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=10)),
+        "hf_vit_eager": hf_vit("eager"),
+        "hf_vit_sdpa": hf_vit("sdpa"),
+        "hf_swin": lambda: tf.SwinForImageClassification(tf.SwinConfig(
+            image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4, num_labels=10)),
+    }
+
+
+def random_batches(n_batches: int = 2, batch_size: int = 4, shape=(3, 32, 32), num_classes: int = 10,
+                   seed: int = 0, dtype=torch.float32) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch_size, *shape, generator=generator, dtype=dtype),
+             torch.randint(0, num_classes, (batch_size,), generator=generator)) for _ in range(n_batches)]
