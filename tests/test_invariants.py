@@ -1,0 +1,192 @@
+"""Invariants for every method x a tiny zoo of timm and transformers CNNs and ViTs (PX_SPEC §6.5)."""
+
+import pytest
+import torch
+
+import hf_px
+from hf_px.criteria import make_criterion
+from hf_px.testing import random_batches, tiny_zoo
+
+ZOO = tiny_zoo()
+METHODS = hf_px.list_methods()
+
+
+def _snapshot(model):
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "modes": [m.training for m in model.modules()],
+        "flags": [p.requires_grad for p in model.parameters()],
+    }
+
+
+def _assert_untouched(model, before):
+    after = _snapshot(model)
+    for key, value in before["state"].items():
+        assert torch.equal(after["state"][key], value), f"{key} changed"
+    assert after["modes"] == before["modes"]
+    assert after["flags"] == before["flags"]
+    assert all(p.grad is None for p in model.parameters())
+    for module in model.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks and not module._backward_hooks
+
+
+@pytest.fixture(scope="module")
+def batches():
+    return random_batches(n_batches=2, batch_size=3)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("model_name", list(ZOO))
+def test_scores_are_finite_shaped_and_informative(model_name, method, batches):
+    torch.manual_seed(0)
+    model = ZOO[model_name]().train()   # train mode on purpose: scoring must not leave it changed
+    before = _snapshot(model)
+    scores = hf_px.score(model, batches, method=method)
+    _assert_untouched(model, before)
+
+    params = dict(model.named_parameters())
+    head = hf_px.find_head(model.eval(), batches[0][0][:1])
+    model.train()
+    assert set(scores) == set(hf_px.prunable_weights(model)) - set(head)
+    values = torch.cat([s.flatten().double() for s in scores.values()])
+    for name, value in scores.items():
+        assert value.shape == params[name].shape
+    assert torch.isfinite(values).all()
+    if make_criterion(method).nonnegative:
+        assert (values >= 0).all()
+    assert values.unique().numel() > 1, "all scores equal"
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("model_name", ["plain_cnn", "timm_vit_tiny", "hf_swin"])
+def test_prune_is_exact_deterministic_and_zeroes_weights(model_name, method, batches):
+    torch.manual_seed(0)
+    model = ZOO[model_name]()
+    twin = ZOO[model_name]()
+    twin.load_state_dict(model.state_dict())
+    masks = hf_px.prune(model, batches, method=method, sparsity=0.8, rounds=2, seed=3)
+    total = sum(m.numel() for m in masks.values())
+    assert sum(int(m.sum()) for m in masks.values()) == round(0.2 * total)
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        assert mask.dtype == torch.bool
+        assert (params[name][~mask] == 0).all()
+    again = hf_px.prune(twin, batches, method=method, sparsity=0.8, rounds=2, seed=3)
+    assert all(torch.equal(masks[n], again[n]) for n in masks)
+
+
+@pytest.mark.parametrize("model_name", ["plain_cnn", "hf_vit_sdpa"])
+def test_masks_only_shrink_over_rounds(model_name, batches):
+    torch.manual_seed(0)
+    model = ZOO[model_name]()
+    masks = None
+    for density in hf_px.density_schedule(0.1, 4):
+        scores = hf_px.score(model, batches, method="px", masks=masks)
+        if masks is not None:   # pruned weights score exactly zero
+            assert all((scores[n][~masks[n]] == 0).all() for n in masks)
+        new = hf_px.masks_from_scores(scores, density, masks)
+        if masks is not None:
+            assert all(not (new[n] & ~masks[n]).any() for n in masks)
+        masks = new
+
+
+def test_model_left_as_found_when_scoring_raises():
+    torch.manual_seed(0)
+    model = ZOO["hf_vit_sdpa"]().train()
+    before = _snapshot(model)
+
+    class FailsLater:   # first pass (tracing) is fine, a later pass hits bad data
+        def __init__(self):
+            self.passes = 0
+
+        def __iter__(self):
+            self.passes += 1
+            yield torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+            if self.passes >= 3:   # the data term's pass: fails after one batch went through the surrogates
+                images = torch.randn(2, 3, 32, 32)
+                images[0, 0, 0, 0] = float("nan")
+                yield images, torch.tensor([0, 1])
+
+    with pytest.raises(hf_px.DataError):
+        hf_px.score(model, FailsLater(), method="px")
+    _assert_untouched(model, before)
+
+
+@pytest.mark.parametrize("model_name", ["timm_vit_tiny", "hf_vit_sdpa", "hf_swin"])
+def test_px_exact_scores_query_and_key_weights(model_name, batches):
+    model = ZOO[model_name]()
+    scores = hf_px.score(model, batches, method="px-exact", probes=2)
+    for name, value in scores.items():
+        if name.endswith("qkv.weight"):   # timm fuses q, k, v: rows [0, 2d) are W_Q and W_K
+            d = value.shape[1]
+            assert (value[: 2 * d].abs().sum(1) > 0).all(), name
+        elif "q_proj" in name or "k_proj" in name or "query" in name or ".key." in name:
+            assert (value != 0).any(), name
+
+
+@pytest.mark.parametrize("policy", ["magnitude", "dense"])
+def test_px_gate_only_policy_gives_query_and_key_their_share(policy, batches):
+    torch.manual_seed(0)
+    model = ZOO["timm_vit_tiny"]()
+    masks = hf_px.prune(model, batches, method="px", sparsity=0.7, rounds=3, gate_only=policy)
+    qkv = masks["blocks.0.attn.qkv.weight"]
+    d = qkv.shape[1]
+    qk_density, v_density = float(qkv[: 2 * d].float().mean()), float(qkv[2 * d:].float().mean())
+    if policy == "dense":
+        assert qk_density == 1.0
+    else:   # ranked onto the path weights' score distribution: about the global density, never wiped out
+        assert 0.1 < qk_density < 0.6 and v_density > 0.0
+
+
+def test_score_accepts_dict_batches_and_dataloaders():
+    torch.manual_seed(0)
+    model = ZOO["hf_vit_sdpa"]()
+    data = random_batches(n_batches=2, batch_size=2)
+    as_tuples = hf_px.score(model, data, method="snip")
+    as_dicts = hf_px.score(model, [{"pixel_values": x, "labels": y} for x, y in data], method="snip")
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(
+        torch.cat([x for x, _ in data]), torch.cat([y for _, y in data])), batch_size=2)
+    as_loader = hf_px.score(model, loader, method="snip")
+    as_generator = hf_px.score(model, (b for b in data), method="snip")
+    for name in as_tuples:
+        torch.testing.assert_close(as_dicts[name], as_tuples[name])
+        torch.testing.assert_close(as_loader[name], as_tuples[name])
+        torch.testing.assert_close(as_generator[name], as_tuples[name])
+
+
+def test_px_scores_do_not_depend_on_batching():
+    torch.manual_seed(0)
+    model = ZOO["timm_resnet18"]()
+    data = random_batches(n_batches=1, batch_size=6)
+    whole = hf_px.score(model, data, method="px")
+    split = hf_px.score(model, [(data[0][0][:2], None), (data[0][0][2:], None)], method="px")
+    for name in whole:
+        torch.testing.assert_close(split[name], whole[name], rtol=1e-4, atol=1e-30)
+
+
+def test_half_precision_model_is_scored_in_float32_and_left_in_half():
+    torch.manual_seed(0)
+    model = ZOO["plain_cnn"]().to(torch.bfloat16)
+    scores = hf_px.score(model, random_batches(dtype=torch.bfloat16), method="px")
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert all(torch.isfinite(s).all() and s.dtype == torch.float32 for s in scores.values())
+
+
+def test_register_method_adds_a_usable_criterion(batches):
+    from dataclasses import dataclass
+
+    @hf_px.register_method("test-negative-magnitude")
+    @dataclass
+    class NegativeMagnitude(hf_px.Criterion):
+        nonnegative = False
+
+        def score(self, model, batches, targets, masks, head, seed):
+            params = dict(model.named_parameters())
+            return {n: -params[n].detach().abs() for n in targets}
+
+    assert "test-negative-magnitude" in hf_px.list_methods()
+    model = ZOO["plain_cnn"]()
+    weights = {n: p.detach().abs().clone() for n, p in model.named_parameters()}
+    masks = hf_px.prune(model, batches, method="test-negative-magnitude", sparsity=0.5)
+    for name, mask in masks.items():   # the smallest weights were kept
+        assert weights[name][mask].max() <= weights[name][~mask].min() + 1e-12 or mask.all() or (~mask).all()
