@@ -426,26 +426,33 @@ def pass_parameters(model: nn.Module, kind: str, roles: dict[str, str], masks: d
     for name, param in model.named_parameters():
         theta = param.detach().to(dtype)
         role = roles.get(name, "real")
-        mask = masks.get(name)
         if kind == "real" or role == "real":
             value = theta
         elif role == "zero":
-            value = torch.zeros_like(theta)
+            value = _constant(theta, 0.0)
         elif role == "head":
             if kind == "kernel" and name in masks:
                 theta = leaves[name] = theta.clone().requires_grad_(True)
             value = theta
-        elif kind == "activation":
-            value = torch.ones_like(theta)
+        elif kind == "activation" or (power == 0 and role != "target"):
+            value = _constant(theta, 1.0)
         else:
-            value = theta.abs() ** power
+            value = torch.ones_like(theta) if power == 0 else theta.abs() ** power
             if role == "target":
                 value = leaves[name] = value.requires_grad_(True)
-        params[name] = value if mask is None else value * mask.to(dtype)
+        mask = masks.get(name)
+        if mask is not None and (name in leaves or not bool(mask.all())):
+            value = value * mask.to(dtype)
+        params[name] = value
     if dtype != model_dtype(model):
         for name, buffer in model.named_buffers():
             params[name] = buffer.to(dtype) if buffer.is_floating_point() else buffer
     return params, leaves
+
+
+def _constant(like: Tensor, value: float) -> Tensor:
+    """A read-only constant shaped like `like` without allocating it (a stride-0 view)."""
+    return torch.full((), value, dtype=like.dtype, device=like.device).expand(like.shape)
 
 
 # --- the two terms of PX ----------------------------------------------------------------------------------

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh Debian machine, as root: the Fashion-MNIST IDX files (Debian package
+# dataset-fashion-mnist, offline afterwards) and hf_px with its test dependencies, editable.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
+    $SUDO apt-get update
+    $SUDO apt-get install -y dataset-fashion-mnist
+fi
+
+# pip respects the machine's torch constraint (the locally provided torch wheel); do not pin torch here.
+python -m pip install -e ".[dev]"
