@@ -20,6 +20,7 @@ output is scaled by the same factor and the ranking is untouched; the factor is 
 """
 
 import math
+import weakref
 from collections import deque
 from dataclasses import dataclass
 
@@ -32,7 +33,7 @@ from torch.overrides import TorchFunctionMode
 from ._dtypes import model_dtype
 from .batches import iter_batches, logits_of
 from .errors import ModelError
-from .targets import NORM_MODULES, PRUNABLE_MODULES
+from .targets import NORM_MODULES, PRUNABLE_MODULES, structure_key
 
 _RELU = {F.relu, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_}
 _ACTIVATIONS = {
@@ -72,8 +73,8 @@ def _is_inplace(func, args, kwargs) -> bool:
 
 
 def _secant_gate(u: Tensor, y: Tensor) -> Tensor:
-    nonzero = u != 0
-    return torch.where(nonzero, y / torch.where(nonzero, u, torch.ones_like(u)), torch.zeros_like(u))
+    """phi(u)/u, and 0 where u == 0 (every supported activation has phi(0) = 0, so 0/0 is the only NaN)."""
+    return torch.div(y, u).nan_to_num_(nan=0.0)
 
 
 def _abs_centering(u: Tensor, dims: tuple[int, ...]) -> Tensor:
@@ -101,12 +102,12 @@ class GatedPass(TorchFunctionMode):
         self.cuts = cuts or {} if kind in ("activation", "kernel") else {}
         self.exponents = exponents if exponents is not None else {}
         self.exponent = 0      # total power of two applied along every path in this pass
-        self.op_index = 0
+        self.ops: list = []    # the op sequence, checked against the trace the cuts came from
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        index = self.op_index
-        self.op_index += 1
+        index = len(self.ops)
+        self.ops.append(func)
         if func in _RELU or func in _ACTIVATIONS:
             out = self._activation(func, args, kwargs, relu=func in _RELU)
         elif func in _GATES:
@@ -124,7 +125,7 @@ class GatedPass(TorchFunctionMode):
         else:
             out = func(*args, **kwargs)
         if index in self.cuts:
-            out = self._rescale(index, func, args, out)
+            out = self._rescale(index, func, args, kwargs, out)
         return out
 
     # -- gate queue -------------------------------------------------------------------------------
@@ -148,12 +149,14 @@ class GatedPass(TorchFunctionMode):
         if self.kind == "record":
             before = u.clone() if inplace and not relu else u
             y = func(*args, **kwargs)
-            self._push(func, y > 0 if relu else _secant_gate(before, y))   # in-place ReLU: read out > 0
+            # Gates are kept in the activations' float dtype: multiplying by a bool tensor is ~20x slower
+            # on CPU. ReLU's gate is sign(y) in {0, 1} (read from the output, so in-place ReLU works too).
+            self._push(func, torch.sign(y) if relu else _secant_gate(before, y))
             return y
         if self.kind == "kernel":
             return u
         gate = self._pop(func)
-        if self.kind == "activation" and gate.dtype != torch.bool:
+        if self.kind == "activation" and not relu:
             gate = gate * gate
         return u.mul_(gate) if inplace else u * gate
 
@@ -191,12 +194,13 @@ class GatedPass(TorchFunctionMode):
         if self.kind == "kernel":   # uniform attention: the mean of V over keys, for every query
             mean = v.mean(-2, keepdim=True)
             return mean.expand(*mean.shape[:-2], q.shape[-2], v.shape[-1]).clone()
-        if self.kind == "record":
-            self._push(func, _attention_probs(q, k, args, kwargs))
-            return func(*args, **kwargs)
-        probs = self._pop(func)
         if kwargs.get("enable_gqa") and v.shape[-3] != q.shape[-3]:
             v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
+        if self.kind == "record":   # attention computed once, by the math backend (eval: no dropout)
+            probs = _attention_probs(q, k, args, kwargs)
+            self._push(func, probs)
+            return probs.to(v.dtype) @ v
+        probs = self._pop(func)
         if self.kind == "activation":
             probs = probs * probs * k.shape[-2]
         return probs.to(v.dtype) @ v
@@ -214,9 +218,13 @@ class GatedPass(TorchFunctionMode):
             dims = (-1,)
             grouped, channel_shape = u.reshape(u.shape[0], groups, -1), (1, -1) + (1,) * (u.dim() - 2)
         if self.kind == "record":
-            inv_std = torch.rsqrt(grouped.float().var(dims, unbiased=False, keepdim=True) + eps).to(u.dtype)
-            self._push(func, inv_std)
-            return func(*args, **kwargs)
+            if func in _LAYER_NORM:   # the kernel returns 1/sigma with the output: no second pass over u
+                y, _, inv_std = torch.native_layer_norm(u, shape, weight, bias, eps)
+            else:
+                y = func(*args, **kwargs)
+                inv_std = torch.rsqrt(grouped.float().var(dims, unbiased=False, keepdim=True) + eps)
+            self._push(func, inv_std.to(u.dtype))
+            return y
         if self.kind == "replay":
             y = (grouped - grouped.mean(dims, keepdim=True)) * self._pop(func)
             shift = bias
@@ -270,21 +278,37 @@ class GatedPass(TorchFunctionMode):
         return (out, indices) if with_indices else out
 
     # -- rescaling at cuts ------------------------------------------------------------------------------
-    def _rescale(self, index, func, args, out):
+    def _rescale(self, index, func, args, kwargs, out):
         if not isinstance(out, Tensor) or getattr(func, "__name__", func) != self.cuts[index]:
-            raise ModelError(f"op sequence changed since tracing at op {index} "
-                             f"({getattr(func, '__name__', func)} vs {self.cuts[index]})")
+            raise StaleStructure(f"op sequence changed since tracing at op {index} "
+                                 f"({getattr(func, '__name__', func)} vs {self.cuts[index]})")
         if index not in self.exponents:    # decided on the first batch, then fixed for the round
-            peak = out.detach().abs().max().item() if out.numel() else 0.0
+            peak = 0.0
+            if out.numel():
+                low, high = torch.aminmax(out.detach())
+                peak = max(-low.item(), high.item())
             exponent = -math.frexp(peak)[1] if peak > 0 and math.isfinite(peak) else 0
-            self.exponents[index] = exponent if abs(exponent) > 8 else 0
+            # Rescale only far from 1: float32 keeps its relative precision over its whole range, so
+            # values may drift 2^±_DRIFT between rescales and still leave 2^90 of headroom.
+            self.exponents[index] = exponent if abs(exponent) > _DRIFT else 0
         exponent = self.exponents[index]
         if exponent == 0:
             return out
         self.exponent += exponent
-        if args and out is args[0]:        # in-place op: the caller may ignore the return value
-            return out.mul_(2.0 ** exponent)
+        if (args and out is args[0]) or (not torch.is_grad_enabled() and _owns_storage(out, args, kwargs)):
+            return out.mul_(2.0 ** exponent)   # in-place op, or a fresh tensor nothing else sees yet
         return out * 2.0 ** exponent
+
+
+_DRIFT = 32
+
+
+def _owns_storage(out: Tensor, args, kwargs) -> bool:
+    """Whether `out` has storage of its own, shared with no input (not a view, not an input returned)."""
+    if out._base is not None:
+        return False
+    pointer = out.untyped_storage().data_ptr()
+    return all(t.untyped_storage().data_ptr() != pointer for t in _tensors(args, kwargs))
 
 
 def _attention_probs(q, k, args, kwargs) -> Tensor:
@@ -305,7 +329,11 @@ def _attention_probs(q, k, args, kwargs) -> Tensor:
 
 # --- tracing the op graph to find cuts ----------------------------------------------------------------
 
-class _Trace(TorchFunctionMode):
+class StaleStructure(ModelError):
+    """The model's op sequence no longer matches the trace its cuts were found on."""
+
+
+class _Tracer(TorchFunctionMode):
     """Runs the model plainly, logging which op produced each tensor from which tensors."""
 
     def __init__(self, x: Tensor):
@@ -314,7 +342,7 @@ class _Trace(TorchFunctionMode):
         self.site = [None]            # node -> (op index, op name); None for the input
         self.edges: list[tuple[int, int]] = []
         self.alive = [x]              # keep tensors alive so that id() is never reused during the trace
-        self.op_index = 0
+        self.ops: list = []           # the op sequence (GatedPass checks a cached trace against it)
 
     def _node(self, tensor, inputs, site):
         node = len(self.site)
@@ -325,8 +353,8 @@ class _Trace(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        index = self.op_index
-        self.op_index += 1
+        index = len(self.ops)
+        self.ops.append(func)
         out = func(*args, **kwargs)
         inputs = {self.node_of[id(t)] for t in _tensors(args, kwargs) if id(t) in self.node_of}
         name = getattr(func, "__name__", str(func))
@@ -341,18 +369,50 @@ class _Trace(TorchFunctionMode):
         return out
 
 
-def find_cuts(model: nn.Module, x: Tensor, params: dict[str, Tensor]) -> dict[int, str]:
-    """Op indices (with op names) whose single-tensor output every input-to-logits path crosses.
+@dataclass(frozen=True)
+class Trace:
+    """What one traced forward pass tells the surrogates: where to rescale, and the op sequence."""
+
+    cuts: dict[int, str]      # op index -> op name of the cuts
+    ops: list                 # every op called, in order
+
+    @property
+    def has_gates(self) -> bool:
+        """Whether some op multiplies two data-dependent paths (then gate-only weights may exist)."""
+        return any(op in _GATES or op in _SOFTMAX or op in _SDPA for op in self.ops)
+
+
+_TRACES: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def trace_of(model: nn.Module, example: Tensor) -> Trace:
+    """`find_cuts` on the real weights, memoised per model and input shape while the model's parameters
+    and modules keep their names, shapes and types. Every pass compares its op sequence with the
+    trace's and raises `StaleStructure` on a difference (call `forget_trace` and retry)."""
+    key = (tuple(example.shape[1:]), example.dtype, example.device, structure_key(model))
+    cached = _TRACES.get(model)
+    if cached is None or cached[0] != key:
+        cached = _TRACES[model] = (key, find_cuts(model, example[:1], {n: p.detach() for n, p in model.named_parameters()}))
+    return cached[1]
+
+
+def forget_trace(model: nn.Module) -> None:
+    _TRACES.pop(model, None)
+
+
+def find_cuts(model: nn.Module, x: Tensor, params: dict[str, Tensor]) -> Trace:
+    """The ops whose single-tensor output every input-to-logits path crosses (cuts), by tracing one
+    forward pass.
 
     In a topological order, a node is crossed by every path iff no edge between two path nodes jumps
     over it; the op order of one forward pass is such an order.
     """
-    trace = _Trace(x)
+    trace = _Tracer(x)
     with torch.no_grad(), trace:
         logits = logits_of(functional_call(model, params, (x,), strict=False))
     output = trace.node_of.get(id(logits))
     if output is None:
-        return {}
+        return Trace({}, trace.ops)
     successors, predecessors = {}, {}
     for a, b in trace.edges:
         successors.setdefault(a, []).append(b)
@@ -370,7 +430,7 @@ def find_cuts(model: nn.Module, x: Tensor, params: dict[str, Tensor]) -> dict[in
         site = trace.site[node]
         if covered == 0 and node in on_path and 0 < node < output and site is not None:
             cuts[site[0]] = site[1]
-    return cuts
+    return Trace(cuts, trace.ops)
 
 
 def _reach(start, neighbours) -> set[int]:
@@ -457,24 +517,30 @@ def _constant(like: Tensor, value: float) -> Tensor:
 
 # --- the two terms of PX ----------------------------------------------------------------------------------
 
-def run_pass(model: nn.Module, x: Tensor, params: dict[str, Tensor], mode: TorchFunctionMode) -> Tensor:
+def run_pass(model: nn.Module, x: Tensor, params: dict[str, Tensor], mode: GatedPass,
+             traced_ops: list | None = None) -> Tensor:
+    """The model's logits under `mode`; raises `StaleStructure` if its ops differ from `traced_ops`."""
     with mode:
-        return logits_of(functional_call(model, params, (x,), strict=False))
+        logits = logits_of(functional_call(model, params, (x,), strict=False))
+    if traced_ops is not None and mode.ops != traced_ops:
+        raise StaleStructure(f"{type(model).__name__}'s op sequence differs from the trace its cuts were found on")
+    return logits
 
 
 @torch.no_grad()
-def data_term(model, batches, real_params, activation_params, options, cuts, dtype) -> tuple[Tensor, int]:
+def data_term(model, batches, real_params, activation_params, options, trace: Trace, dtype) -> tuple[Tensor, int]:
     """C = sum_n c_n (E1), in float64, and the power of two it carries from rescaling.
 
     Gates are recorded on the real network and consumed by surrogate A batch by batch, so the gates
-    of the whole scoring set are never held at once.
+    of the whole scoring set are never held at once. A record pass whose ops differ from `trace` raises
+    `StaleStructure` before the cuts are used.
     """
     total, exponents, exponent = None, {}, None
     device = next(iter(real_params.values())).device
     for images, _ in iter_batches(batches, device):
         gates = deque()
-        run_pass(model, images, real_params, GatedPass("record", gates, options))
-        surrogate = GatedPass("activation", gates, options, cuts, exponents)
+        run_pass(model, images, real_params, GatedPass("record", gates, options), trace.ops)
+        surrogate = GatedPass("activation", gates, options, trace.cuts, exponents)
         out = run_pass(model, images.to(dtype) ** 2, activation_params, surrogate)
         if gates:
             raise ModelError(f"{len(gates)} recorded gates were not consumed by surrogate A; "
@@ -487,10 +553,10 @@ def data_term(model, batches, real_params, activation_params, options, cuts, dty
     return total, exponent
 
 
-def kernel_term(model, example, kernel_params, options, cuts) -> tuple[Tensor, int]:
+def kernel_term(model, example, kernel_params, options, trace: Trace) -> tuple[Tensor, int]:
     """K(theta^2) (E1) on one all-ones input, with its power of two from rescaling; differentiable."""
     dtype = next(iter(kernel_params.values())).dtype
     ones = torch.ones_like(example[:1], dtype=dtype)
-    surrogate = GatedPass("kernel", deque(), options, cuts)
-    out = run_pass(model, ones, kernel_params, surrogate)
+    surrogate = GatedPass("kernel", deque(), options, trace.cuts)
+    out = run_pass(model, ones, kernel_params, surrogate, trace.ops)
     return out[0], surrogate.exponent

@@ -4,6 +4,8 @@ The classifier head is found structurally, as the Linear/Conv whose output *is* 
 no name lists (`'fc'`, `'classifier'`) are needed.
 """
 
+import weakref
+
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
@@ -39,9 +41,30 @@ class _LinearOutputs(TorchFunctionMode):
         return out
 
 
-@torch.no_grad()
+def structure_key(model: nn.Module) -> tuple:
+    """What structural facts found by running `model` (its head, its cuts) depend on, short of its code:
+    every parameter's name, shape, dtype and device, and every module's type."""
+    return (tuple((n, tuple(p.shape), p.dtype, p.device) for n, p in model.named_parameters()),
+            tuple(type(m) for m in model.modules()))
+
+
+_HEADS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
 def find_head(model: nn.Module, example: torch.Tensor) -> list[str]:
-    """Parameter names (weight, and bias if any) of the module producing the logits; [] if none does."""
+    """Parameter names (weight, and bias if any) of the module producing the logits; [] if none does.
+
+    Memoised per model and input shape while `structure_key(model)` is unchanged.
+    """
+    key = (tuple(example.shape[1:]), example.dtype, example.device, structure_key(model))
+    cached = _HEADS.get(model)
+    if cached is None or cached[0] != key:
+        cached = _HEADS[model] = (key, _find_head(model, example))
+    return list(cached[1])
+
+
+@torch.no_grad()
+def _find_head(model: nn.Module, example: torch.Tensor) -> list[str]:
     param_names = {id(p): name for name, p in model.named_parameters()}
     was_training = model.training
     model.eval()

@@ -77,10 +77,12 @@ def tiny_zoo() -> dict[str, callable]:
         return lambda: timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
 
     def hf_vit(attn):
-        config = tf.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                              intermediate_size=64, num_labels=10)
-        config._attn_implementation = attn
-        return lambda: tf.ViTForImageClassification(config)
+        def build():   # a fresh config per model: set_attn_implementation() mutates it
+            config = tf.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=64, num_labels=10)
+            config._attn_implementation = attn
+            return tf.ViTForImageClassification(config)
+        return build
 
     return {
         "plain_cnn": lambda: PlainCNN(in_channels=3),

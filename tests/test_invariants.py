@@ -190,3 +190,24 @@ def test_register_method_adds_a_usable_criterion(batches):
     masks = hf_px.prune(model, batches, method="test-negative-magnitude", sparsity=0.5)
     for name, mask in masks.items():   # the smallest weights were kept
         assert weights[name][mask].max() <= weights[name][~mask].min() + 1e-12 or mask.all() or (~mask).all()
+
+
+@pytest.mark.parametrize("method", ["px", "synflow"])
+def test_cached_trace_follows_a_changed_code_path(method, batches):
+    """Traces are memoised per model; switching attention from sdpa to eager (same parameters and modules,
+    different ops) must be detected and give the scores of a fresh eager model."""
+    import copy
+
+    from hf_px import surrogate
+
+    model = ZOO["hf_vit_sdpa"]()
+    hf_px.score(model, batches, method=method)
+    assert torch.nn.functional.scaled_dot_product_attention in surrogate._TRACES[model][1].ops
+    fresh = copy.deepcopy(model)
+    for m in (model, fresh):
+        m.set_attn_implementation("eager")
+    switched = hf_px.score(model, batches, method=method)
+    assert torch.nn.functional.scaled_dot_product_attention not in surrogate._TRACES[model][1].ops
+    expected = hf_px.score(fresh, batches, method=method)
+    for name, value in expected.items():
+        torch.testing.assert_close(switched[name], value, rtol=1e-5, atol=0)

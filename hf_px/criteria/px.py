@@ -8,15 +8,16 @@ runs once, forward and backward, on a single all-ones input (PX_SPEC §3).
 """
 
 import math
-from dataclasses import dataclass, field
+import weakref
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from .._dtypes import compute_dtype, model_dtype
 from ..batches import first_images
-from ..surrogate import (SurrogateOptions, data_term, find_cuts, kernel_term, parameter_roles,
-                         pass_parameters)
+from ..surrogate import (StaleStructure, SurrogateOptions, Trace, data_term, forget_trace, kernel_term,
+                         parameter_roles, pass_parameters, trace_of)
 from .base import Criterion, make_criterion, register_method
 
 GATE_ONLY_POLICIES = ("magnitude", "px-exact", "dense")
@@ -46,7 +47,6 @@ class PX(Criterion):
     batchnorm_activation: str = "one"
     gate_only: str = "magnitude"
     kernel_dtype: str = "auto"
-    _structure: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         self._check_choice("head", ("real", "path"))
@@ -56,21 +56,27 @@ class PX(Criterion):
         self._check_choice("kernel_dtype", ("auto", "float32", "float64"))
 
     def score(self, model, batches, targets, masks, head, seed):
+        example = first_images(batches, next(model.parameters()).device)[:1]
+        try:
+            return self._score(model, batches, targets, masks, head, seed, example)
+        except StaleStructure:    # the model's code path changed since it was traced: trace it again
+            forget_trace(model)
+            return self._score(model, batches, targets, masks, head, seed, example)
+
+    def _score(self, model, batches, targets, masks, head, seed, example):
         options = SurrogateOptions(2, self.batchnorm, self.batchnorm_activation)
         roles = parameter_roles(model, targets, head, options, head_is_path=self.head == "path")
-        device = next(model.parameters()).device
-        example = first_images(batches, device)[:1]
-        cuts, gate_only = self._structure_of(model, example, targets, head)
+        trace = trace_of(model, example)
 
         dtype = compute_dtype(model)
         real, _ = pass_parameters(model, "real", roles, masks, model_dtype(model))
         activation, _ = pass_parameters(model, "activation", roles, masks, dtype)
-        data, data_exponent = data_term(model, batches, real, activation, options, cuts, dtype)
+        data, data_exponent = data_term(model, batches, real, activation, options, trace, dtype)
 
         kernel_dtype = self._kernel_dtype(model)
         kernel, leaves = pass_parameters(model, "kernel", roles, masks, kernel_dtype)
         with torch.enable_grad():
-            kernel_out, kernel_exponent = kernel_term(model, example, kernel, options, cuts)
+            kernel_out, kernel_exponent = kernel_term(model, example, kernel, options, trace)
             bound = (data.to(kernel_dtype) * kernel_out).sum()
             names = [n for n in targets if n in leaves]
             grads = torch.autograd.grad(bound, [leaves[n] for n in names], allow_unused=True)
@@ -83,7 +89,8 @@ class PX(Criterion):
             else:                         # leaf is theta^2: theta^2 |dR/d theta^2|  (E2)
                 scores[name] = leaves[name].detach() * grad
         scores = _unscale(scores, data_exponent + kernel_exponent, model_dtype(model))
-        if any(bool(m.any()) for m in gate_only.values()):
+        gate_only = _gate_only_entries(model, example, targets, head, trace)
+        if gate_only:
             self._fill_gate_only(scores, gate_only, model, batches, targets, masks, head, seed)
         return scores
 
@@ -92,18 +99,9 @@ class PX(Criterion):
             return torch.float64 if model_dtype(model) == torch.float64 else torch.float32
         return getattr(torch, self.kernel_dtype)
 
-    def _structure_of(self, model, example, targets, head):
-        """Cuts for rescaling, and which target entries only feed gates; fixed per model and targets."""
-        key = (id(model), tuple(targets))
-        if key not in self._structure:
-            real = {n: p.detach() for n, p in model.named_parameters()}
-            cuts = find_cuts(model, example, real)
-            self._structure = {key: (cuts, _gate_only_entries(model, example, targets, head, cuts))}
-        return self._structure[key]
-
     def _fill_gate_only(self, scores, gate_only, model, batches, targets, masks, head, seed):
         """Give gate-only entries scores on the path weights' scale (see `gate_only` above)."""
-        alive = {n: gate_only[n] & masks[n] for n in targets if gate_only[n].any()}
+        alive = {n: entries & masks[n] for n, entries in gate_only.items()}
         quantiles = _path_score_quantiles(scores, gate_only, masks, targets)
         if self.gate_only == "dense" or quantiles.numel() == 0:
             for name, entries in alive.items():
@@ -124,30 +122,40 @@ class PX(Criterion):
             scores[name][entries] = quantiles[position].to(scores[name].dtype)
 
 
-def _path_score_quantiles(scores, gate_only, masks, targets, size: int = 1 << 20) -> Tensor:
-    """Sorted PX scores of the alive path entries; a strided sample of about `size` of them when larger
-    (a quantile needs no more, and sorting 300M scores would dominate a ViT-L round)."""
-    total = sum(scores[n].numel() for n in targets)
-    step = max(1, total // size)
-    picked = []
-    for name in targets:
-        keep = (masks[name] & ~gate_only[name]).flatten()[::step]
-        picked.append(scores[name].flatten()[::step][keep].double())
-    return torch.cat(picked).sort().values
+def _path_score_quantiles(scores, gate_only, masks, targets, size: int = 1 << 16) -> Tensor:
+    """Sorted PX scores of the alive path entries, or of a fixed random sample of `size` of them: a
+    quantile needs no more, and sorting millions of scores would dominate a round."""
+    pool = torch.cat([scores[n][masks[n] & ~gate_only[n]] if n in gate_only else scores[n][masks[n]]
+                      for n in targets]).double()
+    if pool.numel() > size:
+        generator = torch.Generator(device=pool.device).manual_seed(0)
+        pool = pool[torch.randint(pool.numel(), (size,), generator=generator, device=pool.device)]
+    return pool.sort().values
 
 
-def _gate_only_entries(model, example, targets, head, cuts) -> dict[str, Tensor]:
-    """Target entries with no path to the output: zero gradient in K with every weight set to 1."""
-    options = SurrogateOptions(power=0)
-    roles = parameter_roles(model, targets, head, options, head_is_path=True)
-    masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters() if n in targets}
-    kernel, leaves = pass_parameters(model, "kernel", roles, masks, torch.float32, power=0)
-    with torch.enable_grad():
-        out, _ = kernel_term(model, example, kernel, options, cuts)
-        names = [n for n in targets if n in leaves]
-        grads = torch.autograd.grad(out.sum(), [leaves[n] for n in names], allow_unused=True)
-    return {n: (torch.ones_like(leaves[n], dtype=torch.bool) if g is None else g == 0)
-            for n, g in zip(names, grads)}
+_GATE_ONLY: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _gate_only_entries(model, example, targets, head, trace: Trace) -> dict[str, Tensor]:
+    """Target entries with no path to the output (zero gradient in K with every weight set to 1), for
+    the tensors that have any; memoised with the trace. Only ops that multiply two paths (sigmoid
+    gates, softmax, attention) can leave a weight off every path, so without them there is none."""
+    if not trace.has_gates:
+        return {}
+    key = (tuple(targets), tuple(head))
+    cached = _GATE_ONLY.get(model)
+    if cached is None or cached[0] is not trace or cached[1] != key:
+        options = SurrogateOptions(power=0)
+        roles = parameter_roles(model, targets, head, options, head_is_path=True)
+        ones = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters() if n in targets}
+        kernel, leaves = pass_parameters(model, "kernel", roles, ones, torch.float32, power=0)
+        with torch.enable_grad():
+            out, _ = kernel_term(model, example, kernel, options, trace)
+            names = [n for n in targets if n in leaves]
+            grads = torch.autograd.grad(out.sum(), [leaves[n] for n in names], allow_unused=True)
+        entries = {n: torch.ones_like(leaves[n], dtype=torch.bool) if g is None else g == 0 for n, g in zip(names, grads)}
+        cached = _GATE_ONLY[model] = (trace, key, {n: e for n, e in entries.items() if e.any()})
+    return cached[2]
 
 
 def _unscale(scores: dict[str, Tensor], exponent: int, dtype: torch.dtype) -> dict[str, Tensor]:

@@ -5,12 +5,13 @@ the same gated path lifting as PX's kernel surrogate with |theta| in place of th
 removed, attention uniform, norms as fixed maps), in float64 with rescaling at cuts.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from ..batches import first_images
-from ..surrogate import SurrogateOptions, find_cuts, kernel_term, parameter_roles, pass_parameters
+from ..surrogate import (StaleStructure, SurrogateOptions, forget_trace, kernel_term, parameter_roles,
+                         pass_parameters, trace_of)
 from .base import Criterion, register_method
 
 
@@ -18,17 +19,21 @@ from .base import Criterion, register_method
 @dataclass
 class SynFlow(Criterion):
     default_rounds = 100
-    _cuts: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def score(self, model, batches, targets, masks, head, seed):
-        options = SurrogateOptions(power=1)
         example = first_images(batches, next(model.parameters()).device)[:1]
-        if id(model) not in self._cuts:
-            self._cuts = {id(model): find_cuts(model, example, {n: p.detach() for n, p in model.named_parameters()})}
+        try:
+            return self._score(model, targets, masks, head, example)
+        except StaleStructure:    # the model's code path changed since it was traced: trace it again
+            forget_trace(model)
+            return self._score(model, targets, masks, head, example)
+
+    def _score(self, model, targets, masks, head, example):
+        options = SurrogateOptions(power=1)
         roles = parameter_roles(model, targets, head, options, head_is_path=True)
         kernel, leaves = pass_parameters(model, "kernel", roles, masks, torch.float64, power=1)
         with torch.enable_grad():
-            out, _ = kernel_term(model, example, kernel, options, self._cuts[id(model)])
+            out, _ = kernel_term(model, example, kernel, options, trace_of(model, example))
             grads = torch.autograd.grad(out.sum(), [leaves[n] for n in targets], allow_unused=True)
         scores = {}
         for name, grad in zip(targets, grads):
