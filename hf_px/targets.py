@@ -76,7 +76,8 @@ def _find_head(model: nn.Module, example: torch.Tensor) -> list[str]:
         model.train(was_training)
     head_weight = None
     for weight_id, out in reversed(recorder.calls):
-        if out is logits or (out.shape == logits.shape and out.data_ptr() == logits.data_ptr()):
+        # the logits themselves, or a view of them (a 1x1 Conv head followed by a flatten)
+        if out is logits or (out.numel() == logits.numel() and out.data_ptr() == logits.data_ptr()):
             head_weight = param_names.get(weight_id)
             break
     if head_weight is None:  # e.g. logits averaged over two heads: take the last layer of the logits' size

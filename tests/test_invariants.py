@@ -211,3 +211,34 @@ def test_cached_trace_follows_a_changed_code_path(method, batches):
     expected = hf_px.score(fresh, batches, method=method)
     for name, value in expected.items():
         torch.testing.assert_close(switched[name], value, rtol=1e-5, atol=0)
+
+
+def test_float32_with_rescaling_matches_float64():
+    """ResNet-20's data term grows ~2^14 per block, so float32 passes rescale (in place where safe) at cuts;
+    the scores must still equal a float64 computation of the same model."""
+    import copy
+
+    from hf_px import surrogate
+    from hf_px.testing import resnet20
+
+    torch.manual_seed(0)
+    model = resnet20().eval()
+    batches = random_batches(n_batches=2, batch_size=4)
+    scores = hf_px.score(model, batches, method="px")
+    wide = copy.deepcopy(model).double()
+    reference = hf_px.score(wide, [(x.double(), y) for x, y in batches], method="px")
+    # float32 cannot hold the true values (~1e46): its scores come normalised, so compare up to a global factor
+    peak = max(float(s.max()) for s in scores.values())
+    reference_peak = max(float(s.max()) for s in reference.values())
+    for name, value in reference.items():
+        torch.testing.assert_close(scores[name].double() / peak, value / reference_peak, rtol=2e-3, atol=1e-9)
+
+    options = surrogate.SurrogateOptions()
+    targets = [n for n in hf_px.prunable_weights(model) if n != "fc.weight"]
+    roles = surrogate.parameter_roles(model, targets, ["fc.weight", "fc.bias"], options)
+    masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters() if n in targets}
+    real, _ = surrogate.pass_parameters(model, "real", roles, masks, torch.float32)
+    activation, _ = surrogate.pass_parameters(model, "activation", roles, masks, torch.float32)
+    trace = surrogate.trace_of(model, batches[0][0])
+    _, exponent = surrogate.data_term(model, batches, real, activation, options, trace, torch.float32)
+    assert exponent < -32, "the data term was not rescaled: this test no longer exercises rescaling"
