@@ -1,6 +1,7 @@
 """hf_px: find lottery tickets in vision models with PX (Path eXclusion) and its baselines."""
 
 from .apply import apply_masks_
+from .checkpoint import load_sparse, save_sparse
 from .criteria import Criterion, list_methods, register_method
 from .errors import ConfigError, DataError, HfPxError, ModelError, UnknownMethodError
 from .masks import density_schedule, global_density, layer_densities, masks_from_scores
@@ -12,6 +13,6 @@ __version__ = "0.1.0"
 __all__ = [
     "score", "prune", "list_methods", "register_method", "Criterion",
     "masks_from_scores", "density_schedule", "layer_densities", "global_density", "apply_masks_",
-    "find_head", "prunable_weights",
+    "find_head", "prunable_weights", "load_sparse", "save_sparse",
     "HfPxError", "ConfigError", "DataError", "ModelError", "UnknownMethodError",
 ]

@@ -1,0 +1,123 @@
+"""The model card of a sparse checkpoint: a `ModelCardData` YAML header plus a body rendered from the shipped
+template `templates/model_card.md` (the huggingface_hub way), and an optional per-layer density plot."""
+
+import json
+import re
+from pathlib import Path
+
+from .errors import ConfigError
+
+TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def render_card(provenance: dict, densities: dict[str, float], probe: dict | None, counts: dict,
+                plot_file: str | None) -> str:
+    """The README.md of a checkpoint.
+
+    provenance: what `save_sparse` records (base_model is the Hub id, None for a local folder; license,
+    library, method, method_options, sparsity, rounds, seed, task, dataset, split, examples_per_class,
+    command, ...). densities: per-layer density (`hf_px.layer_densities`). probe: {"dense", "sparse",
+    "sparse_same_head", "eval_examples", "eval_split", "head_refit"} or None. counts: {"parameters",
+    "nonzero", "targets", "kept"}. plot_file: the density plot's file name inside the checkpoint, or None.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    library = provenance.get("library")
+    if library not in ("transformers", "timm"):
+        raise ConfigError(f"provenance['library'] is {library!r}; the card describes 'transformers' or 'timm' models")
+    method = str(provenance.get("method") or "unknown")
+    base_model = provenance.get("base_model") or None
+    dataset = provenance.get("dataset")
+    options = provenance.get("method_options")
+    card_data = ModelCardData(
+        base_model=base_model,
+        license=provenance.get("license") or None,
+        library_name=library,
+        tags=list(dict.fromkeys(["pruned", "sparse", "hf-px", method])),
+        datasets=[dataset] if _is_hub_dataset(dataset) else None,
+        pipeline_tag="image-classification",
+    )
+    location = _repo_id(provenance)
+    kept, targets = counts.get("kept"), counts.get("targets")
+    global_density = kept / targets if kept is not None and targets else provenance.get("global_density")
+    probe = probe or None
+    head_refit = bool(probe and probe.get("head_refit"))
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        title=f"{_short(base_model or provenance.get('source') or 'model')} pruned with {method}",
+        base_model=base_model,
+        base_revision=provenance.get("base_revision"),
+        source=provenance.get("source") or "a local model",
+        library=library,
+        method=method,
+        method_options=json.dumps(options, sort_keys=True) if options else None,
+        sparsity=provenance.get("sparsity"),
+        global_density=global_density,
+        rounds=provenance.get("rounds"),
+        seed=provenance.get("seed"),
+        task=provenance.get("task") or "an unnamed dataset",
+        dataset=dataset if dataset and dataset != provenance.get("task") else None,
+        split=provenance.get("split"),
+        examples_per_class=provenance.get("examples_per_class"),
+        head_note=("refit as a ridge-regression probe on the scoring images, before and after pruning "
+                   "(the only trained part)" if head_refit else "the base model's, unchanged"),
+        probe=probe,
+        counts=counts,
+        densities=densities,
+        zero_layers=[name for name, density in densities.items() if density == 0.0],
+        plot_file=plot_file,
+        location=location or "path/to/this/checkpoint",
+        timm_location=f"hf-hub:{location}" if location else "local-dir:path/to/this/checkpoint",
+        command=provenance.get("command"),
+    )
+    return str(card)
+
+
+def density_plot(densities: dict[str, float], path: str | Path) -> bool:
+    """A horizontal bar chart of per-layer density saved as PNG at `path`; False (no file) without matplotlib
+    or without layers."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    if not densities:
+        return False
+    names = [_short_layer(name) for name in densities]
+    values = [100 * density for density in densities.values()]
+    # a Figure with its own Agg canvas: no pyplot, no global backend switch, nothing left open
+    figure = Figure(figsize=(8, max(2.5, 0.18 * len(names) + 1.2)), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    axes.barh(range(len(names)), values, color="#4c72b0")
+    axes.set_yticks(range(len(names)), names, fontsize=7 if len(names) > 30 else 9)
+    axes.invert_yaxis()   # first layer on top
+    axes.set_xlim(0, 100)
+    axes.set_xlabel("density (% of weights kept)")
+    axes.set_title("Per-layer density")
+    axes.grid(axis="x", alpha=0.3)
+    figure.savefig(Path(path), format="png", dpi=100)
+    return True
+
+
+def _is_hub_dataset(dataset) -> bool:
+    """A Hub dataset id (`name` or `org/name`), not a local folder or file."""
+    if not isinstance(dataset, str) or not _HUB_ID.fullmatch(dataset) or ".." in dataset:
+        return False
+    return not Path(dataset).expanduser().exists()
+
+
+def _repo_id(provenance: dict) -> str | None:
+    """Where the checkpoint will live on the Hub, when the caller said (for the loading snippets)."""
+    config = provenance.get("config") if isinstance(provenance.get("config"), dict) else {}
+    return provenance.get("repo_id") or config.get("push_to_hub") or None
+
+
+def _short(name: str) -> str:
+    return str(name).rstrip("/").rpartition("/")[2] or str(name)
+
+
+def _short_layer(name: str) -> str:
+    return name[: -len(".weight")] if name.endswith(".weight") else name

@@ -1,0 +1,492 @@
+"""A sparse checkpoint is the base library's own format plus a sidecar (STYLE principle 6).
+
+A folder written by `save_sparse` holds:
+
+- the model exactly as its library saves it (transformers `save_pretrained` + image processor, or timm
+  `save_for_hf`), pruned weights stored as zeros, so plain `AutoModelForImageClassification.from_pretrained`
+  / `timm.create_model("local-dir:...", pretrained=True)` load it without hf_px installed;
+- `hf_px_masks.safetensors`: the exact boolean masks keyed by parameter name, 8 entries per byte;
+- `hf_px.json`: the provenance (how the masks were found, densities, counts, library versions);
+- `README.md` (the model card) and any extra files (e.g. the density plot).
+
+Only safetensors and JSON are ever read back: never pickle.
+"""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError, ModelError
+from .masks import global_density, layer_densities
+
+FORMAT_VERSION = 1
+MASKS_FILE = "hf_px_masks.safetensors"
+PROVENANCE_FILE = "hf_px.json"
+CARD_FILE = "README.md"
+_SHAPE = ".__shape__"   # suffix of the int64 tensor that keeps each packed mask's shape
+_VERSIONED = ("torch", "timm", "transformers", "hf-px", "huggingface_hub", "safetensors")
+# keys a caller might put in the provenance by mistake; a token must never reach a file
+_SECRET_KEYS = re.compile(r"(^|_)(token|password|secret)s?$", re.IGNORECASE)
+# timm pretrained_cfg keys that say where the source weights came from, not what the saved weights are
+_TIMM_SOURCE_KEYS = {"url", "file", "hf_hub_id", "hf_hub_filename", "source", "state_dict", "architecture"}
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.md"]
+
+
+# ------------------------------------------------------------------------------------------------- masks
+
+
+def pack_masks(masks: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Boolean masks -> uint8 tensors of packed bits (`numpy.packbits`, big-endian bit order) plus, for each
+    name, an int64 `<name>.__shape__` tensor; exactly invertible by `unpack_masks`."""
+    packed = {}
+    for name, mask in masks.items():
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            raise ConfigError(f"mask {name!r} must be a torch.bool tensor, got "
+                              f"{getattr(mask, 'dtype', type(mask).__name__)}; threshold scores with "
+                              "hf_px.masks_from_scores first")
+        if name.endswith(_SHAPE):
+            raise ConfigError(f"mask name {name!r} ends with the reserved suffix {_SHAPE!r}")
+        bits = np.packbits(mask.detach().cpu().numpy().reshape(-1))
+        packed[name] = torch.from_numpy(bits)
+        packed[name + _SHAPE] = torch.tensor(list(mask.shape), dtype=torch.int64)
+    return packed
+
+
+def unpack_masks(packed: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The inverse of `pack_masks`; raises `ModelError` if a shape is missing or a size does not add up."""
+    names = [name for name in packed if not name.endswith(_SHAPE)]
+    orphans = sorted(set(packed) - set(names) - {name + _SHAPE for name in names})
+    if orphans:
+        raise ModelError(f"the masks hold shapes without bits: {orphans[:3]}; the masks file is damaged")
+    masks = {}
+    for name in names:
+        if name + _SHAPE not in packed:
+            raise ModelError(f"mask {name!r} has no {name + _SHAPE!r} entry; the masks file is damaged")
+        shape = [int(size) for size in packed[name + _SHAPE].flatten().tolist()]
+        bits = packed[name]
+        count = int(np.prod(shape)) if min(shape, default=0) >= 0 else -1
+        if bits.dtype != torch.uint8 or bits.dim() != 1 or bits.numel() != (count + 7) // 8 or count < 0:
+            raise ModelError(f"mask {name!r} holds {bits.numel()} {bits.dtype} values but shape {tuple(shape)} needs "
+                             f"{(count + 7) // 8} uint8 bytes; the masks file is damaged")
+        flat = np.unpackbits(bits.numpy(), count=count).astype(bool)
+        masks[name] = torch.from_numpy(flat).reshape(shape)
+    return masks
+
+
+# ------------------------------------------------------------------------------------------------- save
+
+
+def save_sparse(loaded, masks: dict[str, Tensor], provenance: dict, output: str | Path, overwrite: bool = False,
+                card: str | None = None, extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write `loaded` (a `hf_px.models.LoadedModel`, already pruned) as a sparse checkpoint folder `output`.
+
+    Everything is written into a hidden sibling folder that is moved into place only when complete, so a
+    failed or interrupted run leaves nothing behind. An existing `output` needs `overwrite=True`, and is
+    then replaced only after the new folder is complete (and only if it is empty or an hf_px checkpoint).
+    Raises `ModelError` if a masked-out weight is not zero: apply the masks first (`hf_px.apply_masks_`).
+    """
+    output = Path(output).expanduser()
+    _check_output(output, overwrite)
+    _check_masks(loaded.model, masks)
+    extra_files = dict(extra_files or {})
+    for name in extra_files:
+        _check_extra_name(name)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    try:
+        _save_native(loaded, scratch)
+        _write_masks(masks, scratch / MASKS_FILE)
+        record = _provenance_record(loaded, masks, provenance)
+        (scratch / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=_to_json) + "\n")
+        if card is not None:
+            (scratch / CARD_FILE).write_text(card, encoding="utf-8")
+        for name, content in extra_files.items():
+            target = scratch / name
+            if target.exists():
+                raise ConfigError(f"extra file {name!r} would overwrite the checkpoint's own {name}; rename it")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        _move_into_place(scratch, output)
+    except BaseException:   # also KeyboardInterrupt: never leave a half-written folder
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return output
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    if not output.exists():
+        return
+    if not overwrite:
+        raise ConfigError(f"output {str(output)!r} exists; pass --overwrite (overwrite=True) to replace it, "
+                          "or choose another folder")
+    if not output.is_dir():
+        raise ConfigError(f"output {str(output)!r} is a file, not a folder; remove it or choose another folder")
+    if any(output.iterdir()) and not (output / PROVENANCE_FILE).is_file():
+        raise ConfigError(f"output {str(output)!r} is a non-empty folder that is not an hf_px checkpoint (no "
+                          f"{PROVENANCE_FILE}); refusing to replace it even with --overwrite; choose another folder")
+
+
+def _check_extra_name(name: str) -> None:
+    path = PurePosixPath(name)
+    if not name or path.is_absolute() or "\\" in name or any(part in ("", ".", "..") or part.startswith(".")
+                                                              for part in path.parts):
+        raise ConfigError(f"extra file name {name!r} must be a relative path inside the checkpoint "
+                          "(no '..', no hidden names), e.g. 'density.png'")
+
+
+def _check_masks(model: nn.Module, masks: dict[str, Tensor]) -> None:
+    """Every mask names a parameter of the same shape, and every masked-out weight is exactly zero."""
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        if name not in params:
+            raise ModelError(f"mask {name!r} names no parameter of {type(model).__name__}; "
+                             f"parameters look like {', '.join(list(params)[:3])}")
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            raise ConfigError(f"mask {name!r} must be a torch.bool tensor, got "
+                              f"{getattr(mask, 'dtype', type(mask).__name__)}")
+        if mask.shape != params[name].shape:
+            raise ModelError(f"mask {name!r} has shape {tuple(mask.shape)} but the weight has "
+                             f"{tuple(params[name].shape)}; the masks belong to another model")
+        stray = int(params[name].detach()[~mask.to(params[name].device)].count_nonzero())
+        if stray:
+            raise ModelError(f"{stray} masked-out weights of {name!r} are not zero; apply the masks first "
+                             "(hf_px.apply_masks_(model, masks)) so the saved weights match the masks")
+
+
+def _write_masks(masks: dict[str, Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    # safetensors sorts tensors by name; the metadata keeps the caller's (model) order for tables
+    metadata = {"format": "pt", "hf_px_format_version": str(FORMAT_VERSION), "hf_px_order": json.dumps(list(masks))}
+    save_file(pack_masks(masks), str(path), metadata=metadata)
+
+
+def _provenance_record(loaded, masks: dict[str, Tensor], provenance: dict) -> dict:
+    """The caller's provenance (minus anything that looks like a secret) plus what the masks and model say."""
+    if not isinstance(provenance, dict):
+        raise ConfigError(f"provenance must be a dict, got {type(provenance).__name__}")
+    record = _without_secrets(provenance)
+    record.setdefault("library", loaded.library)
+    params = list(loaded.model.parameters())
+    record.update({
+        "format_version": FORMAT_VERSION,
+        "layer_densities": layer_densities(masks),
+        "global_density": global_density(masks),
+        "counts": {
+            "parameters": sum(p.numel() for p in params),
+            "nonzero": sum(int(p.count_nonzero()) for p in params),
+            "targets": sum(m.numel() for m in masks.values()),
+            "kept": sum(int(m.sum()) for m in masks.values()),
+        },
+        "versions": _versions(),
+    })
+    return record
+
+
+def _without_secrets(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_secrets(v) for k, v in value.items() if not _SECRET_KEYS.search(str(k))}
+    if isinstance(value, (list, tuple)):
+        return [_without_secrets(v) for v in value]
+    return value
+
+
+def _to_json(value: Any) -> Any:
+    """json.dumps fallback for the values a provenance plausibly holds."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (Tensor, np.ndarray)):
+        return value.tolist()
+    raise ConfigError(f"provenance holds a {type(value).__name__} ({value!r:.60}) that cannot be written as JSON; "
+                      "pass strings, numbers, lists and dicts")
+
+
+def _versions() -> dict[str, str | None]:
+    versions = {}
+    for name in _VERSIONED:
+        try:
+            versions[name.replace("-", "_")] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name.replace("-", "_")] = None
+    if versions["hf_px"] is None:
+        import hf_px
+
+        versions["hf_px"] = hf_px.__version__
+    return versions
+
+
+def _move_into_place(scratch: Path, output: Path) -> None:
+    """Rename the finished `scratch` to `output`; an existing `output` is moved aside first and restored if
+    the rename fails, then deleted."""
+    if not output.exists():
+        os.replace(scratch, output)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
+    aside.rmdir()
+    os.replace(output, aside)
+    try:
+        os.replace(scratch, output)
+    except BaseException:
+        os.replace(aside, output)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _save_native(loaded, folder: Path) -> None:
+    """The model (and its preprocessing and label names) in its own library's format, as safetensors."""
+    if loaded.library == "transformers":
+        config = loaded.model.config
+        labels = (config.id2label, config.label2id)
+        if loaded.label_names is not None:
+            config.id2label = dict(enumerate(loaded.label_names))
+            config.label2id = {name: i for i, name in enumerate(loaded.label_names)}
+        try:
+            loaded.model.save_pretrained(folder, safe_serialization=True)
+        finally:   # the caller's model is left as found
+            config.id2label, config.label2id = labels
+        if loaded.image_processor is not None:
+            loaded.image_processor.save_pretrained(folder)
+    elif loaded.library == "timm":
+        from timm.models import save_for_hf
+
+        model = loaded.model
+        cfg = {k: v for k, v in (loaded.pretrained_cfg or {}).items() if k not in _TIMM_SOURCE_KEYS and v is not None}
+        cfg["num_classes"] = model.num_classes
+        cfg.pop("label_names", None)   # written at the top level, where timm reads it from
+        model_config: dict[str, Any] = {"pretrained_cfg": cfg}
+        if loaded.label_names is not None:
+            model_config["label_names"] = list(loaded.label_names)
+        else:
+            cfg.pop("label_descriptions", None)
+        save_for_hf(model, str(folder), model_config=model_config, safe_serialization=True)
+    else:
+        raise ModelError(f"cannot save a model of library {loaded.library!r}; hf_px saves 'transformers' and 'timm'")
+
+
+# ------------------------------------------------------------------------------------------------- load
+
+
+def load_sparse(repo_or_dir: str | Path, revision: str | None = None) -> tuple[nn.Module, dict[str, Tensor]]:
+    """Load a sparse checkpoint (a local folder or a Hub repo id) as (model in eval mode, exact masks).
+
+    The masks come back in the model's parameter order. Raises `ModelError` if a file is missing, damaged or
+    of an unknown format, or if the masks and weights disagree (a name, a shape, a nonzero masked weight).
+    """
+    folder = _resolve(repo_or_dir, revision, _HUB_PATTERNS)
+    _read_provenance(folder)   # checks the format first: a clear error before any model is built
+    masks = _read_masks(folder)
+    model = _load_native(folder)
+    _check_loaded(model, masks, folder)
+    order = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+    return model.eval(), dict(sorted(masks.items(), key=lambda item: order[item[0]]))
+
+
+def summarize(repo_or_dir: str | Path, revision: str | None = None) -> str:
+    """A human summary of a sparse checkpoint, for `hf-px inspect` (reads only hf_px.json and the masks)."""
+    folder = _resolve(repo_or_dir, revision, [PROVENANCE_FILE, MASKS_FILE])
+    record = _read_provenance(folder)
+    masks = _read_masks(folder)
+    densities = layer_densities(masks)
+    kept = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    base = record.get("base_model") or record.get("source") or "unknown"
+    revision_note = f" @ {record['base_revision']}" if record.get("base_revision") else ""
+    options = record.get("method_options") or {}
+    sparsity = record.get("sparsity")
+    task = record.get("task") or record.get("dataset") or "unknown"
+    lines = [
+        f"checkpoint  {repo_or_dir}",
+        f"base model  {base}{revision_note} ({record.get('library', 'unknown library')})",
+        f"method      {record.get('method', 'unknown')}"
+        + (f" {json.dumps(options, sort_keys=True)}" if options else "")
+        + f", rounds {record.get('rounds', '?')}, seed {record.get('seed', '?')}",
+        f"sparsity    {f'{sparsity:.2%} asked, ' if isinstance(sparsity, (int, float)) else ''}"
+        f"{1 - kept / max(1, total):.2%} achieved ({kept:,} of {total:,} target weights kept)",
+        f"task        {task}" + (f", {record['examples_per_class']} examples per class"
+                                 if record.get("examples_per_class") else ""),
+    ]
+    probe = record.get("probe") or {}
+    if probe.get("dense") is not None and probe.get("sparse") is not None:
+        lines.append(f"probe       dense {probe['dense']:.2%}, sparse {probe['sparse']:.2%} "
+                     f"(linear probe, {probe.get('eval_examples', '?')} eval images)")
+    counts = record.get("counts") or {}
+    if counts:
+        lines.append(f"parameters  {counts.get('parameters', 0):,} total, {counts.get('nonzero', 0):,} non-zero")
+    if densities:
+        width = max(len("layer"), *(len(name) for name in densities))
+        lines.append("")
+        lines.append(f"{'layer':<{width}}  density  {'kept':>10} / total")
+        for name, density in densities.items():
+            lines.append(f"{name:<{width}}  {density:7.2%}  {int(masks[name].sum()):>10,} / {masks[name].numel():,}")
+    zero = [name for name, density in densities.items() if density == 0.0]
+    lines.append(f"layers at zero density: {', '.join(zero) if zero else 'none'}")
+    return "\n".join(lines)
+
+
+def _resolve(repo_or_dir: str | Path, revision: str | None, patterns: list[str]) -> Path:
+    """A local folder as is; a Hub repo id (ORG/NAME) downloaded (only `patterns`) to the local cache."""
+    if isinstance(repo_or_dir, Path):
+        path = repo_or_dir.expanduser()
+    elif isinstance(repo_or_dir, str) and repo_or_dir.strip():
+        text = repo_or_dir.strip()
+        local = text.startswith("local-dir:")
+        path = Path(text.partition(":")[2] if local else text).expanduser()
+        if not local and not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not text.startswith("."):
+            return _download(text, revision, patterns)
+    else:
+        raise ModelError(f"give a checkpoint folder or a Hub repo id (ORG/NAME), got {repo_or_dir!r}")
+    if not path.exists():
+        raise ModelError(f"checkpoint folder {str(path)!r} does not exist; give a folder written by hf-px prune "
+                         "or a Hub repo id (ORG/NAME)")
+    if not path.is_dir():
+        raise ModelError(f"{str(path)!r} is a file; give the checkpoint folder that holds {PROVENANCE_FILE}")
+    if revision is not None:
+        raise ConfigError(f"revision={revision!r} only applies to Hub repos, and {str(path)!r} is a local folder")
+    return path
+
+
+def _download(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
+    from huggingface_hub import snapshot_download
+
+    with _hub_errors(repo_id, revision):
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+
+
+@contextmanager
+def _hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
+    from huggingface_hub.errors import (
+        GatedRepoError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled,
+        RepositoryNotFoundError, RevisionNotFoundError,
+    )
+
+    login = "if it is private, run `hf auth login` or set HF_TOKEN"
+    try:
+        yield
+    except GatedRepoError:
+        raise ModelError(f"Hub repo {repo_id!r} is gated; accept its conditions on the Hub, then run "
+                         "`hf auth login` or set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise ModelError(f"Hub repo {repo_id!r} does not exist or is private; check the id; {login}") from None
+    except RevisionNotFoundError:
+        raise ModelError(f"Hub repo {repo_id!r} has no revision {revision!r}") from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        raise ModelError(f"Hub repo {repo_id!r} is not in the local cache and the Hub cannot be reached (offline "
+                         "mode HF_HUB_OFFLINE, or no network); download it once online, or give a local folder"
+                         ) from None
+    except HFValidationError:
+        raise ModelError(f"{repo_id!r} is neither an existing folder nor a valid Hub repo id (ORG/NAME)") from None
+    except HfHubHTTPError as error:
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        raise ModelError(f"the Hub refused or failed the download of {repo_id!r} (HTTP {status}); {login}") from None
+
+
+def _read_provenance(folder: Path) -> dict:
+    path = folder / PROVENANCE_FILE
+    if not path.is_file():
+        raise ModelError(f"{str(folder)!r} has no {PROVENANCE_FILE}: it is not a checkpoint written by hf_px "
+                         "(a plain transformers/timm model loads with load_model instead)")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"{str(path)!r} is not valid JSON ({error}); the checkpoint is damaged") from None
+    version = record.get("format_version") if isinstance(record, dict) else None
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ModelError(f"{str(path)!r} has no integer format_version; it was not written by hf_px")
+    if version > FORMAT_VERSION:
+        raise ModelError(f"{str(folder)!r} uses checkpoint format {version}, newer than this hf_px reads "
+                         f"({FORMAT_VERSION}); upgrade hf_px")
+    return record
+
+
+def _read_masks(folder: Path) -> dict[str, Tensor]:
+    from safetensors import SafetensorError, safe_open
+
+    path = folder / MASKS_FILE
+    if not path.is_file():
+        raise ModelError(f"{str(folder)!r} has no {MASKS_FILE}; the checkpoint is incomplete")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            packed = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ModelError(f"cannot read {str(path)!r} ({str(error).strip() or type(error).__name__}); the file is "
+                         "truncated or damaged: download or write the checkpoint again") from None
+    version = meta.get("hf_px_format_version", "")
+    if not version.isdigit():
+        raise ModelError(f"{str(path)!r} has no hf_px_format_version metadata; it was not written by hf_px")
+    if int(version) > FORMAT_VERSION:
+        raise ModelError(f"{str(path)!r} uses mask format {version}, newer than this hf_px reads "
+                         f"({FORMAT_VERSION}); upgrade hf_px")
+    masks = unpack_masks(packed)
+    try:
+        order = {name: i for i, name in enumerate(json.loads(meta.get("hf_px_order", "[]")))}
+    except json.JSONDecodeError:
+        order = {}
+    return dict(sorted(masks.items(), key=lambda item: order.get(item[0], len(order))))
+
+
+def _load_native(folder: Path) -> nn.Module:
+    """The model from `folder` with its own library, from safetensors only."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{str(folder)!r} has no config.json; the checkpoint is incomplete") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"{str(folder / 'config.json')!r} is not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{str(folder / 'config.json')!r} does not hold a JSON object")
+    if not ((folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()):
+        raise ModelError(f"{str(folder)!r} has no model.safetensors; hf_px reads only safetensors weights")
+    try:
+        if "architectures" in config or "model_type" in config:
+            from transformers import AutoModelForImageClassification
+
+            model, info = AutoModelForImageClassification.from_pretrained(
+                str(folder), use_safetensors=True, output_loading_info=True)
+            missing = list(info.get("missing_keys") or []) + list(info.get("mismatched_keys") or [])
+            if missing:
+                raise ModelError(f"{str(folder)!r} lacks weights for {[str(m) for m in missing[:3]]}; "
+                                 "the checkpoint is incomplete")
+            return model
+        if "architecture" in config:
+            import timm
+
+            return timm.create_model(f"local-dir:{folder}", pretrained=True)
+    except ModelError:
+        raise
+    except Exception as error:   # the libraries raise OSError/ValueError/RuntimeError/SafetensorError alike
+        text = str(error).strip().splitlines()
+        raise ModelError(f"cannot load the model in {str(folder)!r}: {text[0] if text else type(error).__name__}; "
+                         "the checkpoint is damaged or needs a newer transformers/timm") from None
+    raise ModelError(f"{str(folder / 'config.json')!r} has neither 'architectures'/'model_type' (transformers) nor "
+                     "'architecture' (timm); hf_px reads checkpoints of those two libraries")
+
+
+def _check_loaded(model: nn.Module, masks: dict[str, Tensor], folder: Path) -> None:
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        if name not in params:
+            raise ModelError(f"mask {name!r} in {str(folder)!r} names no parameter of the saved "
+                             f"{type(model).__name__}; the masks and the model do not belong together")
+        if mask.shape != params[name].shape:
+            raise ModelError(f"mask {name!r} has shape {tuple(mask.shape)} but the saved weight has "
+                             f"{tuple(params[name].shape)}; the masks and the model do not belong together")
+        stray = int(params[name].detach()[~mask].count_nonzero())
+        if stray:
+            raise ModelError(f"{stray} masked-out weights of {name!r} in {str(folder)!r} are not zero; the weights "
+                             "were changed after pruning (re-apply the masks and save again)")

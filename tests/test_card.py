@@ -1,0 +1,98 @@
+"""The model card: a YAML header huggingface_hub parses, and a body with the facts of the run."""
+
+import sys
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+
+from hf_px.card import density_plot, render_card
+from hf_px.errors import ConfigError
+
+DENSITIES = {"vit.encoder.layer.0.attention.attention.query.weight": 0.125,
+             "vit.encoder.layer.0.output.dense.weight": 0.0, "vit.encoder.layer.1.output.dense.weight": 0.5}
+COUNTS = {"parameters": 86_389_248, "nonzero": 9_123_456, "targets": 85_054_464, "kept": 8_505_446}
+PROBE = {"dense": 0.91, "sparse": 0.875, "sparse_same_head": 0.5, "eval_examples": 200, "eval_split": "test",
+         "head_refit": True}
+COMMAND = "hf-px prune google/vit-base-patch16-224 --task cifar10 --sparsity 0.9 --output vit-px90"
+
+
+def _provenance(**changes):
+    return {"base_model": "google/vit-base-patch16-224", "base_revision": "main",
+            "source": "google/vit-base-patch16-224",
+            "library": "transformers", "license": "apache-2.0", "method": "px",
+            "method_options": {"gate_only": "dense"}, "sparsity": 0.9, "rounds": 100, "seed": 3, "task": "cifar10",
+            "dataset": "uoft-cs/cifar10", "split": "train", "examples_per_class": 10, "command": COMMAND,
+            **changes}
+
+
+def _header(text: str) -> dict:
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def test_header_parses_and_holds_the_hub_metadata(tmp_path):
+    text = render_card(_provenance(), DENSITIES, PROBE, COUNTS, "density.png")
+    (tmp_path / "README.md").write_text(text)
+    data = ModelCard.load(tmp_path / "README.md").data.to_dict()
+    assert data == _header(text)
+    assert data["base_model"] == "google/vit-base-patch16-224"
+    assert data["license"] == "apache-2.0"
+    assert data["library_name"] == "transformers"
+    assert data["tags"] == ["pruned", "sparse", "hf-px", "px"]
+    assert data["datasets"] == ["uoft-cs/cifar10"]
+    assert data["pipeline_tag"] == "image-classification"
+
+
+def test_body_holds_table_counts_probe_citation_and_command():
+    text = render_card(_provenance(), DENSITIES, PROBE, COUNTS, "density.png")
+    body = text.split("---\n", 2)[2]
+    for name, density in DENSITIES.items():
+        assert f"| `{name}` | {density * 100:.2f}% |" in body
+    assert "Layers at zero density: vit.encoder.layer.0.output.dense.weight." in body
+    assert "86,389,248" in body and "9,123,456" in body and "8,505,446" in body
+    assert "| dense | 91.00% |" in body and "| sparse | 87.50% |" in body
+    assert "![Per-layer density](density.png)" in body
+    assert "90.00%" in body and "| Rounds | 100" in body and "| Seed | 3 |" in body and "10 examples per class" in body
+    assert '{"gate_only": "dense"}' in body
+    assert "sparse kernels" in body and "stored densely" in body
+    assert "Iurada, Leonardo and Ciccone, Marco and Tommasi, Tatiana" in body and "2406.01820" in body
+    assert "CVPR" in body and "@inproceedings" in body
+    assert f"```bash\n{COMMAND}\n```" in body
+    assert "AutoModelForImageClassification.from_pretrained" in body and "hf_px.load_sparse" in body
+
+
+def test_local_folder_has_no_base_model_and_a_local_dataset_is_not_listed(tmp_path):
+    data_folder = tmp_path / "my-images"
+    data_folder.mkdir()
+    provenance = _provenance(base_model=None, source=str(tmp_path / "tiny-resnet"), library="timm",
+                             method="magnitude", dataset=str(data_folder), license=None, command=None)
+    text = render_card(provenance, DENSITIES, None, COUNTS, None)
+    header = _header(text)
+    assert "base_model" not in header and "datasets" not in header and "license" not in header
+    assert header["library_name"] == "timm" and "magnitude" in header["tags"]
+    body = text.split("---\n", 2)[2]
+    assert "timm.create_model(" in body and "pretrained=True" in body
+    assert "No accuracy was measured" in body and "![" not in body
+    assert "huggingface.co/" not in body
+
+
+def test_unknown_library_is_a_config_error():
+    with pytest.raises(ConfigError, match="library"):
+        render_card(_provenance(library="keras"), DENSITIES, None, COUNTS, None)
+
+
+def test_density_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "density.png"
+    assert density_plot(DENSITIES, path) is True
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_density_plot_without_matplotlib_writes_nothing(tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib -> ImportError
+    path = tmp_path / "density.png"
+    assert density_plot(DENSITIES, path) is False
+    assert not path.exists()
