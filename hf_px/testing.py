@@ -104,3 +104,50 @@ def random_batches(n_batches: int = 2, batch_size: int = 4, shape=(3, 32, 32), n
     generator = torch.Generator().manual_seed(seed)
     return [(torch.randn(batch_size, *shape, generator=generator, dtype=dtype),
              torch.randint(0, num_classes, (batch_size,), generator=generator)) for _ in range(n_batches)]
+
+
+def write_fashion_mnist_dataset(path, per_class_train: int = 20, per_class_test: int = 5,
+                                layout: str = "save_to_disk", seed: int = 0) -> "pathlib.Path":
+    """A small dataset folder of real Fashion-MNIST images, standing in for a Hub dataset offline.
+
+    Columns `image` (grey PIL images, mode "L") and `label` (ClassLabel with the 10 Fashion-MNIST names), with
+    `per_class_train` / `per_class_test` images of every class drawn with `seed` and kept in their original
+    order (so classes are interleaved, as in the source). layout: "save_to_disk" (a DatasetDict with train and
+    test), "no_splits" (a plain Dataset: the train part only) or "imagefolder" (PNGs under
+    split/class_name/, named by their Fashion-MNIST index; "/" in a class name becomes "_", and the imagefolder
+    loader numbers the classes in sorted folder-name order). Returns the folder. Needs the Debian package
+    `dataset-fashion-mnist` (see `hf_px.data.load_fashion_mnist`).
+    """
+    from pathlib import Path
+
+    import datasets
+    from PIL import Image
+
+    from .data import FASHION_MNIST_CLASSES, balanced_indices, load_fashion_mnist
+    from .errors import ConfigError
+
+    layouts = ("save_to_disk", "no_splits", "imagefolder")
+    if layout not in layouts:
+        raise ConfigError(f"layout={layout!r} must be one of {', '.join(layouts)}")
+    path = Path(path)
+    counts = {"train": per_class_train} if layout == "no_splits" else {"train": per_class_train, "test": per_class_test}
+    parts = {}
+    for split, per_class in counts.items():
+        images, labels = load_fashion_mnist(split)
+        index = sorted(balanced_indices(labels, per_class, seed))
+        parts[split] = (index, [Image.fromarray(images[i].numpy()) for i in index],
+                        [int(labels[i]) for i in index])
+    if layout == "imagefolder":
+        for split, (index, pictures, targets) in parts.items():
+            for i, picture, target in zip(index, pictures, targets):
+                folder = path / split / FASHION_MNIST_CLASSES[target].replace("/", "_")
+                folder.mkdir(parents=True, exist_ok=True)
+                picture.save(folder / f"{i:05d}.png")
+        return path
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=list(FASHION_MNIST_CLASSES))})
+    splits = {split: datasets.Dataset.from_dict({"image": pictures, "label": targets}, features=features)
+              for split, (_, pictures, targets) in parts.items()}
+    stored = splits["train"] if layout == "no_splits" else datasets.DatasetDict(splits)
+    stored.save_to_disk(str(path))
+    return path

@@ -1,0 +1,177 @@
+"""`hf-px prune` end to end, offline: tiny transformers/timm models saved to local folders (standing in for
+Hub repos), a local dataset folder of real Fashion-MNIST images, and the sparse checkpoint loaded back by
+plain transformers/timm in a fresh process without hf_px."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import yaml
+
+import hf_px
+from hf_px.cli import main
+from hf_px.config import PruneConfig
+from hf_px.job import run_prune
+from hf_px.testing import write_fashion_mnist_dataset
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+                                reason="Fashion-MNIST not installed (bash scripts/setup.sh installs it)")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_fashion_mnist_dataset(tmp_path_factory.mktemp("fmnist") / "data", per_class_train=6,
+                                       per_class_test=3, layout="save_to_disk")
+
+
+@pytest.fixture(scope="module")
+def vit_folder(tmp_path_factory):
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = tf.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=64, num_labels=3, id2label={0: "cat", 1: "dog", 2: "bird"})
+    folder = tmp_path_factory.mktemp("vit") / "tiny-vit"
+    tf.ViTForImageClassification(config).save_pretrained(folder)
+    tf.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    (folder / "README.md").write_text("---\nlicense: mit\n---\n# a tiny ViT\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def timm_folder(tmp_path_factory):
+    import timm
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=5)
+    model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, 32, 32), "license": "apache-2.0"}
+    folder = tmp_path_factory.mktemp("timm") / "tiny-resnet"
+    save_for_hf(model, str(folder), safe_serialization=True)
+    return folder
+
+
+def _config(model_folder, dataset, output, **changes):
+    values = dict(model=str(model_folder), dataset=str(dataset), sparsity=0.6, rounds=3, examples_per_class=2,
+                  eval_examples=10, batch_size=8, seed=0, output=str(output))
+    return PruneConfig(**{**values, **changes})
+
+
+_FRESH = textwrap.dedent("""
+    import sys
+    sys.modules["hf_px"] = None          # the checkpoint must load without hf_px
+    import torch
+    library, folder, inputs, out = sys.argv[1:]
+    x = torch.load(inputs)
+    if library == "transformers":
+        from transformers import AutoModelForImageClassification
+        model = AutoModelForImageClassification.from_pretrained(folder).eval()
+        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        logits = model(pixel_values=x).logits
+    else:
+        import timm
+        model = timm.create_model("local-dir:" + folder, pretrained=True).eval()
+        labels = model.pretrained_cfg.get("label_names")
+        logits = model(x)
+    torch.save({"logits": logits.detach(), "labels": labels}, out)
+""")
+
+
+@pytest.mark.parametrize("library", ["transformers", "timm"])
+def test_pruned_checkpoint_loads_without_hf_px_and_gives_the_same_logits(library, vit_folder, timm_folder,
+                                                                         dataset, tmp_path):
+    folder = vit_folder if library == "transformers" else timm_folder
+    output = tmp_path / "out"
+    result = run_prune(_config(folder, dataset, output), command="hf-px prune ...", progress=False, log=lambda *_: None)
+    assert result.output == output and output.is_dir()
+    names = [n for n in os.listdir(output)]
+    assert "hf_px_masks.safetensors" in names and "hf_px.json" in names and "README.md" in names
+    assert not any(n.startswith(".") for n in os.listdir(tmp_path)), "a temporary folder was left behind"
+
+    model = result.loaded.model.eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = hf_px.batches.logits_of(model(x))
+    torch.save(x, tmp_path / "x.pt")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, "-c", _FRESH, library, str(output), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+                   check=True, env=env, cwd=tmp_path)
+    fresh = torch.load(tmp_path / "y.pt")
+    torch.testing.assert_close(fresh["logits"], expected, rtol=1e-5, atol=1e-5)
+    fashion = list(hf_px.data.FASHION_MNIST_CLASSES)
+    assert fresh["labels"] == fashion           # the task's label names, not the checkpoint's
+
+    loaded, masks = hf_px.load_sparse(str(output))
+    assert masks.keys() == result.masks.keys()
+    assert all(torch.equal(masks[n], result.masks[n]) for n in masks)
+    kept = sum(int(m.sum()) for m in masks.values())
+    assert kept == round(0.4 * sum(m.numel() for m in masks.values()))
+
+    provenance = json.loads((output / "hf_px.json").read_text())
+    assert provenance["method"] == "px" and provenance["rounds"] == 3 and provenance["sparsity"] == 0.6
+    assert len(provenance["score_indices"]) == 20 and len(provenance["eval_indices"]) == 10
+    assert provenance["label_names"] == fashion
+
+    header = (output / "README.md").read_text().split("---")[1]
+    card = yaml.safe_load(header)
+    assert card["library_name"] == library and "pruned" in card["tags"] and "px" in card["tags"]
+    assert "base_model" not in card               # a local folder is not a Hub model
+    assert card["license"] == ("mit" if library == "transformers" else "apache-2.0")
+
+
+def test_cli_prune_dry_run_touches_nothing(vit_folder, dataset, tmp_path, capsys):
+    output = tmp_path / "out"
+    code = main(["prune", str(vit_folder), "--dataset", str(dataset), "--dry-run", "--output", str(output),
+                 "--include", "*attention*", "--exclude", "*k_proj*", "--examples-per-class", "2", "--eval-examples", "10", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0 and not output.exists()
+    targets = [line.split()[-1] for line in printed.splitlines() if line.startswith("  target ")]
+    assert targets and all("attention" in t and "k_proj" not in t for t in targets)
+    assert "vit.layers.0.attention.q_proj.weight" in targets
+
+
+def test_cli_prune_then_inspect_and_overwrite(timm_folder, dataset, tmp_path, capsys):
+    output = tmp_path / "out"
+    argv = ["prune", str(timm_folder), "--dataset", str(dataset), "--sparsity", "0.5", "--rounds", "2",
+            "--examples-per-class", "2", "--eval-examples", "10", "--method", "magnitude", "--output", str(output),
+            "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "global" in printed and "linear-probe accuracy" in printed
+    assert main(["inspect", str(output)]) == 0
+    assert "magnitude" in capsys.readouterr().out
+
+    before = (output / "hf_px.json").read_bytes()
+    assert main(argv) == 2                         # exists: needs --overwrite, and is left untouched
+    assert "--overwrite" in capsys.readouterr().err
+    assert (output / "hf_px.json").read_bytes() == before
+    assert main(argv + ["--overwrite", "--seed", "1"]) == 0
+    assert json.loads((output / "hf_px.json").read_text())["seed"] == 1
+
+
+@pytest.mark.parametrize("changes,fragment", [
+    ({"model": "no/such-model-here"}, "no/such-model-here"),
+    ({"dataset": None, "task": "cifar11"}, "cifar11"),
+    ({"image_column": "picture"}, "picture"),
+    ({"label_column": "class"}, "class"),
+    ({"examples_per_class": 50}, "fewer"),
+])
+def test_cli_bad_input_is_one_line_and_writes_nothing(changes, fragment, vit_folder, dataset, tmp_path, capsys,
+                                                     monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    values = {"model": str(vit_folder), "dataset": str(dataset), "task": None, "examples_per_class": 2,
+              "image_column": None, "label_column": None, **changes}
+    argv = ["prune", values["model"], "--examples-per-class", str(values["examples_per_class"]),
+            "--output", str(tmp_path / "out"), "--no-progress"]
+    argv += ["--task", values["task"]] if values["task"] else ["--dataset", values["dataset"]]
+    for flag in ("image_column", "label_column"):
+        if values[flag]:
+            argv += ["--" + flag.replace("_", "-"), values[flag]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+    assert not (tmp_path / "out").exists()
