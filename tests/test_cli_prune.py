@@ -83,10 +83,20 @@ _FRESH = textwrap.dedent("""
 
 @pytest.mark.parametrize("library", ["transformers", "timm"])
 def test_pruned_checkpoint_loads_without_hf_px_and_gives_the_same_logits(library, vit_folder, timm_folder,
-                                                                         dataset, tmp_path):
+                                                                         dataset, tmp_path, monkeypatch):
     folder = vit_folder if library == "transformers" else timm_folder
     output = tmp_path / "out"
-    result = run_prune(_config(folder, dataset, output), command="hf-px prune ...", progress=False, log=lambda *_: None)
+    results = []
+
+    def spy(*args, **kwargs):    # keep the pruned model of the CLI run to compare logits with
+        results.append(run_prune(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr("hf_px.cli.prune.run_prune", spy)
+    assert main(["prune", str(folder), "--dataset", str(dataset), "--sparsity", "0.6", "--rounds", "3",
+                 "--examples-per-class", "2", "--eval-examples", "10", "--batch-size", "8",
+                 "--output", str(output), "--no-progress"]) == 0
+    result = results[0]
     assert result.output == output and output.is_dir()
     names = [n for n in os.listdir(output)]
     assert "hf_px_masks.safetensors" in names and "hf_px.json" in names and "README.md" in names
@@ -158,7 +168,7 @@ def test_cli_prune_then_inspect_and_overwrite(timm_folder, dataset, tmp_path, ca
     ({"dataset": None, "task": "cifar11"}, "cifar11"),
     ({"image_column": "picture"}, "picture"),
     ({"label_column": "class"}, "class"),
-    ({"examples_per_class": 50}, "fewer"),
+    ({"examples_per_class": 50}, "--examples-per-class"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(changes, fragment, vit_folder, dataset, tmp_path, capsys,
                                                      monkeypatch):
@@ -175,3 +185,26 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(changes, fragment, vit_fol
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_inspect_of_a_corrupt_checkpoint_is_one_line(tmp_path, capsys):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "hf_px.json").write_text('{"format_version": 1}')
+    (folder / "hf_px_masks.safetensors").write_bytes(b"\x00\x01garbage")
+    assert main(["inspect", str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "hf_px_masks.safetensors" in err[0], err
+
+
+def test_readme_quickstart_runs(tmp_path, capsys):
+    """The README's first command (examples/quickstart.py), on fewer scoring images."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
+    spec = importlib.util.spec_from_file_location("quickstart", path)
+    quickstart = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quickstart)
+    assert quickstart.main(["--workdir", str(tmp_path), "--examples-per-class", "3"]) == 0
+    assert "pruned weights are zero: True" in capsys.readouterr().out
