@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError, ModelError
 from .masks import global_density, layer_densities
+from .models import save_model
 
 FORMAT_VERSION = 1
 MASKS_FILE = "hf_px_masks.safetensors"
@@ -39,7 +40,6 @@ _VERSIONED = ("torch", "timm", "transformers", "hf-px", "huggingface_hub", "safe
 # keys a caller might put in the provenance by mistake; a token must never reach a file
 _SECRET_KEYS = re.compile(r"(^|_)(token|password|secret)s?$", re.IGNORECASE)
 # timm pretrained_cfg keys that say where the source weights came from, not what the saved weights are
-_TIMM_SOURCE_KEYS = {"url", "file", "hf_hub_id", "hf_hub_filename", "source", "state_dict", "architecture"}
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.md"]
 
 
@@ -105,7 +105,7 @@ def save_sparse(loaded, masks: dict[str, Tensor], provenance: dict, output: str 
     output.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:
-        _save_native(loaded, scratch)
+        save_model(loaded, scratch)   # the model in its own library's format
         _write_masks(masks, scratch / MASKS_FILE)
         record = _provenance_record(loaded, masks, provenance)
         (scratch / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=_to_json) + "\n")
@@ -245,37 +245,6 @@ def _move_into_place(scratch: Path, output: Path) -> None:
         os.replace(aside, output)
         raise
     shutil.rmtree(aside, ignore_errors=True)
-
-
-def _save_native(loaded, folder: Path) -> None:
-    """The model (and its preprocessing and label names) in its own library's format, as safetensors."""
-    if loaded.library == "transformers":
-        config = loaded.model.config
-        labels = (config.id2label, config.label2id)
-        if loaded.label_names is not None:
-            config.id2label = dict(enumerate(loaded.label_names))
-            config.label2id = {name: i for i, name in enumerate(loaded.label_names)}
-        try:
-            loaded.model.save_pretrained(folder, safe_serialization=True)
-        finally:   # the caller's model is left as found
-            config.id2label, config.label2id = labels
-        if loaded.image_processor is not None:
-            loaded.image_processor.save_pretrained(folder)
-    elif loaded.library == "timm":
-        from timm.models import save_for_hf
-
-        model = loaded.model
-        cfg = {k: v for k, v in (loaded.pretrained_cfg or {}).items() if k not in _TIMM_SOURCE_KEYS and v is not None}
-        cfg["num_classes"] = model.num_classes
-        cfg.pop("label_names", None)   # written at the top level, where timm reads it from
-        model_config: dict[str, Any] = {"pretrained_cfg": cfg}
-        if loaded.label_names is not None:
-            model_config["label_names"] = list(loaded.label_names)
-        else:
-            cfg.pop("label_descriptions", None)
-        save_for_hf(model, str(folder), model_config=model_config, safe_serialization=True)
-    else:
-        raise ModelError(f"cannot save a model of library {loaded.library!r}; hf_px saves 'transformers' and 'timm'")
 
 
 # ------------------------------------------------------------------------------------------------- load

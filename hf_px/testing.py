@@ -1,5 +1,7 @@
 """Tiny models built from configs (no downloads) for tests, examples and benchmarks."""
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -107,7 +109,7 @@ def random_batches(n_batches: int = 2, batch_size: int = 4, shape=(3, 32, 32), n
 
 
 def write_fashion_mnist_dataset(path, per_class_train: int = 20, per_class_test: int = 5,
-                                layout: str = "save_to_disk", seed: int = 0) -> "pathlib.Path":
+                                layout: str = "save_to_disk", seed: int = 0) -> Path:
     """A small dataset folder of real Fashion-MNIST images, standing in for a Hub dataset offline.
 
     Columns `image` (grey PIL images, mode "L") and `label` (ClassLabel with the 10 Fashion-MNIST names), with
