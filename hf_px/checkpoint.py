@@ -97,7 +97,7 @@ def save_sparse(loaded, masks: dict[str, Tensor], provenance: dict, output: str 
     Raises `ModelError` if a masked-out weight is not zero: apply the masks first (`hf_px.apply_masks_`).
     """
     output = Path(output).expanduser()
-    _check_output(output, overwrite)
+    check_output(output, overwrite)
     _check_masks(loaded.model, masks)
     extra_files = dict(extra_files or {})
     for name in extra_files:
@@ -124,7 +124,8 @@ def save_sparse(loaded, masks: dict[str, Tensor], provenance: dict, output: str 
     return output
 
 
-def _check_output(output: Path, overwrite: bool) -> None:
+def check_output(output: Path, overwrite: bool) -> None:
+    """Raise `ConfigError` unless `output` is free, or may be replaced (`overwrite` and an hf_px checkpoint)."""
     if not output.exists():
         return
     if not overwrite:

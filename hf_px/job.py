@@ -38,6 +38,8 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
         _quiet_library_progress_bars()
     device = _device(config.device)
     make_criterion(config.method, **config.method_options)       # bad options fail before any loading
+    if config.output and not config.dry_run:    # an existing output fails now, not after hours of pruning
+        checkpoint.check_output(Path(config.output).expanduser(), config.overwrite)
 
     log(f"loading {config.model}" + (f" @ {config.revision}" if config.revision else ""))
     loaded = models.load_model(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code)
