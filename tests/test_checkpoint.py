@@ -4,7 +4,6 @@ process without hf_px, and a clear ModelError for every kind of damage. Never to
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -26,19 +25,7 @@ PROVENANCE = {"base_model": None, "source": "tiny", "method": "magnitude", "meth
               "hf_token": "hf_SHOULD_NEVER_BE_WRITTEN"}
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Offline mode on, and any socket connection fails the test."""
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"a test tried to open a network connection: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+pytestmark = pytest.mark.usefixtures("no_network")   # see conftest.py
 
 
 # ------------------------------------------------------------------------------------------------ packing

@@ -18,8 +18,7 @@ from hf_px.config import PruneConfig
 from hf_px.job import run_prune
 from hf_px.testing import write_fashion_mnist_dataset
 
-pytestmark = pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
-                                reason="Fashion-MNIST not installed (bash scripts/setup.sh installs it)")
+pytestmark = pytest.mark.needs_fashion_mnist   # see conftest.py
 
 
 @pytest.fixture(scope="module")

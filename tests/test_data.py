@@ -6,14 +6,8 @@ import pytest
 import torch
 
 import hf_px
-from hf_px.data import FASHION_MNIST_CLASSES, FASHION_MNIST_ROOT, balanced_indices, load_fashion_mnist
+from hf_px.data import FASHION_MNIST_CLASSES, balanced_indices, load_fashion_mnist
 
-_HAVE_FASHION_MNIST = all((FASHION_MNIST_ROOT / f"{prefix}-{kind}-ubyte.gz").is_file()
-                          for prefix in ("train", "t10k") for kind in ("images-idx3", "labels-idx1"))
-needs_fashion_mnist = pytest.mark.skipif(
-    not _HAVE_FASHION_MNIST,
-    reason=f"Fashion-MNIST IDX files not in {FASHION_MNIST_ROOT}: run `bash scripts/setup.sh` "
-           "(apt-get install -y dataset-fashion-mnist)")
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +15,7 @@ def train():
     return load_fashion_mnist("train")
 
 
-@needs_fashion_mnist
+@pytest.mark.needs_fashion_mnist
 def test_train_split_shapes_dtypes_and_class_balance(train):
     images, labels = train
     assert images.shape == (60000, 28, 28) and images.dtype == torch.uint8
@@ -33,7 +27,7 @@ def test_train_split_shapes_dtypes_and_class_balance(train):
     assert 0 < int(images.max()) <= 255 and images.float().std() > 0
 
 
-@needs_fashion_mnist
+@pytest.mark.needs_fashion_mnist
 def test_test_split_shapes_and_class_balance():
     images, labels = load_fashion_mnist("test")
     assert images.shape == (10000, 28, 28) and images.dtype == torch.uint8
@@ -41,7 +35,7 @@ def test_test_split_shapes_and_class_balance():
     assert torch.bincount(labels, minlength=10).tolist() == [1000] * 10
 
 
-@needs_fashion_mnist
+@pytest.mark.needs_fashion_mnist
 def test_balanced_sample_of_the_real_training_split(train):
     images, labels = train
     index = balanced_indices(labels, 10, seed=0)

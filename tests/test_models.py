@@ -1,7 +1,6 @@
 """load_model / save_model on tiny local folders of both libraries; never touches the network."""
 
 import json
-import socket
 
 import numpy as np
 import pytest
@@ -15,19 +14,7 @@ from hf_px.models import load_model, save_model, set_label_names_
 LABELS = ["cat", "dog", "bird"]
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Offline mode on, and any socket connection fails the test."""
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"a test tried to open a network connection: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+pytestmark = pytest.mark.usefixtures("no_network")   # see conftest.py
 
 
 @pytest.fixture(scope="module")

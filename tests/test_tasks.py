@@ -12,16 +12,10 @@ import torch
 
 import hf_px
 from hf_px import data
-from hf_px.data import (FASHION_MNIST_CLASSES, FASHION_MNIST_ROOT, HELD_OUT, TASKS, Task, label_names_of,
+from hf_px.data import (FASHION_MNIST_CLASSES, HELD_OUT, TASKS, Task, label_names_of,
                         list_splits, make_batches, open_split, resolve_task, sample_task)
 from hf_px.testing import write_fashion_mnist_dataset
 
-_HAVE_FASHION_MNIST = all((FASHION_MNIST_ROOT / f"{prefix}-{kind}-ubyte.gz").is_file()
-                          for prefix in ("train", "t10k") for kind in ("images-idx3", "labels-idx1"))
-needs_fashion_mnist = pytest.mark.skipif(
-    not _HAVE_FASHION_MNIST,
-    reason=f"Fashion-MNIST IDX files not in {FASHION_MNIST_ROOT}: run `bash scripts/setup.sh` "
-           "(apt-get install -y dataset-fashion-mnist)")
 FASHION = list(FASHION_MNIST_CLASSES)
 IMAGEFOLDER_NAMES = sorted(name.replace("/", "_") for name in FASHION)   # the imagefolder loader sorts folders
 
@@ -123,7 +117,7 @@ def test_dataset_ids_and_folders(tmp_path):
 # --------------------------------------------------------------------------------------- local datasets
 
 
-@needs_fashion_mnist
+@pytest.mark.needs_fashion_mnist
 @pytest.mark.parametrize("layout, splits, names", [
     ("save_to_disk", ["train", "test"], FASHION), ("no_splits", ["train"], FASHION),
     ("imagefolder", ["train", "test"], IMAGEFOLDER_NAMES)])
@@ -143,7 +137,7 @@ def test_local_layouts_load(folders, layout, splits, names):
     assert isinstance(stream, datasets.IterableDataset) and next(iter(stream))["label"] == train[0]["label"]
 
 
-@needs_fashion_mnist
+@pytest.mark.needs_fashion_mnist
 def test_helper_images_are_the_real_fashion_mnist_images(folders):
     images, labels = data.load_fashion_mnist("test")
     test = open_split(resolve_task(dataset=str(folders["save_to_disk"])), "test")
@@ -152,7 +146,7 @@ def test_helper_images_are_the_real_fashion_mnist_images(folders):
     assert np.array_equal(_pixels(test[7]["image"]), images[index[7]].numpy())
 
 
-@needs_fashion_mnist
+@pytest.mark.needs_fashion_mnist
 def test_a_dataset_without_splits_is_the_train_split(folders):
     task = resolve_task(dataset=str(folders["no_splits"]))
     with pytest.raises(hf_px.DataError, match=r"has no split 'test'; its splits: train\. .*saved without splits"):
@@ -161,7 +155,7 @@ def test_a_dataset_without_splits_is_the_train_split(folders):
         open_split(resolve_task(dataset=str(folders["imagefolder"])), "validation")
 
 
-@needs_fashion_mnist
+@pytest.mark.needs_fashion_mnist
 @pytest.mark.parametrize("flag, changes", [("--image-column", {"image_column": "pixels"}),
                                            ("--label-column", {"label_column": "fine_label"})])
 def test_missing_column_names_the_existing_ones_and_the_flag(folders, flag, changes):
@@ -178,7 +172,7 @@ def test_missing_column_names_the_existing_ones_and_the_flag(folders, flag, chan
 # ------------------------------------------------------------------------------------------ the samples
 
 
-@needs_fashion_mnist
+@pytest.mark.needs_fashion_mnist
 @pytest.mark.parametrize("layout", ["save_to_disk", "imagefolder"])
 def test_scoring_sample_is_per_class_exact_seeded_and_the_right_images(folders, layout):
     task = resolve_task(dataset=str(folders[layout]))
@@ -202,7 +196,7 @@ def test_scoring_sample_is_per_class_exact_seeded_and_the_right_images(folders, 
     assert other.score_indices != sample.score_indices and Counter(other.score_labels) == Counter(sample.score_labels)
 
 
-@needs_fashion_mnist
+@pytest.mark.needs_fashion_mnist
 def test_eval_sample_from_the_eval_split_is_balanced(folders):
     task = resolve_task(dataset=str(folders["save_to_disk"]))
     sample = sample_task(task, per_class=2, eval_examples=25, seed=0)
@@ -214,7 +208,7 @@ def test_eval_sample_from_the_eval_split_is_balanced(folders):
                for a, i in zip(sample.eval_images, sample.eval_indices))
 
 
-@needs_fashion_mnist
+@pytest.mark.needs_fashion_mnist
 @pytest.mark.parametrize("eval_examples", [30, 25])
 def test_carved_eval_sample_is_disjoint_from_the_scoring_sample_and_balanced(folders, eval_examples):
     task = resolve_task(dataset=str(folders["no_splits"]))
@@ -231,7 +225,7 @@ def test_carved_eval_sample_is_disjoint_from_the_scoring_sample_and_balanced(fol
         sample_task(task, per_class=10, eval_examples=101)
 
 
-@needs_fashion_mnist
+@pytest.mark.needs_fashion_mnist
 def test_registered_eval_split_that_is_missing_falls_back_to_carving(folders):
     task = resolve_task(dataset=str(folders["no_splits"]), eval_split="validation")
     with pytest.warns(UserWarning, match="no split 'validation'"):
@@ -259,7 +253,7 @@ def test_eval_sample_is_balanced_as_far_as_the_class_sizes_allow(tmp_path):
     assert [int(_pixels(image)[0, 0]) for image in sample.eval_images] == sample.eval_indices
 
 
-@needs_fashion_mnist
+@pytest.mark.needs_fashion_mnist
 def test_a_short_class_is_named_with_its_count_and_the_fix(folders, tmp_path):
     train = open_split(resolve_task(dataset=str(folders["save_to_disk"])), "train")
     bag = FASHION.index("Bag")
@@ -351,7 +345,7 @@ def _first_full_window(labels: list[int], window: int, num_classes: int = 10) ->
     return len(labels)
 
 
-@needs_fashion_mnist
+@pytest.mark.needs_fashion_mnist
 def test_streamed_sample_meets_the_quotas_and_stops_reading_early(folders, counted_streams):
     task = resolve_task(dataset=str(folders["save_to_disk"]))
     train = open_split(task, "train")
@@ -368,7 +362,7 @@ def test_streamed_sample_meets_the_quotas_and_stops_reading_early(folders, count
     assert sample_task(task, per_class=2, seed=5, streaming=True).score_indices != sample.score_indices
 
 
-@needs_fashion_mnist
+@pytest.mark.needs_fashion_mnist
 def test_streamed_carve_is_disjoint_and_streamed_eval_split_is_balanced(folders, counted_streams):
     task = resolve_task(dataset=str(folders["no_splits"]))
     sample = sample_task(task, per_class=2, eval_examples=20, seed=0, streaming=True)
@@ -409,7 +403,7 @@ def fake_hub(monkeypatch, folders):
     return calls
 
 
-@needs_fashion_mnist
+@pytest.mark.needs_fashion_mnist
 def test_a_registered_hub_task_is_sampled_through_load_dataset(fake_hub):
     sample = sample_task(resolve_task("cifar10"), per_class=2, eval_examples=10, seed=0, revision="abc123")
     assert Counter(sample.score_labels) == {c: 2 for c in range(10)} and sample.eval_split == "test"
@@ -419,7 +413,7 @@ def test_a_registered_hub_task_is_sampled_through_load_dataset(fake_hub):
     assert streamed.streamed and fake_hub[-1] == ("uoft-cs/cifar10", None, "train", True, None)
 
 
-@needs_fashion_mnist
+@pytest.mark.needs_fashion_mnist
 def test_hub_failures_become_data_errors(fake_hub):
     with pytest.raises(hf_px.DataError) as info:
         open_split(resolve_task(dataset="someone/missing"), "train")
