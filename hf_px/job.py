@@ -37,7 +37,8 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
     if not progress:
         _quiet_library_progress_bars()
     device = _device(config.device)
-    make_criterion(config.method, **config.method_options)       # bad options fail before any loading
+    # bad method options fail before any loading
+    rounds = config.rounds or make_criterion(config.method, **config.method_options).default_rounds
     if config.output and not config.dry_run:    # an existing output fails now, not after hours of pruning
         checkpoint.check_output(Path(config.output).expanduser(), config.overwrite)
 
@@ -75,7 +76,7 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
         f"targets   {len(targets)} tensors, {total:,} weights; keep {round((1 - config.sparsity) * total):,} "
         f"({1 - config.sparsity:.2%})",
         f"method    {config.method}{' ' + str(config.method_options) if config.method_options else ''}, "
-        f"rounds {config.rounds or make_criterion(config.method).default_rounds}, seed {config.seed}",
+        f"rounds {rounds}, seed {config.seed}",
         f"device    {device}",
     ]
     for line in plan:
@@ -103,7 +104,6 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
     densities = layer_densities(masks)
     probe = {"dense": dense_accuracy, "sparse": sparse_accuracy, "sparse_same_head": same_head_accuracy,
              "eval_examples": len(sample.eval_labels), "eval_split": sample.eval_split, "head_refit": fit_head}
-    rounds = config.rounds or make_criterion(config.method, **config.method_options).default_rounds
     provenance = {
         "base_model": loaded.hub_id, "base_revision": config.revision, "source": config.model,
         "library": loaded.library, "license": loaded.license,
