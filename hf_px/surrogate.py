@@ -48,6 +48,7 @@ _LAYER_NORM = {F.layer_norm}
 _GROUP_NORM = {F.group_norm}
 _BATCH_NORM = {F.batch_norm}
 _MAX_POOL = {F.max_pool2d, F.max_pool2d_with_indices}
+_CONV = {F.conv1d, F.conv2d, F.conv3d}
 _INPLACE_WRITES = {Tensor.__setitem__}
 
 
@@ -122,6 +123,8 @@ class GatedPass(TorchFunctionMode):
             out = self._batch_norm(func, args, kwargs)
         elif func in _MAX_POOL:
             out = self._max_pool(func, args, kwargs)
+        elif (func in _CONV or func is F.linear) and _is_constant(_arg(args, kwargs, 1, "weight")):
+            out = _constant_weight_layer(func, args, kwargs)
         else:
             out = func(*args, **kwargs)
         if index in self.cuts:
@@ -301,6 +304,34 @@ class GatedPass(TorchFunctionMode):
 
 
 _DRIFT = 32
+
+
+def _is_constant(weight) -> bool:
+    """Whether `weight` is one value broadcast to its shape (a `_constant`, e.g. surrogate A's unpruned 1s)."""
+    return isinstance(weight, Tensor) and weight.numel() > 1 and not any(weight.stride())
+
+
+def _constant_weight_layer(func, args, kwargs) -> Tensor:
+    """Conv or Linear with a constant weight c, without the dense product: every output channel of a group
+    is c times the same sum of its input channels over the window. Surrogate A's unpruned layers have
+    c = 1, so this turns most of its cost into one sum per group (same values, summed in another order)."""
+    x, weight, bias = (_arg(args, kwargs, i, n) for i, n in enumerate(("input", "weight", "bias")))
+    value = weight[(0,) * weight.dim()]
+    if func is F.linear:
+        out = (x.sum(-1, keepdim=True) * value).expand(*x.shape[:-1], weight.shape[0])
+    else:
+        groups = _arg(args, kwargs, 6, "groups", 1)
+        if x.dim() != weight.dim() or weight.shape[1] == weight.shape[0] // groups == 1:
+            return func(*args, **kwargs)   # unbatched input or depthwise: nothing to share
+        stride, padding, dilation = (_arg(args, kwargs, i, n, d) for i, n, d in
+                                     ((3, "stride", 1), (4, "padding", 0), (5, "dilation", 1)))
+        summed = x.unflatten(1, (groups, -1)).sum(2)
+        window = torch.ones((groups, 1, *weight.shape[2:]), dtype=x.dtype, device=x.device) * value
+        out = func(summed, window, None, stride, padding, dilation, groups)
+        out = out.unsqueeze(2).expand(out.shape[0], groups, weight.shape[0] // groups, *out.shape[2:]).flatten(1, 2)
+    if bias is not None:
+        return out + (bias if func is F.linear else bias.view(-1, *[1] * (out.dim() - 2)))
+    return out.contiguous()
 
 
 def _owns_storage(out: Tensor, args, kwargs) -> bool:

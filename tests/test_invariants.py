@@ -264,3 +264,39 @@ def test_rescaling_at_cuts_never_changes_scores_with_a_head_bias(monkeypatch, dr
     rescaled = hf_px.score(copy.deepcopy(model), batches, method="px")
     for name, value in reference.items():
         torch.testing.assert_close(rescaled[name], value, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("case", [
+    dict(func="conv2d", x=(3, 6, 9, 8), w=(4, 6, 3, 3), stride=2, padding=1),
+    dict(func="conv2d", x=(2, 6, 7, 7), w=(4, 3, 3, 2), groups=2, dilation=2, bias=True),
+    dict(func="conv2d", x=(2, 4, 8, 8), w=(4, 4, 3, 3), padding="same", value=0.0),
+    dict(func="conv1d", x=(2, 4, 11), w=(6, 2, 5), groups=2, stride=3),
+    dict(func="conv3d", x=(1, 2, 5, 6, 4), w=(3, 2, 2, 3, 1), bias=True),
+    dict(func="conv2d", x=(2, 4, 6, 6), w=(4, 1, 3, 3), groups=4),       # depthwise: the dense op
+    dict(func="linear", x=(2, 5, 7), w=(3, 7), bias=True),
+    dict(func="linear", x=(4, 7), w=(9, 7), value=0.0),
+])
+def test_constant_weight_layer_equals_the_dense_op(case, monkeypatch):
+    """Surrogate A runs unpruned Conv/Linear layers with an all-ones weight as one sum per group; the result
+    must equal the dense op on a materialised weight (the oracle), bias, groups, stride and padding included."""
+    import torch.nn.functional as F
+
+    from hf_px import surrogate
+
+    case = dict(case)
+    func = getattr(F, case.pop("func"))
+    value = case.pop("value", 1.0)
+    torch.manual_seed(0)
+    x = torch.randn(case.pop("x"), dtype=torch.float64)
+    shape = case.pop("w")
+    weight = torch.full((), value, dtype=torch.float64).expand(shape)   # what pass_parameters gives
+    bias = torch.randn(shape[0], dtype=torch.float64) if case.pop("bias", False) else None
+    calls = []
+    shortcut = surrogate._constant_weight_layer
+    monkeypatch.setattr(surrogate, "_constant_weight_layer", lambda *a: calls.append(1) or shortcut(*a))
+    with surrogate.GatedPass("activation", surrogate.deque()):
+        out = func(x, weight, bias, **case)
+    expected = func(x, weight.contiguous(), bias, **case)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    assert out.is_contiguous() and out.data_ptr() != x.data_ptr()
+    assert calls, "the constant weight was not recognised: the shortcut is not exercised"
