@@ -31,11 +31,16 @@ METHODS = ["px", "px-exact", "random", "magnitude", "snip", "grasp", "synflow", 
 SETTINGS = {
     "smoke": dict(models=["resnet20", "vgg"], methods=["px", "random"], densities=[0.2], seeds=[0, 1],
                   train=100, test=100, epochs=1, rounds=2, per_class=2, batch_size=50,
-                  rounds_ablation={"model": "resnet20", "density": 0.2, "rounds": [1]}),
+                  rounds_ablation={"model": "resnet20", "density": 0.2, "rounds": [1]},
+                  longer=dict(train=200, epochs=2, densities=[0.2], cases=[["px", 3], ["magnitude", 1]])),
     "quick": dict(models=["resnet20", "vgg"], methods=METHODS, densities=[0.36, 0.05, 0.018], seeds=[0, 1, 2],
                   train=1000, test=1000, epochs=2, rounds=20, per_class=10, batch_size=64,
                   rounds_by_method={"px-exact": 5},   # its 20 default rounds cost ~3 min per run on 2 shared cores
-                  rounds_ablation={"model": "resnet20", "density": 0.018, "rounds": [1, 5, 100]}),
+                  rounds_ablation={"model": "resnet20", "density": 0.018, "rounds": [1, 5, 100]},
+                  # the grid's short training ranks methods noisily: re-check the leaders and PX's default
+                  # rounds with 3x the data and 1.5x the epochs (4.5x the steps) at the two lowest densities
+                  longer=dict(train=3000, epochs=3, densities=[0.05, 0.018],
+                              cases=[["px", 100], ["px", 1], ["magnitude", 1], ["ntk-sap", 20]])),
     "full": dict(models=["resnet20", "vgg"], methods=METHODS, densities=[0.36, 0.134, 0.05, 0.018],
                  seeds=[0, 1, 2, 3, 4], train=None, test=None, epochs=30, rounds=100, per_class=10, batch_size=128,
                  rounds_ablation={"model": "resnet20", "density": 0.018, "rounds": [1, 10, 20, 300]}),
@@ -93,22 +98,34 @@ def run(setting: str, out: Path) -> dict:
         previous = json.loads(out.read_text())
         if previous.get("setting") == setting and all(previous["config"].get(k) == config.get(k) for k in _SAME):
             record["rows"] = previous["rows"]
-    done = {(r["model"], r["method"], r["density"], r["seed"], r["rounds"]) for r in record["rows"]}
+    longer = config.get("longer")
+    if longer:   # longer-training rows of other sizes are stale
+        record["rows"] = [r for r in record["rows"] if r.get("schedule", "grid") == "grid"
+                          or (r["train"], r["epochs"]) == (longer["train"], longer["epochs"])]
+    done = {_key(r) for r in record["rows"]}
     started = time.perf_counter()
     x_train, y_train, x_test, y_test = common.fashion_mnist_tensors(config["train"], config["test"], seed=0)
+    schedules = {"grid": (x_train, y_train, config["epochs"])}
+    if longer:
+        x_long, y_long, _, _ = common.fashion_mnist_tensors(longer["train"], config["test"], seed=0)
+        schedules["longer"] = (x_long, y_long, longer["epochs"])
     for model_name in config["models"]:
         for seed in config["seeds"]:
             initial = build(model_name, seed)
             batches = common.scoring_batches(x_train, y_train, config["per_class"], seed)
-            cases = [("dense", 1.0, 0)] + [(m, d, _rounds(config, m)) for d in config["densities"]
-                                           for m in config["methods"]]
+            cases = [("grid", "dense", 1.0, 0)] + [("grid", m, d, _rounds(config, m)) for d in config["densities"]
+                                                   for m in config["methods"]]
             ablation = config["rounds_ablation"]
             if model_name == ablation["model"]:   # how many rounds PX needs, at the lowest density
-                cases += [("px", ablation["density"], r) for r in ablation["rounds"]]
-            for method, density, rounds in cases:
-                if (model_name, method, density, seed, rounds) in done:
+                cases += [("grid", "px", ablation["density"], r) for r in ablation["rounds"]]
+            if longer:
+                cases += [("longer", m, d, r) for d in longer["densities"] for m, r in longer["cases"]]
+            for schedule, method, density, rounds in cases:
+                x_fit, y_fit, epochs = schedules[schedule]
+                key = (model_name, method, density, seed, rounds, schedule)
+                if key in done:
                     continue
-                done.add((model_name, method, density, seed, rounds))
+                done.add(key)
                 model = copy.deepcopy(initial)
                 t0 = time.perf_counter()
                 if method == "dense":
@@ -118,7 +135,7 @@ def run(setting: str, out: Path) -> dict:
                     masks = hf_px.prune(model, batches, method=method, sparsity=1 - density, rounds=rounds, seed=seed)
                 prune_s = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                losses = common.train_masked(model, masks, x_train, y_train, config["epochs"], seed=seed,
+                losses = common.train_masked(model, masks, x_fit, y_fit, epochs, seed=seed,
                                              batch_size=config["batch_size"])
                 train_s = time.perf_counter() - t0
                 densities = hf_px.layer_densities(masks)
@@ -128,10 +145,12 @@ def run(setting: str, out: Path) -> dict:
                        "collapsed": [n for n, d in densities.items() if d == 0.0],
                        "min_layer_density": min(densities.values()), "prune_s": round(prune_s, 2),
                        "train_s": round(train_s, 2)}
+                if schedule != "grid":
+                    row.update(schedule=schedule, train=len(x_fit), epochs=epochs)
                 record["rows"].append(row)
                 record["seconds"] = round(time.perf_counter() - started, 1)
                 common.write_json(record, out)
-                print(f"{model_name:<8} seed {seed} {method:<9} density {density:6.2%} rounds {rounds:>3}: accuracy "
+                print(f"{model_name:<8} {schedule:<6} seed {seed} {method:<9} density {density:6.2%} rounds {rounds:>3}: accuracy "
                       f"{row['accuracy']:.2%}, {len(row['collapsed'])} tensors at zero, prune {prune_s:.1f}s, "
                       f"train {train_s:.1f}s", flush=True)
     record["seconds"] = round(time.perf_counter() - started, 1)
@@ -144,10 +163,18 @@ def run(setting: str, out: Path) -> dict:
 # ------------------------------------------------------------------------------------------------ report
 
 
-def _rows(results, **where):
-    """Rows matching `where`; the main grid's rows (not the rounds ablation's) unless `rounds` is given."""
+def _key(row: dict) -> tuple:
+    return row["model"], row["method"], row["density"], row["seed"], row["rounds"], row.get("schedule", "grid")
+
+
+def _rows(results, schedule="grid", **where):
+    """Rows matching `where` of one training schedule ("grid" or "longer"); of the grid, its main rows
+    (not the rounds ablation's) unless `rounds` is given."""
     config = results["config"]
-    rows = [r for r in results["rows"] if all(r[k] == v for k, v in where.items())]
+    rows = [r for r in results["rows"] if r.get("schedule", "grid") == schedule
+            and all(r[k] == v for k, v in where.items())]
+    if schedule != "grid":
+        return rows
     if "rounds" not in where:     # the grid's rows (not the rounds ablation's, nor rows of other settings)
         rows = [r for r in rows if r["method"] == "dense" or r["rounds"] == _rounds(config, r["method"])]
     return rows
@@ -244,10 +271,49 @@ def report(results: dict) -> str:
                       "|---|" + "---:|" * len(rounds) + "",
                       "| accuracy (%) | " + " | ".join(cells) + " |",
                       "| pruning time (s) | " + " | ".join(f"{t:.1f}" for t in seconds) + " |", ""]
+        if _rows(results, "longer", model=model):
+            lines += _longer_report(results, model)
         for key in (f"accuracy_{model}", f"layers_{model}"):
             if results.get("plots", {}).get(key):
                 lines += [f"![{key}]({results['plots'][key]})", ""]
     return "\n".join(lines)
+
+
+def longer_ranking(results: dict, model: str, density: float) -> list[tuple[str, float, float, int]]:
+    """The longer-training check at one density: (case label, mean, std, runs), best mean first."""
+    ranking = []
+    for method, rounds in results["config"]["longer"]["cases"]:
+        values = [r["accuracy"] for r in _rows(results, "longer", model=model, method=method, density=density,
+                                               rounds=rounds)]
+        if values:
+            label = (f"{method} ({rounds} round{'s' if rounds > 1 else ''})"
+                     if rounds > 1 or method in ("px", "ntk-sap", "synflow") else method)
+            ranking.append((label, *common.mean_std(values), len(values)))
+    return sorted(ranking, key=lambda case: -case[1])
+
+
+def _longer_report(results: dict, model: str) -> list[str]:
+    config, longer = results["config"], results["config"]["longer"]
+    steps = longer["train"] * longer["epochs"] / ((config["train"] or 1) * config["epochs"])
+    lines = [f"Longer-training check ({model}): the grid's leaders and PX's default rounds again, trained on "
+             f"{longer['train']} images for {longer['epochs']} epochs ({steps:.1f}x the grid's steps), same seeds, "
+             "initial weights and scoring sample. Accuracy in %, mean ± std over seeds.", "",
+             "| method | " + " | ".join(f"{d:.1%}" for d in longer["densities"]) + " |",
+             "|---|" + "---:|" * len(longer["densities"])]
+    labels = [label for label, *_ in longer_ranking(results, model, longer["densities"][0])]
+    for label in sorted(labels, key=lambda name: [c[0] for c in longer["cases"]].index(name.split(" ")[0])):
+        cells = []
+        for density in longer["densities"]:
+            match = [c for c in longer_ranking(results, model, density) if c[0] == label]
+            cells.append(f"{100 * match[0][1]:.1f} ± {100 * match[0][2]:.1f}" if match else "–")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for density in longer["densities"]:
+        ranking = longer_ranking(results, model, density)
+        best, spread = ranking[0], max(case[2] for case in ranking)
+        order = ", ".join(f"{label} {100 * mean:.1f}" for label, mean, _, _ in ranking)
+        lines.append(f"- at {density:.1%}: {order} (std up to {100 * spread:.1f}); best **{best[0]}**")
+    return lines + [""]
 
 
 def _verdicts(results: dict, model: str) -> list[str]:

@@ -52,7 +52,7 @@ VARIANTS = {
     "px gate_only=dense": ("px", {"gate_only": "dense"}),
     "px head=path": ("px", {"head": "path"}),
     "px batchnorm=batch": ("px", {"batchnorm": "batch"}),
-    "px batchnorm_activation=abs": ("px", {"batchnorm_activation": "abs"}),
+    "px batchnorm_activation=one": ("px", {"batchnorm_activation": "one"}),
     "px-exact": ("px-exact", {}),
     "magnitude": ("magnitude", {}),
     "random": ("random", {}),
@@ -62,8 +62,8 @@ VARIANTS = {
 DATA_FREE_DETERMINISTIC = {"magnitude", "synflow"}   # same masks for every seed: run on the first seed only
 VIT_VARIANTS = ["px", "px gate_only=px-exact", "px gate_only=dense", "px head=path", "px-exact", "magnitude",
                 "random", "snip", "synflow"]
-TEXT_VARIANTS = ["px", "px gate_only=dense", "px-exact", "magnitude", "random", "snip"]
-CNN_VARIANTS = ["px", "px batchnorm=batch", "px batchnorm_activation=abs", "magnitude", "random", "snip"]
+TEXT_VARIANTS = ["px", "px gate_only=px-exact", "px gate_only=dense", "px-exact", "magnitude", "random", "snip"]
+CNN_VARIANTS = ["px", "px batchnorm=batch", "px batchnorm_activation=one", "px-exact", "magnitude", "random", "snip"]
 
 SETTINGS = {
     "smoke": dict(
@@ -671,7 +671,7 @@ def _mean(results, key, **where) -> float:
 
 
 COLOURS = {"px": "#d62728", "px gate_only=px-exact": "#ff7f0e", "px gate_only=dense": "#e377c2",
-           "px head=path": "#bcbd22", "px batchnorm=batch": "#ff7f0e", "px batchnorm_activation=abs": "#e377c2",
+           "px head=path": "#bcbd22", "px batchnorm=batch": "#ff7f0e", "px batchnorm_activation=one": "#e377c2",
            "px-exact": "#9467bd", "magnitude": "#1f77b4", "random": "#7f7f7f", "snip": "#2ca02c", "synflow": "#8c564b"}
 PANELS = {"vit": [("retention", "accuracy retention (sparse / dense)"), ("kl", "KL(dense || sparse), nats"),
                   ("ntk_alignment", "empirical NTK alignment"), ("ntk_top_eig_ratio", "λ_max(sparse) / λ_max(dense)")],

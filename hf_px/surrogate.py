@@ -58,7 +58,7 @@ class SurrogateOptions:
 
     power: int = 2                       # weights enter K as |theta|^power (2: PX, 1: SynFlow, 0: structure)
     batchnorm: str = "eval"              # "eval": fixed per-channel map; "batch": authors' batch statistics
-    batchnorm_activation: str = "one"    # BN scale in surrogate A: "one" or "abs" (|gamma/sqrt(var+eps)|)
+    batchnorm_activation: str = "abs"    # BN scale in surrogate A: "abs" (|gamma/sqrt(var+eps)|) or "one"
 
 
 def _arg(args, kwargs, index, name, default=None):
@@ -481,7 +481,8 @@ def parameter_roles(model: nn.Module, targets: list[str], head: list[str], optio
     """Role of every parameter in the surrogates (PX_SPEC §4, §5).
 
     target: pruned weight (K: |theta|^p * mask, A: mask); path: other multiplicative weight, such as a
-    non-target Linear/Conv weight, a norm's gamma or a layer-scale vector (K: |theta|^p, A: 1);
+    non-target Linear/Conv weight, a norm's gamma or a layer-scale vector (K: |theta|^p, A: 1); scale: an
+    eval-mode BatchNorm's gamma under batchnorm_activation="abs" (K: |theta|^p, A: |theta|);
     head: kept real and signed in both (authors' convention); real: kept as is; zero: additive terms
     (biases, tokens, position embeddings, norm shifts), dropped from both surrogates.
     """
@@ -489,9 +490,11 @@ def parameter_roles(model: nn.Module, targets: list[str], head: list[str], optio
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
         if isinstance(module, PRUNABLE_MODULES) or isinstance(module, NORM_MODULES):
-            keep_real = options.batchnorm == "batch" and isinstance(module, nn.modules.batchnorm._NormBase)
+            batch_norm = isinstance(module, nn.modules.batchnorm._NormBase)
+            keep_real = options.batchnorm == "batch" and batch_norm
+            scale = "scale" if batch_norm and options.batchnorm_activation == "abs" else "path"
             for name, _ in module.named_parameters(recurse=False):
-                roles[prefix + name] = "real" if keep_real else ("path" if name == "weight" else "zero")
+                roles[prefix + name] = "real" if keep_real else (scale if name == "weight" else "zero")
     for name, param in model.named_parameters():
         if name not in roles:   # free parameters: 1-D scales (layer scale) are on the path, the rest add
             roles[name] = "path" if param.dim() == 1 and not name.endswith("bias") else "zero"
@@ -525,6 +528,8 @@ def pass_parameters(model: nn.Module, kind: str, roles: dict[str, str], masks: d
             if kind == "kernel" and name in masks:
                 theta = leaves[name] = theta.clone().requires_grad_(True)
             value = theta
+        elif kind == "activation" and role == "scale":
+            value = theta.abs()
         elif kind == "activation" or (power == 0 and role != "target"):
             value = _constant(theta, 1.0)
         else:

@@ -134,6 +134,59 @@ def test_px_matches_path_enumeration(make_model, shape, head):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12 * np.abs(want).max())
 
 
+class TinyBNMLP(nn.Module):
+    """Linear -> BatchNorm (eval; signed gamma, running var != 1) -> ReLU, twice, then a Linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(3, 4, bias=False), nn.Linear(4, 3, bias=False), nn.Linear(3, 2, bias=False)
+        self.bn1, self.bn2 = nn.BatchNorm1d(4), nn.BatchNorm1d(3)
+        with torch.no_grad():
+            for bn in (self.bn1, self.bn2):
+                bn.weight.uniform_(-2.0, 2.0)
+                bn.bias.uniform_(-0.5, 0.5)
+                bn.running_mean.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.2, 3.0)
+
+    def forward(self, x):
+        return self.fc3(F.relu(self.bn2(self.fc2(F.relu(self.bn1(self.fc1(x)))))))
+
+
+@pytest.mark.parametrize("batchnorm_activation", ["abs", "one"])
+def test_px_with_eval_batchnorm_matches_path_enumeration(batchnorm_activation):
+    """Eval-mode BN is a per-unit path constant s = gamma/sqrt(var+eps) (PX_SPEC §4): s^2 in K, and |s| ("abs")
+    or 1 ("one") in A; gates come from the real network, shift included. Checked by listing every path."""
+    torch.manual_seed(0)
+    model = TinyBNMLP().double().eval()
+    inputs = torch.randn(5, 3, dtype=torch.float64)
+    targets = ["fc1.weight", "fc2.weight", "fc3.weight"]
+    scores = hf_px.score(model, [(inputs, None)], method="px", targets=targets, head="path",
+                         batchnorm_activation=batchnorm_activation)
+
+    weights = [model.fc1.weight, model.fc2.weight, model.fc3.weight]
+    weights = [w.detach().numpy() for w in weights]
+    scales = [(bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().numpy() for bn in (model.bn1, model.bn2)]
+    with torch.no_grad():   # the real network's ReLU gates
+        h1 = model.bn1(model.fc1(inputs))
+        h2 = model.bn2(model.fc2(F.relu(h1)))
+    gates = [(h1 > 0).numpy(), (h2 > 0).numpy()]
+    xs = inputs.numpy()
+    a_scale = [np.abs(s) if batchnorm_activation == "abs" else np.ones_like(s) for s in scales]
+
+    paths = list(itertools.product(range(3), range(4), range(3), range(2)))
+    data = np.zeros(2)
+    for i, u, v, o in paths:
+        for n in range(len(xs)):
+            data[o] += gates[0][n, u] * gates[1][n, v] * a_scale[0][u] * a_scale[1][v] * xs[n, i] ** 2
+    expected = [np.zeros(w.shape) for w in weights]
+    for i, u, v, o in paths:
+        kernel = (weights[0][u, i] * scales[0][u] * weights[1][v, u] * scales[1][v] * weights[2][o, v]) ** 2
+        for layer, entry in enumerate([(u, i), (v, u), (o, v)]):
+            expected[layer][entry] += data[o] * kernel
+    for name, want in zip(targets, expected):
+        np.testing.assert_allclose(scores[name].numpy(), want, rtol=1e-9, atol=1e-12 * want.max())
+
+
 # --- 2. gate replay ---------------------------------------------------------------------------------------
 
 class NoAdditiveViT(nn.Module):

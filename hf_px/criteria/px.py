@@ -35,7 +35,9 @@ class PX(Criterion):
         |dR/dtheta| theta^2 (the authors'); "path" treats it like any other layer (the pure bound E1).
     batchnorm: "eval" uses BN as the fixed per-channel map of eval mode (scale^2 in K); "batch"
         reproduces the authors' code (surrogates normalise by their own batch statistics).
-    batchnorm_activation: BN's scale in surrogate A, "one" or "abs".
+    batchnorm_activation: an eval-mode BN's scale gamma/sqrt(var+eps) in surrogate A: "abs" uses its
+        magnitude (the default: better on the trained EfficientNet-Lite0 of docs/results.md, and the same as
+        "one" at initialisation, where var = 1 and gamma = 1), "one" replaces it by 1.
     gate_only: weights that only feed a gate (W_Q/W_K, squeeze-excitation) lie on no path and would score
         0. "magnitude" ranks them by |theta| within their tensor and maps the ranks onto the quantiles of
         the path weights' PX scores (so they get about the global density); "px-exact" ranks them by
@@ -52,7 +54,7 @@ class PX(Criterion):
     data_parallel = True
     head: str = "real"
     batchnorm: str = "eval"
-    batchnorm_activation: str = "one"
+    batchnorm_activation: str = "abs"
     gate_only: str = "magnitude"
     kernel_dtype: str = "auto"
 
