@@ -31,85 +31,172 @@ def load_results(directory: Path = common.RESULTS) -> dict[str, dict]:
 
 
 def defaults_section(results: dict[str, dict]) -> str:
-    """What the numbers say about hf_px's defaults (method, rounds, PX options), computed."""
-    from hf_px.config import PruneConfig
+    """What the numbers say about hf_px's defaults (method per architecture, rounds, PX options), computed."""
     from hf_px.criteria import make_criterion
+    from hf_px.pruning import METHOD_FOR_CNNS, METHOD_FOR_TRANSFORMERS
 
-    px = make_criterion("px")
+    px, exact = make_criterion("px"), make_criterion("px-exact")
     lines = ["## Defaults, and what supports them", "",
-             f"hf_px's defaults: method `{PruneConfig.__dataclass_fields__['method'].default}` for every "
-             f"architecture, {px.default_rounds} rounds, PX options head=`{px.head}`, batchnorm=`{px.batchnorm}`, "
-             f"gate_only=`{px.gate_only}` (W_Q/W_K), LayerNorm as documented in the README. What the studies say:", ""]
-    pai = results.get("pai")
+             f"`hf-px prune` defaults to `--method auto`: **{METHOD_FOR_TRANSFORMERS}** for models whose forward "
+             f"pass computes softmax attention (ViT, DeiT, Swin, text encoders) and **{METHOD_FOR_CNNS}** for the "
+             "rest (`hf_px.recommended_method`); the Python API defaults to `px`. px runs "
+             f"{px.default_rounds} rounds with head=`{px.head}`, batchnorm=`{px.batchnorm}`, batchnorm_activation="
+             f"`{px.batchnorm_activation}`, gate_only=`{px.gate_only}`; px-exact {exact.default_rounds} rounds of "
+             f"{exact.probes} probes. What the studies say, computed from the tables below (quick settings: few "
+             "seeds, short or no training, small evaluation sets):", ""]
+    pai, transformers = results.get("pai"), results.get("transformers")
+    if transformers:
+        lines += _transformers_method(transformers, METHOD_FOR_TRANSFORMERS)
     if pai:
-        lines += _pai_verdict(pai)
-    if results.get("transformers"):
-        lines += _transformers_verdict(results["transformers"])
-    lines += ["", "Where a line above shows another method or option ahead of the default, the quick settings "
-              "(few seeds, short or no training, small evaluation sets) are the evidence; the defaults change "
-              "only once the `--full` runs confirm it.", ""]
-    return "\n".join(lines)
+        lines += _cnn_method(pai, transformers, METHOD_FOR_CNNS)
+        lines += _rounds(pai, px.default_rounds)
+    if transformers:
+        lines += _options(transformers)
+    return "\n".join(lines + [""])
 
 
-def _pai_verdict(pai: dict) -> list[str]:
+# per part of study 2: the metric that judges it, whether higher is better, and its name
+_PART_METRIC = {"vit": ("retention", True, "the trained tiny ViT"), "text": ("similarity_spearman", True, "MiniLM"),
+                "cnn": ("kl", False, "EfficientNet-Lite0")}
+
+
+def _part_means(results: dict, part: str, density: float) -> dict[str, float]:
+    import study_transformers as st
+
+    metric = _PART_METRIC[part][0]
+    variants = sorted({r["variant"] for r in results["rows"] if r["part"] == part} - {"dense"})
+    means = {v: st._mean(results, metric, part=part, variant=v, density=density) for v in variants}
+    return {v: m for v, m in means.items() if m == m}
+
+
+def _densities(results: dict, part: str) -> list[float]:
+    return sorted({r["density"] for r in results["rows"] if r["part"] == part and r["variant"] != "dense"},
+                  reverse=True)
+
+
+def _ordered(means: dict[str, float], higher: bool) -> list[str]:
+    return sorted(means, key=lambda v: -means[v] if higher else means[v])
+
+
+def _transformers_method(results: dict, method: str) -> list[str]:
+    cells, best, ahead = [], 0, 0
+    for part in ("vit", "text"):
+        metric, higher, label = _PART_METRIC[part]
+        for density in _densities(results, part):
+            means = _part_means(results, part, density)
+            if method not in means or "px" not in means:
+                continue
+            order = _ordered(means, higher)
+            best += order[0] == method
+            ahead += order.index(method) < order.index("px")
+            cells.append(f"{label} at {density:.0%}: {means[method]:.3f} vs px {means['px']:.3f}, rank "
+                         f"{order.index(method) + 1} of {len(order)}")
+    if not cells:
+        return []
+    return [f"- **Transformers: `{method}`.** On the trained transformers of study 2 (pruned, no fine-tuning; "
+            f"ViT by accuracy retention, MiniLM by similarity ρ) {method} is the best variant in {best} of "
+            f"{len(cells)} (model, density) cells and ahead of px with its default options in {ahead} of "
+            f"{len(cells)} (" + "; ".join(cells) + "). px-exact also needs no per-op rule and scores W_Q/W_K "
+            "directly; it costs a forward and one backward per probe per batch and round, and it is not "
+            "data-parallel."]
+
+
+def _cnn_method(pai: dict, transformers: dict | None, method: str) -> list[str]:
     import study_pai
 
-    config, out, wins, total = pai["config"], [], 0, 0
+    config = pai["config"]
+    ranks = {m: [] for m in config["methods"]}
+    wins = total = 0
     for model in config["models"]:
         for density in config["densities"]:
             means = {m: common.mean_std([r["accuracy"] for r in study_pai._rows(pai, model=model, method=m,
                                                                                  density=density)])[0]
                      for m in config["methods"]}
             means = {m: v for m, v in means.items() if v == v}
-            if "px" not in means:
+            if method not in means:
                 continue
             total += 1
-            best = max(means.values())
-            wins += means["px"] >= best
-    out.append(f"- **Method (CNNs, pruning at initialisation)**: px has the best mean accuracy in {wins} of {total} "
-               "(model, density) cells of study 1" + (" — it does not win everywhere; see the tables for where "
-                                                      "it loses" if wins < total else "") + ".")
+            order = _ordered(means, True)
+            wins += order[0] == method
+            for m in order:
+                ranks[m].append(order.index(m) + 1)
+    mean_rank = {m: sum(r) / len(r) for m, r in ranks.items() if r}
+    by_rank = sorted(mean_rank, key=mean_rank.get)
+    out = [f"- **CNNs: `{method}`.** Study 1 (pruning at initialisation, then training), short-training grid: "
+           f"{method} has the best mean accuracy in {wins} of {total} (model, density) cells; mean rank over the "
+           "cells: " + ", ".join(f"{m} {mean_rank[m]:.1f}" for m in by_rank) + f" (of {len(mean_rank)})."]
+    longer = config.get("longer")
+    if longer:
+        checks = []
+        for model in config["models"]:
+            for density in longer["densities"]:
+                ranking = study_pai.longer_ranking(pai, model, density)
+                if ranking:
+                    spread = 100 * max(case[2] for case in ranking)
+                    checks.append(f"{model} {density:.1%}: " + ", ".join(f"{label} {100 * mean:.1f}"
+                                                                         for label, mean, _, _ in ranking)
+                                  + f" (std up to {spread:.1f})")
+        if checks:
+            out.append(f"  With {longer['epochs']} epochs on {longer['train']} images (the longer-training check): "
+                       + "; ".join(checks) + ".")
+    if transformers and _densities(transformers, "cnn"):
+        cells = []
+        for density in _densities(transformers, "cnn"):
+            means = _part_means(transformers, "cnn", density)
+            order = _ordered(means, False)
+            shown = [v for v in (method, "px-exact", "magnitude") if v in means]
+            cells.append(f"{density:.0%}: best {order[0]}; " + ", ".join(f"{v} {means[v]:.3f}" for v in shown))
+        out.append("  On the trained EfficientNet-Lite0 with no fine-tuning (KL to the dense model, lower is "
+                   "better): " + "; ".join(cells) + ".")
+    return out
+
+
+def _rounds(pai: dict, default: int) -> list[str]:
+    import study_pai
+
+    config = pai["config"]
     ablation = config["rounds_ablation"]
     rounds = sorted(set(ablation["rounds"]) | {config["rounds"]})
     accuracy = {n: common.mean_std([r["accuracy"] for r in study_pai._rows(
         pai, model=ablation["model"], method="px", density=ablation["density"], rounds=n)]) for n in rounds}
     accuracy = {n: v for n, v in accuracy.items() if v[0] == v[0]}
-    if accuracy:
-        best = max(accuracy, key=lambda n: accuracy[n][0])
-        out.append(f"- **Rounds**: at {ablation['density']:.1%} density on {ablation['model']}, "
-                   + ", ".join(f"{n} round{'s' * (n != 1)} {100 * m:.1f} ± {100 * s:.1f}%" for n, (m, s) in accuracy.items())
-                   + f"; the best mean is at {best} round{'s' * (best != 1)} (the default is 100, the authors').")
-    return out
+    if not accuracy:
+        return []
+    text = (f"- **Rounds: {default}.** Short-training grid at {ablation['density']:.1%} density on "
+            f"{ablation['model']}: " + ", ".join(f"{n} round{'s' * (n != 1)} {100 * m:.1f} ± {100 * s:.1f}%"
+                                                 for n, (m, s) in accuracy.items()) + ".")
+    longer = config.get("longer")
+    if longer and default in [r for m, r in longer["cases"] if m == "px"]:
+        pairs = []
+        for model in config["models"]:
+            for density in longer["densities"]:
+                ranking = {label: (mean, std) for label, mean, std, _ in study_pai.longer_ranking(pai, model, density)}
+                many, one = ranking.get(f"px ({default} rounds)"), ranking.get("px (1 round)")
+                if many and one:
+                    pairs.append(f"{model} {density:.1%} {100 * many[0]:.1f} ± {100 * many[1]:.1f} vs "
+                                 f"{100 * one[0]:.1f} ± {100 * one[1]:.1f}")
+        if pairs:
+            text += f" Longer training, {default} rounds vs 1: " + "; ".join(pairs) + "."
+    return [text]
 
 
-# per part of study 2: the metric that judges it and whether higher is better
-_PART_METRIC = {"vit": ("retention", True, "the trained tiny ViT"), "text": ("similarity_spearman", True, "MiniLM"),
-                "cnn": ("kl", False, "EfficientNet-Lite0")}
-
-
-def _transformers_verdict(results: dict) -> list[str]:
-    """For each part of study 2: where default px is the best variant, and which PX option variants beat it."""
-    import study_transformers as st
-
+def _options(results: dict) -> list[str]:
+    """For each part of study 2: which PX option variants beat px with its default options."""
     out = []
     for part, (metric, higher, label) in _PART_METRIC.items():
-        variants = sorted({r["variant"] for r in results["rows"] if r["part"] == part} - {"dense"})
-        densities = sorted({r["density"] for r in results["rows"] if r["part"] == part and r["variant"] != "dense"},
-                           reverse=True)
-        if "px" not in variants or not densities:
+        densities = _densities(results, part)
+        options = sorted({r["variant"] for r in results["rows"] if r["part"] == part and r["variant"].startswith("px ")})
+        if not options or not densities:
             continue
-        best_by_density, option_wins = [], {v: 0 for v in variants if v.startswith("px ")}
+        wins = {v: 0 for v in options}
         for density in densities:
-            means = {v: st._mean(results, metric, part=part, variant=v, density=density) for v in variants}
-            means = {v: m for v, m in means.items() if m == m}
-            best = (max if higher else min)(means, key=means.get)
-            best_by_density.append(f"{density:.0%}: {best}")
-            for option in option_wins:
-                if option in means and (means[option] > means["px"] if higher else means[option] < means["px"]):
-                    option_wins[option] += 1
-        out.append(f"- **{label}** (by {metric.replace('_', ' ')}, no fine-tuning): best variant at "
-                   + "; ".join(best_by_density) + ". PX option variants ahead of the defaults: "
-                   + (", ".join(f"`{v[3:]}` at {n} of {len(densities)} densities" for v, n in option_wins.items() if n)
+            means = _part_means(results, part, density)
+            for option in options:
+                if option in means and "px" in means and (means[option] > means["px"] if higher
+                                                          else means[option] < means["px"]):
+                    wins[option] += 1
+        out.append(f"- **PX options on {label}** (by {metric.replace('_', ' ')}): variants ahead of the defaults: "
+                   + (", ".join(f"`{v[3:]}` at {n} of {len(densities)} densities" for v, n in wins.items() if n)
                       or "none") + ".")
     return out
 

@@ -98,6 +98,10 @@ def run(setting: str, out: Path) -> dict:
         previous = json.loads(out.read_text())
         if previous.get("setting") == setting and all(previous["config"].get(k) == config.get(k) for k in _SAME):
             record["rows"] = previous["rows"]
+            # the runs whose rows are kept: their commit, time and row count
+            record["earlier_runs"] = previous.get("earlier_runs", []) + [
+                {"commit": previous["machine"].get("commit"), "seconds": previous.get("seconds"),
+                 "rows": len(previous["rows"]) - sum(run["rows"] for run in previous.get("earlier_runs", []))}]
     longer = config.get("longer")
     if longer:   # longer-training rows of other sizes are stale
         record["rows"] = [r for r in record["rows"] if r.get("schedule", "grid") == "grid"
@@ -238,7 +242,10 @@ def report(results: dict) -> str:
     lines = ["## Study 1: pruning at initialisation, then training (Fashion-MNIST)", "",
              f"Command: `{results['command']}` (setting `{results['setting']}`, {results.get('seconds', 0) / 60:.0f} "
              f"min on {results['machine'].get('cpu') or results['machine']['device']}, {results['machine']['threads']} "
-             f"threads, commit {results['machine'].get('commit')}). Seeds {config['seeds']}: each seed draws the "
+             f"threads, commit {results['machine'].get('commit')}"
+             + "".join(f"; resumed from a run at commit {run['commit']} that measured {run['rows']} rows in "
+                       f"{(run['seconds'] or 0) / 60:.0f} min" for run in results.get("earlier_runs", []))
+             + f"). Seeds {config['seeds']}: each seed draws the "
              f"initial weights (shared by all methods) and the scoring sample ({config['per_class']} train images "
              f"per class). Training: {config['train'] or 'all'} train images, {config['epochs']} epochs of SGD "
              f"(momentum 0.9, lr 0.1 cosine, batch {config['batch_size']}, crop+flip), masks fixed; accuracy on "

@@ -24,7 +24,7 @@ class PruneConfig:
     label_column: str | None = None
     split: str | None = None                    # the split the scoring sample comes from (default: train)
     eval_split: str | None = None               # the split of the held-out probe sample (default: the task's)
-    method: str = "px"
+    method: str = "auto"                        # "auto": px-exact for attention models, else px (docs/results.md)
     method_options: dict = field(default_factory=dict)   # e.g. {"gate_only": "dense"}
     sparsity: float = 0.9
     rounds: int | None = None                   # None: the method's default (100 for px)
@@ -53,8 +53,8 @@ class PruneConfig:
         if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)) \
                 or math.isnan(self.sparsity) or not 0.0 < self.sparsity < 1.0:
             raise ConfigError(f"--sparsity {self.sparsity!r} must be strictly between 0 and 1 (0.9 keeps 10%)")
-        if self.method not in list_methods():
-            raise ConfigError(f"--method {self.method!r} is unknown; choose one of {', '.join(list_methods())}")
+        if self.method not in list_methods() and self.method != "auto":
+            raise ConfigError(f"--method {self.method!r} is unknown; choose auto or one of {', '.join(list_methods())}")
         for name in ("examples_per_class", "batch_size"):
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("eval_examples", self.eval_examples, minimum=0)
@@ -67,6 +67,9 @@ class PruneConfig:
             raise ConfigError("nothing would be written: pass --output DIR and/or --push-to-hub REPO (or --dry-run)")
         if not isinstance(self.method_options, dict):
             raise ConfigError(f"method_options={self.method_options!r} must be a mapping of option names to values")
+        if self.method == "auto" and self.method_options:
+            raise ConfigError(f"--method auto takes no method options (got {sorted(self.method_options)}); "
+                              "name the method, e.g. --method px, to pass --option")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

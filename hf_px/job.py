@@ -17,7 +17,7 @@ from .config import PruneConfig, select_targets
 from .criteria import make_criterion
 from .errors import ConfigError
 from .masks import global_density, layer_densities
-from .pruning import prune
+from .pruning import check_method, prune, recommended_method
 from .targets import find_head, prunable_weights
 
 
@@ -42,9 +42,8 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
         log, progress = (lambda *args, **kwargs: None), False
     if not progress:
         quiet_library_progress_bars()
-    # bad method options fail before any loading
-    criterion = make_criterion(config.method, **config.method_options)
-    rounds = config.rounds or criterion.default_rounds
+    # bad method options fail before any loading ("auto" is resolved once the model has run)
+    criterion = check_method(config.method, config.method_options)
     if config.output and not config.dry_run:    # an existing output fails now, not after hours of pruning
         checkpoint.check_output(Path(config.output).expanduser(), config.overwrite)
 
@@ -61,6 +60,9 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
     eval_batches = _to(data.make_batches(sample.eval_images, sample.eval_labels, loaded.preprocess,
                                          config.batch_size), device) if sample.eval_labels else []
     example = score_batches[0][0][:2]
+    if criterion is None:
+        criterion = make_criterion(recommended_method(loaded.model, example))
+    method, rounds = criterion.name, config.rounds or criterion.default_rounds
     shard = criterion.data_parallel and processes > 1
     if shard and len(sample.score_labels) < processes:
         raise ConfigError(f"{len(sample.score_labels)} scoring images for {processes} processes; raise "
@@ -88,13 +90,14 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
         f" ({', '.join(head_names) or 'none found'})",
         f"targets   {len(targets)} tensors, {total:,} weights; keep {round((1 - config.sparsity) * total):,} "
         f"({1 - config.sparsity:.2%})",
-        f"method    {config.method}{' ' + str(config.method_options) if config.method_options else ''}, "
+        f"method    {method}{' ' + str(config.method_options) if config.method_options else ''}"
+        f"{' (auto)' if config.method == 'auto' else ''}, "
         f"rounds {rounds}, seed {config.seed}",
         f"device    {device}",
     ]
     if processes > 1:
         plan.append(f"processes {processes}, " + ("each scoring its shard of the images" if shard else
-                                                  f"each scoring all images ({config.method} is not data-parallel)"))
+                                                  f"each scoring all images ({method} is not data-parallel)"))
     for line in plan:
         log(line)
     if config.dry_run:
@@ -110,7 +113,7 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
         head.fit_ridge_head_(loaded.model, score_batches)
     dense_accuracy = head.probe_accuracy(loaded.model, eval_batches) if eval_batches else None
 
-    masks = prune(loaded.model, prune_batches, config.method, sparsity=config.sparsity, rounds=config.rounds,
+    masks = prune(loaded.model, prune_batches, method, sparsity=config.sparsity, rounds=config.rounds,
                   targets=targets, seed=config.seed, progress=progress, **config.method_options)
     distributed.check_same_masks(masks)   # every rank must be about to report and save the same ticket
     same_head_accuracy = head.probe_accuracy(loaded.model, eval_batches) if eval_batches else None
@@ -124,7 +127,7 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
     provenance = {
         "base_model": loaded.hub_id, "base_revision": config.revision, "source": config.model,
         "library": loaded.library, "license": loaded.license,
-        "method": config.method, "method_options": config.method_options, "sparsity": config.sparsity,
+        "method": method, "method_options": config.method_options, "sparsity": config.sparsity,
         "rounds": rounds, "seed": config.seed, "targets": targets,
         "task": task.name, "dataset": task.dataset_id, "dataset_config": task.config_name,
         "image_column": task.image_column, "label_column": task.label_column, "split": task.train_split,

@@ -16,6 +16,33 @@ from .masks import density_schedule, masks_from_scores
 from .targets import find_head, resolve_targets
 
 
+AUTO = "auto"
+# The methods docs/results.md supports ("Defaults, and what supports them"), chosen by `method="auto"`.
+METHOD_FOR_CNNS = "px"
+METHOD_FOR_TRANSFORMERS = "px-exact"
+
+
+def recommended_method(model: nn.Module, example: Tensor) -> str:
+    """The method the project's benchmarks support for `model`: METHOD_FOR_TRANSFORMERS if its forward
+    pass on `example` computes softmax attention, else METHOD_FOR_CNNS."""
+    from .surrogate import trace_of
+
+    with preserved(model):
+        model.eval()
+        attention = trace_of(model, example[:1]).has_attention
+    return METHOD_FOR_TRANSFORMERS if attention else METHOD_FOR_CNNS
+
+
+def check_method(method: str, options: dict) -> Criterion | None:
+    """The criterion now, or None for "auto" (chosen once the model has been run)."""
+    if method != AUTO:
+        return make_criterion(method, **options)
+    if options:
+        raise ConfigError(f"method='auto' takes no method options (got {sorted(options)}); name the method "
+                          f"({METHOD_FOR_CNNS} or {METHOD_FOR_TRANSFORMERS}) to pass options")
+    return None
+
+
 def score(model: nn.Module, batches: Iterable, method: str = "px", targets: list[str] | None = None,
           seed: int = 0, masks: dict[str, Tensor] | None = None, **options) -> dict[str, Tensor]:
     """One round of `method`'s saliency scores, keyed by parameter name and shaped like the weights.
@@ -23,12 +50,14 @@ def score(model: nn.Module, batches: Iterable, method: str = "px", targets: list
     batches: (images, labels) tuples or dicts with `pixel_values` (and `labels`), e.g. a DataLoader.
     targets: parameter names to score; None means every Linear/Conv weight except the classifier head.
     masks: current boolean masks of the targets (pruned entries score 0); None means all kept.
+    method: a name from `hf_px.list_methods()`, or "auto" (`recommended_method`).
     options: the method's own options (see `hf_px.list_methods()` and each criterion's docstring).
     The model is left exactly as found, also when this raises.
     """
-    criterion = make_criterion(method, **options)
+    criterion = check_method(method, options)
     with preserved(model):
         batches, targets, head = _prepare(model, batches, targets)
+        criterion = criterion or make_criterion(recommended_method(model, first_images(batches, _device(model))))
         masks = _check_masks(model, targets, masks)
         return _score_round(criterion, model, batches, targets, masks, head, seed)
 
@@ -38,6 +67,7 @@ def prune(model: nn.Module, batches: Iterable, method: str = "px", sparsity: flo
           progress: bool = False, **options) -> dict[str, Tensor]:
     """Prune `model` in place to `sparsity` over the targets; return boolean masks keyed by name.
 
+    method: a name from `hf_px.list_methods()`, or "auto" (`recommended_method`).
     Round r of `rounds` (None: the method's default, 100 for px) keeps density d ** ((r+1)/rounds) with
     one global threshold; each round re-scores the masked network, and masks only shrink. Exactly
     round((1 - sparsity) * N) target weights are kept. Pruned weights are zeroed in place at the end.
@@ -47,18 +77,24 @@ def prune(model: nn.Module, batches: Iterable, method: str = "px", sparsity: flo
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 < sparsity < 1.0 \
             or math.isnan(sparsity):
         raise ConfigError(f"sparsity={sparsity!r} must be a number strictly between 0 and 1 (e.g. 0.9 keeps 10%)")
-    criterion = make_criterion(method, **options)
-    rounds = criterion.default_rounds if rounds is None else rounds
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+    criterion = check_method(method, options)
+    if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1):
         raise ConfigError(f"rounds={rounds!r} must be a positive integer (or None for the method's default)")
     with preserved(model):
         batches, targets, head = _prepare(model, batches, targets)
+        criterion = criterion or make_criterion(recommended_method(model, first_images(batches, _device(model))))
+        rounds = criterion.default_rounds if rounds is None else rounds
         masks = _check_masks(model, targets, None)
-        for density in tqdm(density_schedule(1.0 - sparsity, rounds), desc=f"{method} rounds", disable=not progress):
+        for density in tqdm(density_schedule(1.0 - sparsity, rounds), desc=f"{criterion.name} rounds",
+                            disable=not progress):
             scores = _score_round(criterion, model, batches, targets, masks, head, seed)
             masks = masks_from_scores(scores, density, masks)
     apply_masks_(model, masks)
     return masks
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _prepare(model, batches, targets):

@@ -412,6 +412,11 @@ class Trace:
         """Whether some op multiplies two data-dependent paths (then gate-only weights may exist)."""
         return any(op in _GATES or op in _SOFTMAX or op in _SDPA for op in self.ops)
 
+    @property
+    def has_attention(self) -> bool:
+        """Whether the model computes softmax attention (a transformer, for `recommended_method`)."""
+        return any(op in _SOFTMAX or op in _SDPA for op in self.ops)
+
 
 _TRACES: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 

@@ -100,13 +100,16 @@ def test_pruned_checkpoint_loads_without_hf_px_and_gives_the_same_logits(library
     assert kept == round(0.4 * sum(m.numel() for m in masks.values()))
 
     provenance = json.loads((output / "hf_px.json").read_text())
-    assert provenance["method"] == "px" and provenance["rounds"] == 3 and provenance["sparsity"] == 0.6
+    # the default method "auto": px-exact for an attention model (the ViT), px for the ResNet
+    method = {"transformers": "px-exact", "timm": "px"}[library]
+    assert provenance["method"] == method and provenance["rounds"] == 3 and provenance["sparsity"] == 0.6
+    assert provenance["config"]["method"] == "auto"
     assert len(provenance["score_indices"]) == 20 and len(provenance["eval_indices"]) == 10
     assert provenance["label_names"] == fashion
 
     header = (output / "README.md").read_text().split("---")[1]
     card = yaml.safe_load(header)
-    assert card["library_name"] == library and "pruned" in card["tags"] and "px" in card["tags"]
+    assert card["library_name"] == library and "pruned" in card["tags"] and method in card["tags"]
     assert "base_model" not in card               # a local folder is not a Hub model
     assert card["license"] == ("mit" if library == "transformers" else "apache-2.0")
 

@@ -15,7 +15,8 @@ BASE = {"model": "org/model", "task": "cifar10", "output": "out"}
     ({"sparsity": 1.0}, "--sparsity 1.0"),
     ({"sparsity": 0.0}, "--sparsity 0.0"),
     ({"sparsity": float("nan")}, "--sparsity nan"),
-    ({"method": "pxx"}, "choose one of"),
+    ({"method": "pxx"}, "choose auto or one of"),
+    ({"method": "auto", "method_options": {"gate_only": "dense"}}, "takes no method options"),
     ({"dataset": "x"}, "exactly one of --task"),
     ({"task": None}, "exactly one of --task"),
     ({"examples_per_class": 0}, "--examples-per-class 0"),
@@ -30,7 +31,7 @@ def test_bad_values_name_the_flag(changes, fragment):
 
 
 def test_round_trip_through_dict_and_unknown_keys():
-    config = PruneConfig(**BASE, method_options={"gate_only": "dense"}, include=["*attention*"])
+    config = PruneConfig(**BASE, method="px", method_options={"gate_only": "dense"}, include=["*attention*"])
     assert PruneConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ConfigError, match="unknown config keys \\['sparsty'\\]"):
         PruneConfig.from_dict({**BASE, "sparsty": 0.5})

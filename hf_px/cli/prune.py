@@ -19,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-column", help="the dataset's label column (default: the task's, or 'label')")
     parser.add_argument("--split", help="split of the scoring sample (default: train)")
     parser.add_argument("--eval-split", help="split of the held-out probe sample (default: the task's eval split)")
-    parser.add_argument("--method", default="px", help="pruning method (default px; see hf_px.list_methods())")
+    parser.add_argument("--method", default="auto",
+                        help="pruning method (see hf_px.list_methods()); default auto: px-exact for models with "
+                             "softmax attention, px for the rest (what docs/results.md supports)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a method option, repeatable, e.g. --option gate_only=dense")
     parser.add_argument("--sparsity", type=float, default=0.9, help="fraction of target weights removed (default 0.9)")
