@@ -52,6 +52,7 @@ def defaults_section(results: dict[str, dict]) -> str:
         lines += _rounds(pai, px.default_rounds)
     if transformers:
         lines += _options(transformers)
+    lines += _where_px_loses(pai, transformers)
     return "\n".join(lines + [""])
 
 
@@ -178,6 +179,49 @@ def _rounds(pai: dict, default: int) -> list[str]:
         if pairs:
             text += f" Longer training, {default} rounds vs 1: " + "; ".join(pairs) + "."
     return [text]
+
+
+def _is_px(label: str) -> bool:
+    """PX in any of its forms: px with any options or rounds, and px-exact (the quantity PX bounds)."""
+    return label == "px" or label.startswith(("px ", "px-exact"))
+
+
+def _where_px_loses(pai: dict | None, transformers: dict | None) -> list[str]:
+    """Every (study, model, density) cell whose best mean is a method other than PX, with PX's best there."""
+    import study_pai
+
+    cells, total = [], 0
+
+    def judge(name, means, higher, scale=100.0, digits=1):
+        nonlocal total
+        if not means:
+            return
+        total += 1
+        order = _ordered(means, higher)
+        if not _is_px(order[0]):
+            best_px = next((v for v in order if _is_px(v)), None)
+            cells.append(f"{name}: {order[0]} {scale * means[order[0]]:.{digits}f}"
+                         + (f" vs {best_px} {scale * means[best_px]:.{digits}f}" if best_px else ""))
+
+    if pai:
+        config = pai["config"]
+        for model in config["models"]:
+            for density in config["densities"]:
+                judge(f"study 1 {model} {density:.1%}", {
+                    m: v for m in config["methods"] if (v := common.mean_std([r["accuracy"] for r in study_pai._rows(
+                        pai, model=model, method=m, density=density)])[0]) == v}, True)
+            for density in (config.get("longer") or {}).get("densities", []):
+                judge(f"study 1 longer {model} {density:.1%}",
+                      {label: mean for label, mean, _, _ in study_pai.longer_ranking(pai, model, density)}, True)
+    if transformers:
+        for part, (metric, higher, label) in _PART_METRIC.items():
+            for density in _densities(transformers, part):
+                judge(f"{label} {density:.0%} ({metric.replace('_', ' ')})", _part_means(transformers, part, density),
+                      higher, scale=1.0, digits=3)
+    if not total:
+        return []
+    return [f"- **Where PX does not win.** In {len(cells)} of {total} cells the best mean belongs to a method other "
+            "than PX (px with any option or rounds, or px-exact): " + ("; ".join(cells) if cells else "none") + "."]
 
 
 def _options(results: dict) -> list[str]:

@@ -307,7 +307,7 @@ def _longer_report(results: dict, model: str) -> list[str]:
              "initial weights and scoring sample. Accuracy in %, mean ± std over seeds.", "",
              "| method | " + " | ".join(f"{d:.1%}" for d in longer["densities"]) + " |",
              "|---|" + "---:|" * len(longer["densities"])]
-    labels = [label for label, *_ in longer_ranking(results, model, longer["densities"][0])]
+    labels = {label for density in longer["densities"] for label, *_ in longer_ranking(results, model, density)}
     for label in sorted(labels, key=lambda name: [c[0] for c in longer["cases"]].index(name.split(" ")[0])):
         cells = []
         for density in longer["densities"]:
@@ -317,6 +317,8 @@ def _longer_report(results: dict, model: str) -> list[str]:
     lines.append("")
     for density in longer["densities"]:
         ranking = longer_ranking(results, model, density)
+        if not ranking:
+            continue
         best, spread = ranking[0], max(case[2] for case in ranking)
         order = ", ".join(f"{label} {100 * mean:.1f}" for label, mean, _, _ in ranking)
         lines.append(f"- at {density:.1%}: {order} (std up to {100 * spread:.1f}); best **{best[0]}**")

@@ -18,9 +18,10 @@ Three parts, each pruned once per method and density and evaluated as is (no tra
   and judged on the other 15, five 224 crops each: top-1 against the labels, top-1 agreement and KL with
   the dense model. Magnitude pruning is the baseline to beat.
 
-PX_SPEC §4 treatments are compared as ablations: the W_Q/W_K policy (`gate_only`) and the head rule
-(`head`) on the ViT, `gate_only` on MiniLM, and the BatchNorm rules (`batchnorm`, `batchnorm_activation`)
-on EfficientNet. Parts whose package is missing are skipped with the reason (recorded in the JSON).
+PX_SPEC §4 treatments are compared as ablations: the W_Q/W_K policy (`gate_only`), the LayerNorm rule
+(`layernorm`) and the head rule (`head`) on the ViT, `gate_only` and `layernorm` on MiniLM, and the
+BatchNorm rules (`batchnorm`, `batchnorm_activation`) on EfficientNet. Parts whose package is missing
+are skipped with the reason (recorded in the JSON).
 
     python benchmarks/study_transformers.py            # quick: ~15-25 min on 2 CPU cores
     python benchmarks/study_transformers.py --full     # more seeds, rounds and data
@@ -51,6 +52,7 @@ VARIANTS = {
     "px gate_only=px-exact": ("px", {"gate_only": "px-exact"}),
     "px gate_only=dense": ("px", {"gate_only": "dense"}),
     "px head=path": ("px", {"head": "path"}),
+    "px layernorm=identity": ("px", {"layernorm": "identity"}),
     "px batchnorm=batch": ("px", {"batchnorm": "batch"}),
     "px batchnorm_activation=one": ("px", {"batchnorm_activation": "one"}),
     "px-exact": ("px-exact", {}),
@@ -60,9 +62,10 @@ VARIANTS = {
     "synflow": ("synflow", {}),
 }
 DATA_FREE_DETERMINISTIC = {"magnitude", "synflow"}   # same masks for every seed: run on the first seed only
-VIT_VARIANTS = ["px", "px gate_only=px-exact", "px gate_only=dense", "px head=path", "px-exact", "magnitude",
+VIT_VARIANTS = ["px", "px gate_only=px-exact", "px gate_only=dense", "px head=path", "px layernorm=identity",
+                "px-exact", "magnitude",
                 "random", "snip", "synflow"]
-TEXT_VARIANTS = ["px", "px gate_only=px-exact", "px gate_only=dense", "px-exact", "magnitude", "random", "snip"]
+TEXT_VARIANTS = ["px", "px gate_only=px-exact", "px gate_only=dense", "px layernorm=identity", "px-exact", "magnitude", "random", "snip"]
 CNN_VARIANTS = ["px", "px batchnorm=batch", "px batchnorm_activation=one", "px-exact", "magnitude", "random", "snip"]
 
 SETTINGS = {
@@ -671,7 +674,7 @@ def _mean(results, key, **where) -> float:
 
 
 COLOURS = {"px": "#d62728", "px gate_only=px-exact": "#ff7f0e", "px gate_only=dense": "#e377c2",
-           "px head=path": "#bcbd22", "px batchnorm=batch": "#ff7f0e", "px batchnorm_activation=one": "#e377c2",
+           "px head=path": "#bcbd22", "px layernorm=identity": "#17becf", "px batchnorm=batch": "#ff7f0e", "px batchnorm_activation=one": "#e377c2",
            "px-exact": "#9467bd", "magnitude": "#1f77b4", "random": "#7f7f7f", "snip": "#2ca02c", "synflow": "#8c564b"}
 PANELS = {"vit": [("retention", "accuracy retention (sparse / dense)"), ("kl", "KL(dense || sparse), nats"),
                   ("ntk_alignment", "empirical NTK alignment"), ("ntk_top_eig_ratio", "λ_max(sparse) / λ_max(dense)")],

@@ -59,6 +59,7 @@ class SurrogateOptions:
     power: int = 2                       # weights enter K as |theta|^power (2: PX, 1: SynFlow, 0: structure)
     batchnorm: str = "eval"              # "eval": fixed per-channel map; "batch": authors' batch statistics
     batchnorm_activation: str = "abs"    # BN scale in surrogate A: "abs" (|gamma/sqrt(var+eps)|) or "one"
+    layernorm: str = "gate"              # LayerNorm/GroupNorm: "gate" (PX_SPEC §4) or "identity" (gamma only)
 
 
 def _arg(args, kwargs, index, name, default=None):
@@ -231,6 +232,10 @@ class GatedPass(TorchFunctionMode):
         if self.kind == "replay":
             y = (grouped - grouped.mean(dims, keepdim=True)) * self._pop(func)
             shift = bias
+        elif self.options.layernorm == "identity":   # ablation: the norm reduced to its gamma
+            if self.kind == "activation":
+                self._pop(func)
+            y, shift = grouped, None
         elif self.kind == "activation":
             inv_std = self._pop(func)
             y, shift = _abs_centering(grouped, dims) * inv_std * inv_std, None

@@ -315,3 +315,27 @@ def test_px_exact_probes_match_exact_jacobians():
     approx = torch.cat([estimate[n].flatten() for n in targets])
     rho = spearmanr(exact.numpy(), approx.numpy()).statistic
     assert rho >= 0.99, f"Spearman {rho:.4f} < 0.99"
+
+
+def test_layernorm_identity_ablation_equals_the_network_with_gamma_folded_into_the_next_layer():
+    """layernorm="identity" keeps only LayerNorm's gamma on the path (an ablation of PX_SPEC §4's rule). With
+    the norm after the last gate, that equals PX of the same network without the norm and gamma folded into
+    the next layer's columns (gamma^2 theta^2 in K, 1 in A); the default rule must differ from it."""
+    torch.manual_seed(0)
+    with_norm = nn.Sequential(nn.Linear(4, 6, bias=False), nn.ReLU(), nn.LayerNorm(6), nn.Linear(6, 3, bias=False))
+    with_norm = with_norm.double()
+    with torch.no_grad():
+        with_norm[2].weight.uniform_(-2.0, 2.0)
+        with_norm[2].bias.uniform_(-1.0, 1.0)            # dropped from both surrogates
+    folded = nn.Sequential(nn.Linear(4, 6, bias=False), nn.ReLU(), nn.Linear(6, 3, bias=False)).double()
+    with torch.no_grad():
+        folded[0].weight.copy_(with_norm[0].weight)
+        folded[2].weight.copy_(with_norm[3].weight * with_norm[2].weight)
+    batches = [(torch.randn(5, 4, dtype=torch.float64), None)]
+    names = {"0.weight": "0.weight", "3.weight": "2.weight"}
+    scores = hf_px.score(with_norm, batches, method="px", targets=list(names), head="path", layernorm="identity")
+    expected = hf_px.score(folded, batches, method="px", targets=list(names.values()), head="path")
+    for name, other in names.items():
+        torch.testing.assert_close(scores[name], expected[other], rtol=1e-10, atol=0)
+    default = hf_px.score(with_norm, batches, method="px", targets=list(names), head="path")
+    assert not torch.allclose(default["0.weight"], scores["0.weight"])

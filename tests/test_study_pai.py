@@ -19,7 +19,9 @@ def test_smoke_run_writes_rows_report_and_plots(tmp_path, capsys):
     config = results["config"]
     grid = len(config["models"]) * len(config["seeds"]) * (1 + len(config["methods"]) * len(config["densities"]))
     ablation = len(config["seeds"]) * len(config["rounds_ablation"]["rounds"])
-    assert len(results["rows"]) == grid + ablation
+    longer = len(config["models"]) * len(config["seeds"]) * len(config["longer"]["cases"]) * len(config["longer"]["densities"])
+    assert len(results["rows"]) == grid + ablation + longer
+    assert sum(r.get("schedule") == "longer" and r["train"] == config["longer"]["train"] for r in results["rows"]) == longer
     for row in results["rows"]:
         assert 0.0 <= row["accuracy"] <= 1.0
         if row["method"] == "dense":
@@ -35,10 +37,13 @@ def test_smoke_run_writes_rows_report_and_plots(tmp_path, capsys):
     text = study_pai.report(results)
     assert "| **px** |" in text and "| random |" in text and "best method is" in text
     assert "PX rounds at 20.0% density" in text
+    assert "Longer-training check (vgg)" in text and "| px (3 rounds) |" in text and "| magnitude |" in text
     for path in results["plots"].values():
         assert (tmp_path / Path(path).name).is_file()      # smoke plots land beside the JSON, not in docs/
 
     # a rerun resumes: no row is computed twice
     assert study_pai.main(["--smoke", "--out", str(out), "--threads", "1"]) == 0
-    assert len(json.loads(out.read_text())["rows"]) == grid + ablation
+    rerun = json.loads(out.read_text())
+    assert len(rerun["rows"]) == grid + ablation + longer
+    assert rerun["earlier_runs"][0]["rows"] == grid + ablation + longer   # the first run, kept in the history
     capsys.readouterr()

@@ -38,6 +38,8 @@ class PX(Criterion):
     batchnorm_activation: an eval-mode BN's scale gamma/sqrt(var+eps) in surrogate A: "abs" uses its
         magnitude (the default: better on the trained EfficientNet-Lite0 of docs/results.md, and the same as
         "one" at initialisation, where var = 1 and gamma = 1), "one" replaces it by 1.
+    layernorm: LayerNorm/GroupNorm in the surrogates: "gate" (PX_SPEC §4: gamma^2 and the fixed map |centering|
+        on the path in K; the recorded 1/sigma^2 and |centering| in A) or "identity" (only gamma; an ablation).
     gate_only: weights that only feed a gate (W_Q/W_K, squeeze-excitation) lie on no path and would score
         0. "magnitude" ranks them by |theta| within their tensor and maps the ranks onto the quantiles of
         the path weights' PX scores (so they get about the global density); "px-exact" ranks them by
@@ -55,6 +57,7 @@ class PX(Criterion):
     head: str = "real"
     batchnorm: str = "eval"
     batchnorm_activation: str = "abs"
+    layernorm: str = "gate"
     gate_only: str = "magnitude"
     kernel_dtype: str = "auto"
 
@@ -62,6 +65,7 @@ class PX(Criterion):
         self._check_choice("head", ("real", "path"))
         self._check_choice("batchnorm", ("eval", "batch"))
         self._check_choice("batchnorm_activation", ("one", "abs"))
+        self._check_choice("layernorm", ("gate", "identity"))
         self._check_choice("gate_only", GATE_ONLY_POLICIES)
         self._check_choice("kernel_dtype", ("auto", "float32", "float64"))
         self._check_data_parallel()
@@ -81,7 +85,7 @@ class PX(Criterion):
             return self._score(model, batches, targets, masks, head, seed, example)
 
     def _score(self, model, batches, targets, masks, head, seed, example):
-        options = SurrogateOptions(2, self.batchnorm, self.batchnorm_activation)
+        options = SurrogateOptions(2, self.batchnorm, self.batchnorm_activation, self.layernorm)
         roles = parameter_roles(model, targets, head, options, head_is_path=self.head == "path")
         trace = trace_of(model, example)
 
