@@ -754,8 +754,8 @@ def report(results: dict) -> str:
              "min tensor density: the sparsest pruned tensor (0 = a collapsed tensor).", ""]
     for part, reason in results.get("skipped", {}).items():
         lines += [f"**{part}: skipped** — {reason}.", ""]
-    for part, config in results["config"].items():
-        info = results.get("parts", {}).get(part)
+    for part in [p for p in PARTS if p in results["config"]]:    # in PARTS order, whatever order they ran in
+        config, info = results["config"][part], results.get("parts", {}).get(part)
         if info is None:
             continue
         lines += [f"### {TITLES[part]}", "", _part_intro(part, info, config), ""]

@@ -24,7 +24,7 @@ class PruneConfig:
     label_column: str | None = None
     split: str | None = None                    # the split the scoring sample comes from (default: train)
     eval_split: str | None = None               # the split of the held-out probe sample (default: the task's)
-    method: str = "auto"                        # "auto": px-exact for attention models, else px (docs/results.md)
+    method: str = "auto"                        # "auto": px-exact for attention models, else magnitude (docs/results.md)
     method_options: dict = field(default_factory=dict)   # e.g. {"gate_only": "dense"}
     sparsity: float = 0.9
     rounds: int | None = None                   # None: the method's default (100 for px)

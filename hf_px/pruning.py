@@ -18,7 +18,7 @@ from .targets import find_head, resolve_targets
 
 AUTO = "auto"
 # The methods docs/results.md supports ("Defaults, and what supports them"), chosen by `method="auto"`.
-METHOD_FOR_CNNS = "px"
+METHOD_FOR_CNNS = "magnitude"
 METHOD_FOR_TRANSFORMERS = "px-exact"
 
 

@@ -16,3 +16,28 @@ def test_results_page_matches_the_committed_results():
     for line in page.splitlines():       # every plot the page shows is committed
         if line.startswith("![") and "](img/" in line:
             assert (ROOT / "docs" / line.split("](", 1)[1].rstrip(")")).is_file(), line
+
+
+def _row(part, variant, density, seed, **metrics):
+    return {"part": part, "variant": variant, "density": density, "seed": seed, **metrics}
+
+
+def test_defaults_section_counts_against_hand_made_results():
+    """The computed verdicts on a tiny hand-made result set whose answers are known."""
+    transformers = {"rows": [
+        _row("vit", "px", 0.5, 0, retention=0.90), _row("vit", "px-exact", 0.5, 0, retention=0.95),
+        _row("vit", "magnitude", 0.5, 0, retention=0.97), _row("vit", "px layernorm=identity", 0.5, 0, retention=0.91),
+        _row("vit", "px", 0.2, 0, retention=0.50), _row("vit", "px", 0.2, 1, retention=0.70),     # mean 0.60
+        _row("vit", "px-exact", 0.2, 0, retention=0.80), _row("vit", "magnitude", 0.2, 0, retention=0.30),
+        _row("vit", "px layernorm=identity", 0.2, 0, retention=0.55),
+        _row("cnn", "px", 0.9, 0, kl=0.5), _row("cnn", "magnitude", 0.9, 0, kl=0.1),
+    ]}
+    lines = report._transformers_method(transformers, "px-exact")
+    assert len(lines) == 1
+    assert "best variant in 1 of 2 (model, density) cells and ahead of px with its default options in 2 of 2" in lines[0]
+    assert "the trained tiny ViT at 20%: 0.800 vs px 0.600, rank 1 of 4" in lines[0]
+    assert report._options(transformers)[0].endswith("`layernorm=identity` at 1 of 2 densities.")
+    loses = report._where_px_loses(None, transformers)[0]
+    assert "In 2 of 3 cells" in loses
+    assert "the trained tiny ViT 50% (retention): magnitude 0.970 vs px-exact 0.950" in loses
+    assert "EfficientNet-Lite0 90% (kl): magnitude 0.100 vs px 0.500" in loses   # lower KL is better

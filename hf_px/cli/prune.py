@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-split", help="split of the held-out probe sample (default: the task's eval split)")
     parser.add_argument("--method", default="auto",
                         help="pruning method (see hf_px.list_methods()); default auto: px-exact for models with "
-                             "softmax attention, px for the rest (what docs/results.md supports)")
+                             "softmax attention, magnitude for the rest (what docs/results.md supports)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a method option, repeatable, e.g. --option gate_only=dense")
     parser.add_argument("--sparsity", type=float, default=0.9, help="fraction of target weights removed (default 0.9)")
