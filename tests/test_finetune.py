@@ -35,8 +35,8 @@ def pruned(tmp_path_factory, dataset):
     tf.ResNetForImageClassification(config).save_pretrained(root / "dense")
     tf.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.286] * 3,
                          image_std=[0.353] * 3).save_pretrained(root / "dense")
-    code = main(["prune", str(root / "dense"), "--dataset", str(dataset), "--sparsity", "0.8", "--rounds", "3",
-                 "--examples-per-class", "2", "--eval-examples", "10", "--output", str(root / "pruned"),
+    code = main(["prune", str(root / "dense"), "--dataset", str(dataset), "--sparsity", "0.8", "--method", "px",
+                 "--rounds", "3", "--examples-per-class", "2", "--eval-examples", "10", "--output", str(root / "pruned"),
                  "--no-progress"])
     assert code == 0
     return root / "pruned"
