@@ -106,6 +106,7 @@ def _cnn_method(pai: dict, transformers: dict | None, method: str) -> list[str]:
     import study_pai
 
     config = pai["config"]
+    longer_gap = None
     ranks = {m: [] for m in config["methods"]}
     wins = total = 0
     for model in config["models"]:
@@ -128,27 +129,42 @@ def _cnn_method(pai: dict, transformers: dict | None, method: str) -> list[str]:
            "cells: " + ", ".join(f"{m} {mean_rank[m]:.1f}" for m in by_rank) + f" (of {len(mean_rank)})."]
     longer = config.get("longer")
     if longer:
-        checks = []
+        checks, winners, longer_gap = [], {}, None
         for model in config["models"]:
             for density in longer["densities"]:
                 ranking = study_pai.longer_ranking(pai, model, density)
                 if ranking:
+                    winners[ranking[0][0]] = winners.get(ranking[0][0], 0) + 1
+                    mine = [mean for label, mean, _, _ in ranking if label == method]
+                    if mine:
+                        longer_gap = max(longer_gap or 0.0, ranking[0][1] - mine[0])
                     spread = 100 * max(case[2] for case in ranking)
                     checks.append(f"{model} {density:.1%}: " + ", ".join(f"{label} {100 * mean:.1f}"
                                                                          for label, mean, _, _ in ranking)
                                   + f" (std up to {spread:.1f})")
         if checks:
             out.append(f"  With {longer['epochs']} epochs on {longer['train']} images (the longer-training check): "
-                       + "; ".join(checks) + ".")
+                       + "; ".join(checks) + ". Best there: " + ", ".join(
+                           f"{label} in {n} of {len(checks)} cells" for label, n in winners.items()) + ".")
+    pretrained_wins = pretrained_cells = 0
     if transformers and _densities(transformers, "cnn"):
         cells = []
         for density in _densities(transformers, "cnn"):
             means = _part_means(transformers, "cnn", density)
             order = _ordered(means, False)
-            shown = [v for v in (method, "px-exact", "magnitude") if v in means]
+            pretrained_cells += 1
+            pretrained_wins += order[0] == method
+            shown = [v for v in dict.fromkeys((method, "px", "px-exact", "magnitude")) if v in means]
             cells.append(f"{density:.0%}: best {order[0]}; " + ", ".join(f"{v} {means[v]:.3f}" for v in shown))
         out.append("  On the trained EfficientNet-Lite0 with no fine-tuning (KL to the dense model, lower is "
                    "better): " + "; ".join(cells) + ".")
+    out.append(f"  Why {method}: `hf-px prune` takes pre-trained checkpoints, and {method} is the best variant on "
+               f"the one pre-trained CNN here at {pretrained_wins} of {pretrained_cells} densities; at "
+               f"initialisation it has mean rank {mean_rank.get(method, float('nan')):.1f} in the grid"
+               + (f" and is at most {100 * longer_gap:.1f} points behind the best in the longer check" if longer_gap
+                  is not None else "") + ". NTK-SAP scores freshly drawn weights, so it ignores what a pre-trained "
+               "model learned; for a randomly initialised CNN compare `--method ntk-sap` and `--method px` in the "
+               "longer check above.")
     return out
 
 
@@ -168,16 +184,22 @@ def _rounds(pai: dict, default: int) -> list[str]:
                                                  for n, (m, s) in accuracy.items()) + ".")
     longer = config.get("longer")
     if longer and default in [r for m, r in longer["cases"] if m == "px"]:
-        pairs = []
+        pairs, gains_of = [], []
         for model in config["models"]:
             for density in longer["densities"]:
                 ranking = {label: (mean, std) for label, mean, std, _ in study_pai.longer_ranking(pai, model, density)}
                 many, one = ranking.get(f"px ({default} rounds)"), ranking.get("px (1 round)")
                 if many and one:
+                    gains_of.append((many, one, f"{model} at {density:.1%}"))
                     pairs.append(f"{model} {density:.1%} {100 * many[0]:.1f} ± {100 * many[1]:.1f} vs "
                                  f"{100 * one[0]:.1f} ± {100 * one[1]:.1f}")
         if pairs:
             text += f" Longer training, {default} rounds vs 1: " + "; ".join(pairs) + "."
+            gains = [many[0] - one[0] for many, one, _ in gains_of]
+            where = gains_of[gains.index(max(gains))][2]
+            text += (f" Kept at the authors' {default}: {default} rounds gain up to {100 * max(gains):.1f} points over "
+                     f"1 round ({where}) and lose at most {100 * max(0.0, -min(gains)):.1f}; `rounds=1` is the "
+                     "cheap option when time matters.")
     return [text]
 
 
@@ -226,7 +248,7 @@ def _where_px_loses(pai: dict | None, transformers: dict | None) -> list[str]:
 
 def _options(results: dict) -> list[str]:
     """For each part of study 2: which PX option variants beat px with its default options."""
-    out = []
+    out, tally = [], {}     # tally: option variant -> [densities ahead of the defaults, densities run]
     for part, (metric, higher, label) in _PART_METRIC.items():
         densities = _densities(results, part)
         options = sorted({r["variant"] for r in results["rows"] if r["part"] == part and r["variant"].startswith("px ")})
@@ -239,9 +261,25 @@ def _options(results: dict) -> list[str]:
                 if option in means and "px" in means and (means[option] > means["px"] if higher
                                                           else means[option] < means["px"]):
                     wins[option] += 1
+        for option, n in wins.items():
+            counts = tally.setdefault(option[3:], [0, 0])
+            counts[0], counts[1] = counts[0] + n, counts[1] + len(densities)
         out.append(f"- **PX options on {label}** (by {metric.replace('_', ' ')}): variants ahead of the defaults: "
                    + (", ".join(f"`{v[3:]}` at {n} of {len(densities)} densities" for v, n in wins.items() if n)
                       or "none") + ".")
+    if tally:
+        def ahead(option):
+            won, run = tally.get(option, (0, 0))
+            return f"`{option}` ahead in {won} of {run} cells"
+
+        out.append("- **Why the PX options stay as they are.** `head=real` is the authors' convention, which PX's "
+                   f"parity with their code rests on ({ahead('head=path')}, with a ranking that no longer depends on "
+                   "the data when the head is dense). `gate_only=magnitude`: "
+                   f"{ahead('gate_only=px-exact')}, but it needs px-exact's backward passes and cannot shard "
+                   "across processes, which are the reasons to run px rather than px-exact on a transformer. "
+                   f"`layernorm=gate` (the rule of PX_SPEC §4): {ahead('layernorm=identity')}. "
+                   f"`batchnorm=eval` ({ahead('batchnorm=batch')}) and `batchnorm_activation=abs` "
+                   f"({ahead('batchnorm_activation=one')}).")
     return out
 
 
