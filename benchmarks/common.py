@@ -56,6 +56,15 @@ def start_record(study: str, setting: str, config: dict) -> dict:
             "config": config, "rows": []}
 
 
+def run_summary(results: dict) -> str:
+    """'Command: `...` (setting `quick`, 28 min on CPU, 1 threads, commit abc123' for a study's section;
+    the caller closes the parenthesis."""
+    machine = results["machine"]
+    return (f"Command: `{results['command']}` (setting `{results['setting']}`, {results.get('seconds', 0) / 60:.0f} "
+            f"min on {machine.get('cpu') or machine['device']}, {machine['threads']} threads, commit "
+            f"{machine.get('commit')}")
+
+
 def _relative(path: str) -> str:
     try:
         return str(Path(path).resolve().relative_to(ROOT))

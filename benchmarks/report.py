@@ -17,6 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import study_pai  # noqa: E402
+import study_transformers  # noqa: E402
 
 STUDIES = [("pai", "study_pai"), ("transformers", "study_transformers"), ("cost", "study_cost")]
 
@@ -56,17 +58,15 @@ def defaults_section(results: dict[str, dict]) -> str:
     return "\n".join(lines + [""])
 
 
-# per part of study 2: the metric that judges it, whether higher is better, and its name
-_PART_METRIC = {"vit": ("retention", True, "the trained tiny ViT"), "text": ("similarity_spearman", True, "MiniLM"),
-                "cnn": ("kl", False, "EfficientNet-Lite0")}
+# per part of study 2: the metric that judges it, whether higher is better (the study's own), and its name
+_PART_METRIC = {part: (*study_transformers.MAIN_METRIC[part], label) for part, label in
+                (("vit", "the trained tiny ViT"), ("text", "MiniLM"), ("cnn", "EfficientNet-Lite0"))}
 
 
 def _part_means(results: dict, part: str, density: float) -> dict[str, float]:
-    import study_transformers as st
-
     metric = _PART_METRIC[part][0]
     variants = sorted({r["variant"] for r in results["rows"] if r["part"] == part} - {"dense"})
-    means = {v: st._mean(results, metric, part=part, variant=v, density=density) for v in variants}
+    means = {v: study_transformers._mean(results, metric, part=part, variant=v, density=density) for v in variants}
     return {v: m for v, m in means.items() if m == m}
 
 
@@ -103,8 +103,6 @@ def _transformers_method(results: dict, method: str) -> list[str]:
 
 
 def _cnn_method(pai: dict, transformers: dict | None, method: str) -> list[str]:
-    import study_pai
-
     config = pai["config"]
     longer_gap = None
     ranks = {m: [] for m in config["methods"]}
@@ -169,8 +167,6 @@ def _cnn_method(pai: dict, transformers: dict | None, method: str) -> list[str]:
 
 
 def _rounds(pai: dict, default: int) -> list[str]:
-    import study_pai
-
     config = pai["config"]
     ablation = config["rounds_ablation"]
     rounds = sorted(set(ablation["rounds"]) | {config["rounds"]})
@@ -210,8 +206,6 @@ def _is_px(label: str) -> bool:
 
 def _where_px_loses(pai: dict | None, transformers: dict | None) -> list[str]:
     """Every (study, model, density) cell whose best mean is a method other than PX, with PX's best there."""
-    import study_pai
-
     cells, total = [], 0
 
     def judge(name, means, higher, scale=100.0, digits=1):

@@ -240,9 +240,7 @@ def plots(results: dict, directory: Path) -> dict:
 def report(results: dict) -> str:
     config = results["config"]
     lines = ["## Study 1: pruning at initialisation, then training (Fashion-MNIST)", "",
-             f"Command: `{results['command']}` (setting `{results['setting']}`, {results.get('seconds', 0) / 60:.0f} "
-             f"min on {results['machine'].get('cpu') or results['machine']['device']}, {results['machine']['threads']} "
-             f"threads, commit {results['machine'].get('commit')}"
+             common.run_summary(results)
              + "".join(f"; resumed from a run at commit {run['commit']} that measured {run['rows']} rows in "
                        f"{(run['seconds'] or 0) / 60:.0f} min" for run in results.get("earlier_runs", []))
              + f"). Seeds {config['seeds']}: each seed draws the "
@@ -286,6 +284,15 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _case_label(method: str, rounds: int) -> str:
+    """'magnitude' for a one-shot method; 'px (100 rounds)' for an iterative one."""
+    from hf_px.criteria import make_criterion
+
+    if make_criterion(method).default_rounds == 1 and rounds == 1:
+        return method
+    return f"{method} ({rounds} round{'s' if rounds > 1 else ''})"
+
+
 def longer_ranking(results: dict, model: str, density: float) -> list[tuple[str, float, float, int]]:
     """The longer-training check at one density: (case label, mean, std, runs), best mean first."""
     ranking = []
@@ -293,9 +300,7 @@ def longer_ranking(results: dict, model: str, density: float) -> list[tuple[str,
         values = [r["accuracy"] for r in _rows(results, "longer", model=model, method=method, density=density,
                                                rounds=rounds)]
         if values:
-            label = (f"{method} ({rounds} round{'s' if rounds > 1 else ''})"
-                     if rounds > 1 or method in ("px", "ntk-sap", "synflow") else method)
-            ranking.append((label, *common.mean_std(values), len(values)))
+            ranking.append((_case_label(method, rounds), *common.mean_std(values), len(values)))
     return sorted(ranking, key=lambda case: -case[1])
 
 
@@ -307,13 +312,12 @@ def _longer_report(results: dict, model: str) -> list[str]:
              "initial weights and scoring sample. Accuracy in %, mean ± std over seeds.", "",
              "| method | " + " | ".join(f"{d:.1%}" for d in longer["densities"]) + " |",
              "|---|" + "---:|" * len(longer["densities"])]
-    labels = {label for density in longer["densities"] for label, *_ in longer_ranking(results, model, density)}
-    for label in sorted(labels, key=lambda name: [c[0] for c in longer["cases"]].index(name.split(" ")[0])):
-        cells = []
-        for density in longer["densities"]:
-            match = [c for c in longer_ranking(results, model, density) if c[0] == label]
-            cells.append(f"{100 * match[0][1]:.1f} ± {100 * match[0][2]:.1f}" if match else "–")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    cells = {d: {label: f"{100 * mean:.1f} ± {100 * std:.1f}" for label, mean, std, _ in
+                 longer_ranking(results, model, d)} for d in longer["densities"]}
+    for method, rounds in longer["cases"]:    # in the order the setting lists them
+        label = _case_label(method, rounds)
+        if any(label in by_label for by_label in cells.values()):
+            lines.append(f"| {label} | " + " | ".join(cells[d].get(label, "–") for d in longer["densities"]) + " |")
     lines.append("")
     for density in longer["densities"]:
         ranking = longer_ranking(results, model, density)

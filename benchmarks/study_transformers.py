@@ -742,11 +742,8 @@ MAIN_METRIC = {"vit": ("retention", True), "text": ("similarity_spearman", True)
 
 
 def report(results: dict) -> str:
-    machine = results["machine"]
     lines = ["## Study 2: pruning a trained transformer with no fine-tuning", "",
-             f"Command: `{results['command']}` (setting `{results['setting']}`, {results.get('seconds', 0) / 60:.0f} "
-             f"min on {machine.get('cpu') or machine['device']}, {machine['threads']} threads, commit "
-             f"{machine.get('commit')}). No training after pruning: every number is the pruned model as is. "
+             common.run_summary(results) + "). No training after pruning: every number is the pruned model as is. "
              "Cells are mean ± std over seeds (seeds draw the scoring sample, random's masks and px-exact's "
              "probes; magnitude and synflow are deterministic and run once). The head stays dense (hf-px's "
              "default); NTK: the exact empirical NTK per logit over every Linear/Conv weight (pruned entries "

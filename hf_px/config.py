@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from .criteria import list_methods
 from .errors import ConfigError
+from .pruning import AUTO, check_method
 
 
 @dataclass
@@ -53,7 +54,7 @@ class PruneConfig:
         if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)) \
                 or math.isnan(self.sparsity) or not 0.0 < self.sparsity < 1.0:
             raise ConfigError(f"--sparsity {self.sparsity!r} must be strictly between 0 and 1 (0.9 keeps 10%)")
-        if self.method not in list_methods() and self.method != "auto":
+        if self.method not in list_methods() and self.method != AUTO:
             raise ConfigError(f"--method {self.method!r} is unknown; choose auto or one of {', '.join(list_methods())}")
         for name in ("examples_per_class", "batch_size"):
             _check_int(name, getattr(self, name), minimum=1)
@@ -67,9 +68,8 @@ class PruneConfig:
             raise ConfigError("nothing would be written: pass --output DIR and/or --push-to-hub REPO (or --dry-run)")
         if not isinstance(self.method_options, dict):
             raise ConfigError(f"method_options={self.method_options!r} must be a mapping of option names to values")
-        if self.method == "auto" and self.method_options:
-            raise ConfigError(f"--method auto takes no method options (got {sorted(self.method_options)}); "
-                              "name the method, e.g. --method px, to pass --option")
+        if self.method == AUTO:
+            check_method(self.method, self.method_options)   # "auto" takes no method options
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
