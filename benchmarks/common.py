@@ -43,11 +43,27 @@ def machine() -> dict:
     except OSError:
         info["cpu"] = None
     try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                        text=True, timeout=10).stdout.strip() or None
+        info["commit"] = _git("rev-parse", "--short", "HEAD") or None
+        # uncommitted changes to the code make the commit an incomplete record of what ran
+        info["dirty"] = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "hf_px", "benchmarks"))
     except (OSError, subprocess.SubprocessError):
-        info["commit"] = None
+        info["commit"], info["dirty"] = None, True
     return info
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+
+
+def same_code(earlier: dict, now: dict) -> bool:
+    """Whether two `machine()` records ran the same committed code (rows of one may join the other's)."""
+    return earlier.get("commit") is not None and earlier.get("commit") == now.get("commit") \
+        and not earlier.get("dirty", True) and not now.get("dirty", True)
+
+
+def device() -> torch.device:
+    """Where the studies train and score: the GPU when there is one (the --full settings), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def start_record(study: str, setting: str, config: dict) -> dict:
@@ -179,7 +195,7 @@ def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     padded = F.pad(images, (2, 2, 2, 2), value=float(images.min()))
     dx, dy = torch.randint(0, 5, (2,), generator=generator).tolist()
     out = padded[:, :, dy:dy + h, dx:dx + w]
-    flip = torch.rand(n, generator=generator) < 0.5
+    flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 

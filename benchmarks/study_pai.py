@@ -40,7 +40,7 @@ SETTINGS = {
                   # the grid's short training ranks methods noisily: re-check the leaders and PX's default
                   # rounds with 3x the data and 1.5x the epochs (4.5x the steps) at the two lowest densities
                   longer=dict(train=3000, epochs=3, densities=[0.05, 0.018],
-                              cases=[["px", 100], ["px", 1], ["magnitude", 1], ["ntk-sap", 20]])),
+                              cases=[["px", 100], ["px", 20], ["px", 1], ["magnitude", 1], ["ntk-sap", 20]])),
     "full": dict(models=["resnet20", "vgg"], methods=METHODS, densities=[0.36, 0.134, 0.05, 0.018],
                  seeds=[0, 1, 2, 3, 4], train=None, test=None, epochs=30, rounds=100, per_class=10, batch_size=128,
                  rounds_ablation={"model": "resnet20", "density": 0.018, "rounds": [1, 10, 20, 300]}),
@@ -89,14 +89,17 @@ def build(name: str, seed: int) -> nn.Module:
     return resnet20(num_classes=10, in_channels=1) if name == "resnet20" else SmallVGG()
 
 
-def run(setting: str, out: Path) -> dict:
+def run(setting: str, out: Path, fresh: bool = False) -> dict:
+    """Measure every case of `setting` not already in `out` (resuming an interrupted run of the same code)."""
     import hf_px
 
     config = SETTINGS[setting]
     record = common.start_record("pai", setting, config)
-    if out.exists():   # resume: keep the finished rows measured with the same data and training
+    device = common.device()
+    if out.exists() and not fresh:   # resume: keep the finished rows measured with the same code, data and training
         previous = json.loads(out.read_text())
-        if previous.get("setting") == setting and all(previous["config"].get(k) == config.get(k) for k in _SAME):
+        if (previous.get("setting") == setting and all(previous["config"].get(k) == config.get(k) for k in _SAME)
+                and common.same_code(previous["machine"], record["machine"])):
             record["rows"] = previous["rows"]
             # the runs whose rows are kept: their commit, time and row count
             record["earlier_runs"] = previous.get("earlier_runs", []) + [
@@ -108,14 +111,16 @@ def run(setting: str, out: Path) -> dict:
                           or (r["train"], r["epochs"]) == (longer["train"], longer["epochs"])]
     done = {_key(r) for r in record["rows"]}
     started = time.perf_counter()
-    x_train, y_train, x_test, y_test = common.fashion_mnist_tensors(config["train"], config["test"], seed=0)
+    x_train, y_train, x_test, y_test = (t.to(device) for t in common.fashion_mnist_tensors(
+        config["train"], config["test"], seed=0))
     schedules = {"grid": (x_train, y_train, config["epochs"])}
     if longer:
-        x_long, y_long, _, _ = common.fashion_mnist_tensors(longer["train"], config["test"], seed=0)
+        x_long, y_long, _, _ = (t.to(device) for t in common.fashion_mnist_tensors(
+            longer["train"], config["test"], seed=0))
         schedules["longer"] = (x_long, y_long, longer["epochs"])
     for model_name in config["models"]:
         for seed in config["seeds"]:
-            initial = build(model_name, seed)
+            initial = build(model_name, seed).to(device)
             batches = common.scoring_batches(x_train, y_train, config["per_class"], seed)
             cases = [("grid", "dense", 1.0, 0)] + [("grid", m, d, _rounds(config, m)) for d in config["densities"]
                                                    for m in config["methods"]]
@@ -366,12 +371,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/study_pai.json)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (1 is much faster on a machine shared with other jobs)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="measure every case again (default: resume from the JSON if the same code wrote it)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     setting = "smoke" if args.smoke else "full" if args.full else "quick"
     out = args.out or common.RESULTS / ("study_pai.json" if setting == "quick" else f"study_pai_{setting}.json")
-    results = run(setting, out)
+    results = run(setting, out, fresh=args.fresh)
     print(report(results))
     return 0
 

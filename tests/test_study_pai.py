@@ -12,7 +12,10 @@ import study_pai  # noqa: E402
 pytestmark = pytest.mark.needs_fashion_mnist
 
 
-def test_smoke_run_writes_rows_report_and_plots(tmp_path, capsys):
+def test_smoke_run_writes_rows_report_and_plots(tmp_path, capsys, monkeypatch):
+    # rows are resumed only from a run of the same clean commit: pin what the runs record as their code
+    real_machine = study_pai.common.machine
+    monkeypatch.setattr(study_pai.common, "machine", lambda: {**real_machine(), "commit": "abc1234", "dirty": False})
     out = tmp_path / "study_pai.json"
     assert study_pai.main(["--smoke", "--out", str(out), "--threads", "1"]) == 0
     results = json.loads(out.read_text())
@@ -41,9 +44,25 @@ def test_smoke_run_writes_rows_report_and_plots(tmp_path, capsys):
     for path in results["plots"].values():
         assert (tmp_path / Path(path).name).is_file()      # smoke plots land beside the JSON, not in docs/
 
-    # a rerun resumes: no row is computed twice
+    # a rerun of the same code resumes: no row is computed twice
     assert study_pai.main(["--smoke", "--out", str(out), "--threads", "1"]) == 0
     rerun = json.loads(out.read_text())
-    assert len(rerun["rows"]) == grid + ablation + longer
+    assert rerun["rows"] == results["rows"]
     assert rerun["earlier_runs"][0]["rows"] == grid + ablation + longer   # the first run, kept in the history
+
+    # other code measures everything again (as --fresh does): no earlier run is kept
+    monkeypatch.setattr(study_pai.common, "machine", lambda: {**real_machine(), "commit": "def5678", "dirty": False})
+    assert study_pai.main(["--smoke", "--out", str(out), "--threads", "1"]) == 0
+    again = json.loads(out.read_text())
+    assert "earlier_runs" not in again and len(again["rows"]) == grid + ablation + longer
     capsys.readouterr()
+
+
+def test_rows_join_only_runs_of_the_same_clean_commit():
+    same_code = study_pai.common.same_code
+    assert same_code({"commit": "abc", "dirty": False}, {"commit": "abc", "dirty": False})
+    assert not same_code({"commit": "abc", "dirty": False}, {"commit": "def", "dirty": False})
+    assert not same_code({"commit": "abc", "dirty": True}, {"commit": "abc", "dirty": False})
+    assert not same_code({"commit": "abc", "dirty": False}, {"commit": "abc", "dirty": True})
+    assert not same_code({"commit": None, "dirty": False}, {"commit": None, "dirty": False})
+    assert not same_code({"commit": "abc"}, {"commit": "abc", "dirty": False})   # records from before the flag
