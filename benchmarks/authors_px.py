@@ -138,9 +138,10 @@ def _keep_authors(flat: Tensor, alive: Tensor, density: float) -> Tensor:
     return flat > threshold
 
 
-def _keep_round(flat: Tensor, alive: Tensor, density: float) -> Tensor:
-    """Exactly round(density * N) highest alive scores; ties: the lower global flat index is kept."""
-    count = min(int(round(density * flat.numel())), int(alive.sum()))
+def _keep_exact(flat: Tensor, alive: Tensor, density: float) -> Tensor:
+    """The authors' count, N - int((1 - density) * N), of the highest alive scores, exactly: ties at the
+    threshold are broken by position (the lower global flat index is kept) instead of all pruned."""
+    count = min(flat.numel() - int((1.0 - density) * flat.numel()), int(alive.sum()))
     ranked = torch.where(alive, flat.double(), torch.tensor(float("-inf"), dtype=torch.float64))
     order = torch.sort(ranked, descending=True, stable=True).indices
     keep = torch.zeros_like(alive)
@@ -152,11 +153,11 @@ def authors_px_prune(model: nn.Module, batches, targets: list[str], density: flo
                      count: str = "authors", head_prefixes=("fc",)) -> dict[str, Tensor]:
     """Iterative PX with the authors' exponential schedule; prunes `model` in place, returns bool masks.
 
-    count: "authors" (<= k-th smallest, k = int((1 - d) N)) or "round" (exactly round(d N) kept, ties by
-    position: hf_px's rule, for mask parity tests).
+    count: "authors" (<= k-th smallest, k = int((1 - d) N)) or "exact" (the same count, ties at the
+    threshold broken by position: hf_px's rule, for mask parity where scores tie).
     """
-    if count not in ("authors", "round"):
-        raise ValueError(f"count={count!r} must be 'authors' or 'round'")
+    if count not in ("authors", "exact"):
+        raise ValueError(f"count={count!r} must be 'authors' or 'exact'")
     params = dict(model.named_parameters())
     masks = {n: torch.ones_like(params[n], dtype=torch.bool) for n in targets}
     sizes = [params[n].numel() for n in targets]
@@ -165,7 +166,7 @@ def authors_px_prune(model: nn.Module, batches, targets: list[str], density: flo
         scores = authors_px_round(model, batches, targets, masks, head_prefixes)
         flat = torch.cat([scores[n].detach().flatten().cpu() for n in targets])
         alive = torch.cat([masks[n].flatten().cpu() for n in targets])
-        keep = (_keep_authors if count == "authors" else _keep_round)(flat, alive, round_density)
+        keep = (_keep_authors if count == "authors" else _keep_exact)(flat, alive, round_density)
         for name, part in zip(targets, keep.split(sizes)):
             masks[name] = part.view_as(params[name]).to(params[name].device)
         with torch.no_grad():     # the authors multiply the parameters by their masks
@@ -203,24 +204,23 @@ def verify(rounds: int = 100, density: float = 0.05, seed: int = 0) -> bool:
     ok &= worst_masked < 1e-10
 
     sparsity = 1.0 - density
-    model_a, model_b = copy.deepcopy(model), copy.deepcopy(model)
-    masks_theirs = authors_px_prune(model_a, batches, targets, density, rounds, count="round")
+    model_b = copy.deepcopy(model)
     masks_ours = hf_px.prune(model_b, batches, "px", sparsity=sparsity, rounds=rounds, targets=targets)
     total = sum(m.numel() for m in masks_ours.values())
-    differ = sum(int((masks_ours[n] != masks_theirs[n]).sum()) for n in targets)
-    print(f"{rounds} rounds to density {density}, count='round': kept hf_px "
-          f"{sum(int(m.sum()) for m in masks_ours.values())}/{total}, authors "
-          f"{sum(int(m.sum()) for m in masks_theirs.values())}/{total}; differing mask entries: {differ}")
-    ok &= differ == 0
-    weights_equal = all(torch.equal(dict(model_a.named_parameters())[n], dict(model_b.named_parameters())[n])
+    for count in ("authors", "exact"):
+        reference = copy.deepcopy(model)
+        masks_theirs = authors_px_prune(reference, batches, targets, density, rounds, count=count)
+        differ = sum(int((masks_ours[n] != masks_theirs[n]).sum()) for n in targets)
+        print(f"{rounds} rounds to density {density}, count={count!r}: kept hf_px "
+              f"{sum(int(m.sum()) for m in masks_ours.values())}/{total}, reference "
+              f"{sum(int(m.sum()) for m in masks_theirs.values())}/{total}; differing mask entries: {differ}")
+        if count == "authors" and differ:
+            print("  (the authors' rule prunes every score tied at the threshold; see count='exact')")
+        ok &= differ == 0 if count == "exact" else True
+    weights_equal = all(torch.equal(dict(reference.named_parameters())[n], dict(model_b.named_parameters())[n])
                         for n in targets)
     print(f"pruned weights identical: {weights_equal}")
     ok &= weights_equal
-
-    masks_authors = authors_px_prune(copy.deepcopy(model), batches, targets, density, rounds, count="authors")
-    kept = sum(int(m.sum()) for m in masks_authors.values())
-    differ_rule = sum(int((masks_ours[n] != masks_authors[n]).sum()) for n in targets)
-    print(f"count='authors' (<= k-th smallest): kept {kept}/{total}; entries differing from hf_px: {differ_rule}")
     print("PARITY OK" if ok else "PARITY FAILED")
     return ok
 

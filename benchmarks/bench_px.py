@@ -7,7 +7,9 @@ hidden 192, 3 heads, MLP 768, patch 4, 32 px, 10 labels, sdpa attention), each o
 For each model: median wall time of one `hf_px.score(model, batches, method="px")` round, median wall time
 of one `torch.no_grad()` forward pass over the same images, their ratio (targets: <= 2.3 CNN, <= 3.0 ViT),
 and for the CNN the authors' procedure (`benchmarks/authors_px.py`) against `hf_px.score` with the same
-targets (every Conv/Linear weight, head included: the authors' convention; target speed-up >= 2.2x).
+targets (every Conv/Linear weight, head included: the authors' convention; target speed-up >= 2.2x), both
+on ResNet-20 built from layers in the style of the authors' (`resnet20(masked=True)`: a weight_mask buffer
+multiplied into each weight in forward, per-channel identity shortcuts).
 Also reported, not judged: the same round with every target 90% masked, as in `prune` after its first
 round (unpruned layers run surrogate A as one sum per group; masked layers need the full product).
 Every measurement runs in a fresh subprocess; memory is that process's peak RSS (resource.getrusage)
@@ -53,13 +55,17 @@ def _model_and_data(family: str, full: bool, device: str, images: int | None, ba
     torch.manual_seed(0)
     if full:
         import timm
-        name = {"cnn": "resnet50", "vit": "vit_base_patch16_224"}[family]
+        name = {"cnn": "resnet50", "styled": "resnet50", "vit": "vit_base_patch16_224"}[family]
         model, shape, classes = timm.create_model(name, pretrained=False), (3, 224, 224), 1000
         label = f"timm {name}"
         images = images or 1000
     elif family == "cnn":
         from hf_px.testing import resnet20
         model, shape, classes, label = resnet20(), (3, 32, 32), 10, "ResNet-20 (CIFAR, BN)"
+        images = images or 100
+    elif family == "styled":
+        from hf_px.testing import resnet20
+        model, shape, classes, label = resnet20(masked=True), (3, 32, 32), 10, "ResNet-20, authors' layers"
         images = images or 100
     else:
         import transformers as tf
@@ -208,8 +214,8 @@ def _code_version() -> str:
 def main(args) -> dict:
     import torch
 
-    cases = ["cnn/forward", "cnn/px", "cnn/px-pruned", "cnn/px-all", "cnn/authors", "vit/forward", "vit/px",
-             "vit/px-pruned"]
+    cases = ["cnn/forward", "cnn/px", "cnn/px-pruned", "styled/forward", "styled/px-all", "styled/authors",
+             "vit/forward", "vit/px", "vit/px-pruned"]
     load_before = os.getloadavg()
     results = {}
     for case in cases:
@@ -230,7 +236,8 @@ def main(args) -> dict:
     print("-" * len(header))
     rows = [("cnn/forward", "forward, no_grad"), ("cnn/px", "hf_px.score px (default targets)"),
             ("cnn/px-pruned", "  same, targets 90% masked"),
-            ("cnn/px-all", "hf_px.score px (all Conv/Linear)"), ("cnn/authors", "authors_px_round (all Conv/Linear)"),
+            ("styled/forward", "forward, no_grad"), ("styled/px-all", "hf_px.score px (all Conv/Linear)"),
+            ("styled/authors", "authors_px_round (all Conv/Linear)"),
             ("vit/forward", "forward, no_grad"), ("vit/px", "hf_px.score px (default targets)"),
             ("vit/px-pruned", "  same, targets 90% masked")]
     for case, what in rows:
@@ -258,10 +265,10 @@ def main(args) -> dict:
         summary[f"{family}_pruned_px_over_forward_interleaved"] = pruned["interleaved_ratios"]["forward"]
         print(f"  {px['model']:<26} same, targets masked    {summary[f'{family}_pruned_px_over_forward']:6.2f}x  "
               f"interleaved {summary[f'{family}_pruned_px_over_forward_interleaved']:6.2f}x  (a later round of prune)")
-    authors, px_all = results["cnn/authors"], results["cnn/px-all"]
+    authors, px_all = results["styled/authors"], results["styled/px-all"]
     speedup = authors["median_s"] / px_all["median_s"]
     speedup_interleaved = authors["interleaved_ratios"]["px-all"]
-    summary["cnn_authors_over_forward"] = authors["median_s"] / results["cnn/forward"]["median_s"]
+    summary["cnn_authors_over_forward"] = authors["median_s"] / results["styled/forward"]["median_s"]
     summary["cnn_authors_over_forward_interleaved"] = authors["interleaved_ratios"]["forward"]
     summary["cnn_speedup_vs_authors"] = speedup
     summary["cnn_speedup_vs_authors_interleaved"] = speedup_interleaved

@@ -58,8 +58,9 @@ def _split(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     if isinstance(batch, (tuple, list)) and len(batch) >= 1 and isinstance(batch[0], torch.Tensor):
         labels = batch[1] if len(batch) > 1 and isinstance(batch[1], torch.Tensor) else None
         return batch[0], labels
+    inner = f" whose first item is a {type(batch[0]).__name__}" if isinstance(batch, (tuple, list)) and batch else ""
     raise DataError(
-        f"cannot read a batch of type {type(batch).__name__}; "
+        f"cannot read a batch of type {type(batch).__name__}{inner} (images must be torch tensors); "
         "give (images, labels) tuples or dicts with 'pixel_values' (and 'labels')"
     )
 

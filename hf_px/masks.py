@@ -12,13 +12,15 @@ def density_schedule(final_density: float, rounds: int) -> list[float]:
 
 
 def kept_count(density: float, total: int) -> int:
-    """Exactly round(density * total) weights are kept.
+    """How many weights are kept: total - int((1 - density) * total), the authors' count (their k-th
+    smallest score with k = int((1 - density) * N)), so that masks match theirs round for round. It is
+    round(density * total) or one more (the float product can fall just short of an integer: 0.95 * 2000
+    is 1899.9999999999998).
 
-    The authors' code prunes every score <= the k-th smallest, which overshoots when scores tie at the
-    threshold (common at 0: dead units); here ties are broken by position instead, so the achieved
-    density is always exact.
+    Unlike the authors' code, which prunes every score <= the k-th smallest and so overshoots when scores
+    tie at the threshold (common at 0: dead units), ties are broken by position: the count is exact.
     """
-    return int(round(density * total))
+    return total - int((1.0 - density) * total)
 
 
 def masks_from_scores(scores: dict[str, Tensor], density: float,

@@ -1,7 +1,7 @@
 """The two entry points: `score` (one round of saliencies) and `prune` (the iterative schedule)."""
 
 import contextlib
-import math
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .apply import apply_masks_
-from .batches import first_images, reiterable
+from .batches import first_images, iter_batches, reiterable
 from .criteria import Criterion, make_criterion
 from .errors import ConfigError, ModelError
 from .masks import density_schedule, masks_from_scores
@@ -70,13 +70,12 @@ def prune(model: nn.Module, batches: Iterable, method: str = "px", sparsity: flo
     method: a name from `hf_px.list_methods()`, or "auto" (`recommended_method`).
     Round r of `rounds` (None: the method's default, 100 for px) keeps density d ** ((r+1)/rounds) with
     one global threshold; each round re-scores the masked network, and masks only shrink. Exactly
-    round((1 - sparsity) * N) target weights are kept. Pruned weights are zeroed in place at the end.
+    `masks.kept_count(1 - sparsity, N)` target weights are kept (the authors' count; ties at the threshold
+    broken by position). Pruned weights are zeroed in place at the end; a tensor left at zero density warns.
     Under torch.distributed, give each process its own shard; PX sums its data term across processes, so
     all get the same masks. Other methods are not data-parallel: give them all the batches on every process.
     """
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 < sparsity < 1.0 \
-            or math.isnan(sparsity):
-        raise ConfigError(f"sparsity={sparsity!r} must be a number strictly between 0 and 1 (e.g. 0.9 keeps 10%)")
+    sparsity = _fraction(sparsity)
     criterion = check_method(method, options)
     if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1):
         raise ConfigError(f"rounds={rounds!r} must be a positive integer (or None for the method's default)")
@@ -90,7 +89,24 @@ def prune(model: nn.Module, batches: Iterable, method: str = "px", sparsity: flo
             scores = _score_round(criterion, model, batches, targets, masks, head, seed)
             masks = masks_from_scores(scores, density, masks)
     apply_masks_(model, masks)
+    collapsed = [name for name, mask in masks.items() if not mask.any()]
+    if collapsed:   # PX_SPEC §5: never hide a tensor pruned away (it cuts every path through its layer)
+        warnings.warn(f"{len(collapsed)} of {len(masks)} target tensors are pruned to zero density "
+                      f"({', '.join(collapsed[:4])}{', ...' if len(collapsed) > 4 else ''}); lower the sparsity, "
+                      "or check for weights that score exactly 0 (e.g. a zero-initialised last norm per block)",
+                      stacklevel=2)
     return masks
+
+
+def _fraction(sparsity) -> float:
+    """`sparsity` as a float strictly between 0 and 1; numpy and 0-d torch scalars are accepted."""
+    try:
+        value = None if isinstance(sparsity, (bool, str)) else float(sparsity)
+    except (TypeError, ValueError, RuntimeError):
+        value = None
+    if value is None or not 0.0 < value < 1.0:   # NaN fails the comparison too
+        raise ConfigError(f"sparsity={sparsity!r} must be a number strictly between 0 and 1 (e.g. 0.9 keeps 10%)")
+    return value
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -101,6 +117,8 @@ def _prepare(model, batches, targets):
     if not any(True for _ in model.parameters()):
         raise ModelError(f"{type(model).__name__} has no parameters to prune")
     batches = reiterable(batches)
+    for _ in iter_batches(batches):   # every batch's layout and values, once: not all methods read them all
+        pass
     model.eval()   # gates are recorded in eval mode: no dropout, BN running statistics
     example = first_images(batches, next(model.parameters()).device)
     head = find_head(model, example[:2])
@@ -127,8 +145,8 @@ def _score_round(criterion: Criterion, model, batches, targets, masks, head, see
     checked = {}
     for name in targets:
         if name not in scores or scores[name].shape != params[name].shape:
-            raise AssertionError(f"criterion {criterion.name!r} returned no score of shape "
-                                 f"{tuple(params[name].shape)} for {name}")
+            raise ModelError(f"method {criterion.name!r} returned no score of shape {tuple(params[name].shape)} "
+                             f"for {name}; a registered method must score every target it is given")
         value = scores[name].detach()
         if not torch.isfinite(value).all():
             raise ModelError(f"{criterion.name} scores of {name} are not finite; the model may already hold "

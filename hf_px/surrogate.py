@@ -50,6 +50,12 @@ _BATCH_NORM = {F.batch_norm}
 _MAX_POOL = {F.max_pool2d, F.max_pool2d_with_indices}
 _CONV = {F.conv1d, F.conv2d, F.conv3d}
 _INPLACE_WRITES = {Tensor.__setitem__}
+# ops that only reshape or cast a parameter (looked through when deciding whether it multiplies or adds)
+_RESHAPES = {Tensor.reshape, Tensor.view, Tensor.view_as, Tensor.expand, Tensor.expand_as, Tensor.unsqueeze,
+             Tensor.squeeze, Tensor.permute, Tensor.transpose, Tensor.flatten, Tensor.contiguous, Tensor.to,
+             Tensor.type_as, Tensor.float, Tensor.__getitem__, torch.reshape, torch.unsqueeze, torch.squeeze,
+             torch.flatten, torch.transpose, torch.permute}
+_MULTIPLY = {torch.mul, torch.multiply, Tensor.mul, Tensor.mul_, Tensor.__mul__, Tensor.__rmul__, Tensor.__imul__}
 
 
 @dataclass
@@ -124,7 +130,8 @@ class GatedPass(TorchFunctionMode):
             out = self._batch_norm(func, args, kwargs)
         elif func in _MAX_POOL:
             out = self._max_pool(func, args, kwargs)
-        elif (func in _CONV or func is F.linear) and _is_constant(_arg(args, kwargs, 1, "weight")):
+        elif (func in _CONV or func is F.linear) and _is_constant(_arg(args, kwargs, 1, "weight"),
+                                                                  check_values=self.kind == "activation"):
             out = _constant_weight_layer(func, args, kwargs)
         else:
             out = func(*args, **kwargs)
@@ -311,9 +318,15 @@ class GatedPass(TorchFunctionMode):
 _DRIFT = 32
 
 
-def _is_constant(weight) -> bool:
-    """Whether `weight` is one value broadcast to its shape (a `_constant`, e.g. surrogate A's unpruned 1s)."""
-    return isinstance(weight, Tensor) and weight.numel() > 1 and not any(weight.stride())
+def _is_constant(weight, check_values: bool = False) -> bool:
+    """Whether `weight` is one value broadcast to its shape (a `_constant`, e.g. surrogate A's unpruned 1s),
+    or, with `check_values`, a materialised tensor of one value (a layer that multiplies its own mask into
+    the weight before the op, as the authors' layers do). Comparing the weights costs far less than the op."""
+    if not isinstance(weight, Tensor) or weight.numel() <= 1:
+        return False
+    if not any(weight.stride()):
+        return True
+    return check_values and bool((weight == weight.reshape(-1)[0]).all())
 
 
 def _constant_weight_layer(func, args, kwargs) -> Tensor:
@@ -370,10 +383,13 @@ class StaleStructure(ModelError):
 
 
 class _Tracer(TorchFunctionMode):
-    """Runs the model plainly, logging which op produced each tensor from which tensors."""
+    """Runs the model plainly, logging which op produced each tensor from which tensors, and the first op
+    that uses each parameter (looking through reshapes and casts)."""
 
-    def __init__(self, x: Tensor):
+    def __init__(self, x: Tensor, params: dict[str, Tensor]):
         super().__init__()
+        self.param_of = {id(t): name for name, t in params.items()}   # includes reshaped views of them
+        self.first_use: dict[str, object] = {}
         self.node_of = {id(x): 0}
         self.site = [None]            # node -> (op index, op name); None for the input
         self.edges: list[tuple[int, int]] = []
@@ -392,6 +408,15 @@ class _Tracer(TorchFunctionMode):
         index = len(self.ops)
         self.ops.append(func)
         out = func(*args, **kwargs)
+        for t in _tensors(args, kwargs):
+            param = self.param_of.get(id(t))
+            if param is None:
+                continue
+            if func in _RESHAPES and isinstance(out, Tensor):
+                self.param_of[id(out)] = param
+                self.alive.append(out)
+            else:
+                self.first_use.setdefault(param, func)
         inputs = {self.node_of[id(t)] for t in _tensors(args, kwargs) if id(t) in self.node_of}
         name = getattr(func, "__name__", str(func))
         if isinstance(out, Tensor):
@@ -411,6 +436,7 @@ class Trace:
 
     cuts: dict[int, str]      # op index -> op name of the cuts
     ops: list                 # every op called, in order
+    multiplied: frozenset = frozenset()   # parameters whose first use multiplies (scales on the path)
 
     @property
     def has_gates(self) -> bool:
@@ -448,12 +474,13 @@ def find_cuts(model: nn.Module, x: Tensor, params: dict[str, Tensor]) -> Trace:
     In a topological order, a node is crossed by every path iff no edge between two path nodes jumps
     over it; the op order of one forward pass is such an order.
     """
-    trace = _Tracer(x)
+    trace = _Tracer(x, params)
     with torch.no_grad(), trace:
         logits = logits_of(functional_call(model, params, (x,), strict=False))
+    multiplied = frozenset(name for name, func in trace.first_use.items() if func in _MULTIPLY)
     output = trace.node_of.get(id(logits))
     if output is None:
-        return Trace({}, trace.ops)
+        return Trace({}, trace.ops, multiplied)
     successors, predecessors = {}, {}
     for a, b in trace.edges:
         successors.setdefault(a, []).append(b)
@@ -471,7 +498,7 @@ def find_cuts(model: nn.Module, x: Tensor, params: dict[str, Tensor]) -> Trace:
         site = trace.site[node]
         if covered == 0 and node in on_path and 0 < node < output and site is not None:
             cuts[site[0]] = site[1]
-    return Trace(cuts, trace.ops)
+    return Trace(cuts, trace.ops, multiplied)
 
 
 def _reach(start, neighbours) -> set[int]:
@@ -487,7 +514,7 @@ def _reach(start, neighbours) -> set[int]:
 # --- parameters of each pass ----------------------------------------------------------------------------
 
 def parameter_roles(model: nn.Module, targets: list[str], head: list[str], options: SurrogateOptions,
-                    head_is_path: bool = False) -> dict[str, str]:
+                    trace: Trace, head_is_path: bool = False) -> dict[str, str]:
     """Role of every parameter in the surrogates (PX_SPEC §4, §5).
 
     target: pruned weight (K: |theta|^p * mask, A: mask); path: other multiplicative weight, such as a
@@ -495,6 +522,8 @@ def parameter_roles(model: nn.Module, targets: list[str], head: list[str], optio
     eval-mode BatchNorm's gamma under batchnorm_activation="abs" (K: |theta|^p, A: |theta|);
     head: kept real and signed in both (authors' convention); real: kept as is; zero: additive terms
     (biases, tokens, position embeddings, norm shifts), dropped from both surrogates.
+    A parameter outside Linear/Conv/norm modules is a path scale (a layer scale, a shortcut's per-channel
+    weight) when the op that first uses it, in `trace`, multiplies; otherwise it adds.
     """
     roles = {}
     for module_name, module in model.named_modules():
@@ -505,9 +534,9 @@ def parameter_roles(model: nn.Module, targets: list[str], head: list[str], optio
             scale = "scale" if batch_norm and options.batchnorm_activation == "abs" else "path"
             for name, _ in module.named_parameters(recurse=False):
                 roles[prefix + name] = "real" if keep_real else (scale if name == "weight" else "zero")
-    for name, param in model.named_parameters():
-        if name not in roles:   # free parameters: 1-D scales (layer scale) are on the path, the rest add
-            roles[name] = "path" if param.dim() == 1 and not name.endswith("bias") else "zero"
+    for name in dict(model.named_parameters()):
+        if name not in roles:
+            roles[name] = "path" if name in trace.multiplied else "zero"
     for name in head:
         roles[name] = "head"
     for name in targets:

@@ -8,14 +8,12 @@ import weakref
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from .batches import logits_of
 from .errors import ConfigError, ModelError
 
 PRUNABLE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 NORM_MODULES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
-_LINEAR_OPS = {torch.nn.functional.linear, torch.conv1d, torch.conv2d, torch.conv3d}
 
 
 def prunable_weights(model: nn.Module) -> list[str]:
@@ -25,20 +23,6 @@ def prunable_weights(model: nn.Module) -> list[str]:
         if isinstance(module, PRUNABLE_MODULES) and isinstance(getattr(module, "weight", None), nn.Parameter):
             names.append(f"{module_name}.weight" if module_name else "weight")
     return names
-
-
-class _LinearOutputs(TorchFunctionMode):
-    """Remembers, for each Linear/Conv call, which weight tensor produced which output tensor."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls: list[tuple[int, torch.Tensor]] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func in _LINEAR_OPS and len(args) > 1 and isinstance(out, torch.Tensor):
-            self.calls.append((id(args[1]), out))
-        return out
 
 
 def structure_key(model: nn.Module) -> tuple:
@@ -65,34 +49,34 @@ def find_head(model: nn.Module, example: torch.Tensor) -> list[str]:
 
 @torch.no_grad()
 def _find_head(model: nn.Module, example: torch.Tensor) -> list[str]:
-    param_names = {id(p): name for name, p in model.named_parameters()}
+    # forward hooks on the Linear/Conv modules, not the weight tensors their ops see: a layer may transform
+    # its weight before the call (the authors' masked layers compute weight_mask * weight in forward)
+    calls: list[tuple[str, torch.Tensor]] = []
+    hooks = [module.register_forward_hook(lambda _module, _inputs, out, name=name: calls.append((name, out)))
+             for name, module in model.named_modules()
+             if isinstance(module, PRUNABLE_MODULES) and isinstance(getattr(module, "weight", None), nn.Parameter)]
     was_training = model.training
     model.eval()
     try:
-        recorder = _LinearOutputs()
-        with recorder:
-            logits = logits_of(model(example))
+        logits = logits_of(model(example))
     finally:
         model.train(was_training)
-    head_weight = None
-    for weight_id, out in reversed(recorder.calls):
+        for hook in hooks:
+            hook.remove()
+    calls = [(name, out) for name, out in calls if isinstance(out, torch.Tensor)]
+    head_module = None
+    for name, out in reversed(calls):
         # the logits themselves, or a view of them (a 1x1 Conv head followed by a flatten)
         if out is logits or (out.numel() == logits.numel() and out.data_ptr() == logits.data_ptr()):
-            head_weight = param_names.get(weight_id)
+            head_module = name
             break
-    if head_weight is None:  # e.g. logits averaged over two heads: take the last layer of the logits' size
-        for weight_id, out in reversed(recorder.calls):
-            if out.shape[1:] == logits.shape[1:] and weight_id in param_names:
-                head_weight = param_names[weight_id]
-                break
-    if head_weight is None:
+    if head_module is None:  # e.g. logits averaged over two heads: take the last layer of the logits' size
+        head_module = next((name for name, out in reversed(calls) if out.shape[1:] == logits.shape[1:]), None)
+    if head_module is None:
         return []
-    module_name = head_weight.rpartition(".")[0]
-    names = [head_weight]
-    bias = f"{module_name}.bias" if module_name else "bias"
-    if bias in dict(model.named_parameters()):
-        names.append(bias)
-    return names
+    prefix = f"{head_module}." if head_module else ""
+    params = dict(model.named_parameters())
+    return [prefix + name for name in ("weight", "bias") if prefix + name in params]
 
 
 def resolve_targets(model: nn.Module, targets: list[str] | None, head: list[str]) -> list[str]:

@@ -7,34 +7,82 @@ import torch.nn.functional as F
 from torch import nn
 
 
+# --- layers in the style of the authors' code (their ResNet-20 and VGG are built from such layers) -----------
+# Each keeps a `weight_mask` buffer and multiplies it into the weight in forward, so the Conv/Linear op sees
+# a fresh product tensor, never the parameter; identity shortcuts carry a per-channel (C, 1, 1) weight.
+
+class MaskedConv2d(nn.Conv2d):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("weight_mask", torch.ones_like(self.weight))
+
+    def forward(self, x):
+        return self._conv_forward(x, self.weight_mask * self.weight, self.bias)
+
+
+class MaskedLinear(nn.Linear):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("weight_mask", torch.ones_like(self.weight))
+
+    def forward(self, x):
+        return F.linear(x, self.weight_mask * self.weight, self.bias)
+
+
+class MaskedBatchNorm2d(nn.BatchNorm2d):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("weight_mask", torch.ones_like(self.weight))
+
+    def forward(self, x):
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight_mask * self.weight, self.bias,
+                            self.training, self.momentum, self.eps)
+
+
+class ScaledIdentity2d(nn.Module):
+    """An identity shortcut with a per-channel weight (ones), multiplied in like the layers above."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels, 1, 1))
+        self.register_buffer("weight_mask", torch.ones_like(self.weight))
+
+    def forward(self, x):
+        return x * (self.weight_mask * self.weight)
+
+
 class PlainCNN(nn.Module):
-    """conv-BN-ReLU-maxpool x2, then a linear head: the smallest CNN with every CNN op PX handles."""
+    """conv-BN-ReLU-maxpool x2, then a linear head: the smallest CNN with every CNN op PX handles.
+    masked=True builds it from the authors'-style masked layers."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 8, batchnorm: bool = True,
-                 bias: bool = True, maxpool: bool = True):
+                 bias: bool = True, maxpool: bool = True, masked: bool = False):
         super().__init__()
-        norm = (lambda c: nn.BatchNorm2d(c)) if batchnorm else (lambda c: nn.Identity())
+        conv, linear, bn = (MaskedConv2d, MaskedLinear, MaskedBatchNorm2d) if masked else (nn.Conv2d, nn.Linear,
+                                                                                          nn.BatchNorm2d)
+        norm = (lambda c: bn(c)) if batchnorm else (lambda c: nn.Identity())
         pool = nn.MaxPool2d(2) if maxpool else nn.AvgPool2d(2)
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1, bias=bias), norm(width), nn.ReLU(inplace=True), pool,
-            nn.Conv2d(width, 2 * width, 3, padding=1, bias=bias), norm(2 * width), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+            conv(in_channels, width, 3, padding=1, bias=bias), norm(width), nn.ReLU(inplace=True), pool,
+            conv(width, 2 * width, 3, padding=1, bias=bias), norm(2 * width), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
         )
-        self.fc = nn.Linear(8 * width, num_classes, bias=bias)
+        self.fc = linear(8 * width, num_classes, bias=bias)
 
     def forward(self, x):
         return self.fc(self.features(x).flatten(1))
 
 
 class _BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
+    def __init__(self, cin: int, cout: int, stride: int, masked: bool = False):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
+        conv, bn = (MaskedConv2d, MaskedBatchNorm2d) if masked else (nn.Conv2d, nn.BatchNorm2d)
+        self.conv1 = conv(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = bn(cout)
+        self.conv2 = conv(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = bn(cout)
+        self.shortcut = ScaledIdentity2d(cout) if masked else nn.Sequential()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(conv(cin, cout, 1, stride, bias=False), bn(cout))
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -43,20 +91,22 @@ class _BasicBlock(nn.Module):
 
 
 class ResNetCifar(nn.Module):
-    """CIFAR-style ResNet (He et al. 2016): 3 stages of `depth` basic blocks, widths 16/32/64 x width."""
+    """CIFAR-style ResNet (He et al. 2016): 3 stages of `depth` basic blocks, widths 16/32/64 x width.
+    masked=True builds it from the authors'-style masked layers, with per-channel identity shortcuts."""
 
-    def __init__(self, depth: int = 3, num_classes: int = 10, in_channels: int = 3, width: int = 1):
+    def __init__(self, depth: int = 3, num_classes: int = 10, in_channels: int = 3, width: int = 1,
+                 masked: bool = False):
         super().__init__()
         widths = [16 * width, 32 * width, 64 * width]
-        self.conv = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
-        self.bn = nn.BatchNorm2d(widths[0])
+        self.conv = (MaskedConv2d if masked else nn.Conv2d)(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn = (MaskedBatchNorm2d if masked else nn.BatchNorm2d)(widths[0])
         blocks, cin = [], widths[0]
         for stage, cout in enumerate(widths):
             for i in range(depth):
-                blocks.append(_BasicBlock(cin, cout, 2 if stage > 0 and i == 0 else 1))
+                blocks.append(_BasicBlock(cin, cout, 2 if stage > 0 and i == 0 else 1, masked))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
-        self.fc = nn.Linear(cin, num_classes)
+        self.fc = (MaskedLinear if masked else nn.Linear)(cin, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
@@ -66,8 +116,8 @@ class ResNetCifar(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
-def resnet20(num_classes: int = 10, in_channels: int = 3) -> ResNetCifar:
-    return ResNetCifar(3, num_classes, in_channels)
+def resnet20(num_classes: int = 10, in_channels: int = 3, masked: bool = False) -> ResNetCifar:
+    return ResNetCifar(3, num_classes, in_channels, masked=masked)
 
 
 def tiny_zoo() -> dict[str, callable]:

@@ -29,7 +29,7 @@ def test_smoke_run_writes_rows_report_and_plots(tmp_path, capsys, monkeypatch):
         assert 0.0 <= row["accuracy"] <= 1.0
         if row["method"] == "dense":
             assert row["global_density"] == 1.0 and row["collapsed"] == []
-        else:   # exactly round(density * N) weights kept: the achieved density is within one weight
+        else:   # kept_count(density, N) weights kept: the achieved density is within one weight
             total = sum(1 for _ in row["layer_densities"])
             assert total > 0 and abs(row["global_density"] - row["density"]) < 1e-3
         assert row["min_layer_density"] == min(row["layer_densities"].values())

@@ -87,7 +87,7 @@ def test_values_are_sane(smoke):
         where = (row["part"], row["variant"], row["density"], row["seed"])
         assert row["kl"] >= -1e-12 and math.isfinite(row["kl"]), where
         assert 0.0 <= row["accuracy"] <= 1.0 and row["retention"] >= 0.0, where
-        # exact achieved density: round(density * N) weights kept
+        # exact achieved density: kept_count(density, N) weights kept
         assert row["kept"] == kept_count(row["density"], row["total"]), where
         assert row["global_density"] == pytest.approx(row["kept"] / row["total"], rel=1e-12), where
         assert abs(row["global_density"] - row["density"]) <= 1.0 / row["total"], where

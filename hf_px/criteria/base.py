@@ -60,7 +60,8 @@ def list_methods() -> list[str]:
 def make_criterion(method: str, **options) -> Criterion:
     """The criterion registered as `method`, configured with `options` (validated)."""
     if method not in _METHODS:
-        raise UnknownMethodError(f"unknown method {method!r}; known methods: {', '.join(list_methods())}")
+        raise UnknownMethodError(f"unknown method {method!r}; known methods: {', '.join(list_methods())} "
+                                 "(and 'auto' in hf_px.prune/score and hf-px prune)")
     cls = _METHODS[method]
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(options) - fields)

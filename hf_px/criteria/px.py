@@ -86,8 +86,8 @@ class PX(Criterion):
 
     def _score(self, model, batches, targets, masks, head, seed, example):
         options = SurrogateOptions(2, self.batchnorm, self.batchnorm_activation, self.layernorm)
-        roles = parameter_roles(model, targets, head, options, head_is_path=self.head == "path")
         trace = trace_of(model, example)
+        roles = parameter_roles(model, targets, head, options, trace, head_is_path=self.head == "path")
 
         dtype = compute_dtype(model)
         real, _ = pass_parameters(model, "real", roles, masks, model_dtype(model))
@@ -170,7 +170,7 @@ def _gate_only_entries(model, example, targets, head, trace: Trace) -> dict[str,
     cached = _GATE_ONLY.get(model)
     if cached is None or cached[0] is not trace or cached[1] != key:
         options = SurrogateOptions(power=0)
-        roles = parameter_roles(model, targets, head, options, head_is_path=True)
+        roles = parameter_roles(model, targets, head, options, trace, head_is_path=True)
         ones = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters() if n in targets}
         kernel, leaves = pass_parameters(model, "kernel", roles, ones, torch.float32, power=0)
         with torch.enable_grad():

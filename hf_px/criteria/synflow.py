@@ -30,10 +30,11 @@ class SynFlow(Criterion):
 
     def _score(self, model, targets, masks, head, example):
         options = SurrogateOptions(power=1)
-        roles = parameter_roles(model, targets, head, options, head_is_path=True)
+        trace = trace_of(model, example)
+        roles = parameter_roles(model, targets, head, options, trace, head_is_path=True)
         kernel, leaves = pass_parameters(model, "kernel", roles, masks, torch.float64, power=1)
         with torch.enable_grad():
-            out, _ = kernel_term(model, example, kernel, options, trace_of(model, example))
+            out, _ = kernel_term(model, example, kernel, options, trace)
             grads = torch.autograd.grad(out.sum(), [leaves[n] for n in targets], allow_unused=True)
         scores = {}
         for name, grad in zip(targets, grads):
