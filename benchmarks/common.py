@@ -106,10 +106,13 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def fmt_pm(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    """'mean ± std' of `values` x scale (percent by default), '–' when empty."""
+    """'mean ± std' of `values` x scale (percent by default); the mean alone for one value (a single run
+    has no spread to show); '–' when empty."""
     mean, std = mean_std(values)
     if math.isnan(mean):
         return "–"
+    if sum(1 for v in values if v is not None and not math.isnan(v)) == 1:
+        return f"{mean * scale:.{digits}f}"
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 

@@ -58,42 +58,49 @@ VARIANTS = {
     "px-exact": ("px-exact", {}),
     "magnitude": ("magnitude", {}),
     "random": ("random", {}),
+    "ntk-sap": ("ntk-sap", {}),
     "snip": ("snip", {}),
     "synflow": ("synflow", {}),
 }
 DATA_FREE_DETERMINISTIC = {"magnitude", "synflow"}   # same masks for every seed: run on the first seed only
+# Where the scoring data is fixed (text, cnn: seeds=[0]), the variants in a part's `stochastic` list draw
+# their own randomness (random masks, px-exact's probes) once per seed of `stochastic_seeds`.
 VIT_VARIANTS = ["px", "px gate_only=px-exact", "px gate_only=dense", "px head=path", "px layernorm=identity",
                 "px-exact", "magnitude",
                 "random", "snip", "synflow"]
 TEXT_VARIANTS = ["px", "px gate_only=px-exact", "px gate_only=dense", "px layernorm=identity", "px-exact", "magnitude", "random", "snip"]
-CNN_VARIANTS = ["px", "px batchnorm=batch", "px batchnorm_activation=one", "px-exact", "magnitude", "random", "snip"]
+CNN_VARIANTS = ["px", "px batchnorm=batch", "px batchnorm_activation=one", "px head=path", "px-exact", "magnitude",
+                "random", "snip", "synflow", "ntk-sap"]
 
 SETTINGS = {
     "smoke": dict(
         vit=dict(hidden=32, layers=2, heads=2, mlp=64, train=400, test=200, epochs=1, per_class=2,
                  variants=["px", "magnitude", "random"], densities=[0.5, 0.2], seeds=[0, 1], rounds=2,
                  ntk_samples=3),
-        text=dict(variants=["px", "magnitude"], densities=[0.5], seeds=[0], random_seeds=[0], rounds=1,
-                  per_topic=4, ntk_samples=2),
-        cnn=dict(variants=["px", "magnitude"], densities=[0.5], seeds=[0], random_seeds=[0], rounds=1,
-                 score_photos=2, judge_photos=2, crops=1),
+        text=dict(variants=["px", "magnitude"], densities=[0.5], seeds=[0], stochastic=["random"], stochastic_seeds=[0],
+                  rounds=1, per_topic=4, ntk_samples=2),
+        cnn=dict(variants=["px", "magnitude"], densities=[0.5], seeds=[0], stochastic=["random"], stochastic_seeds=[0],
+                 rounds=1, score_photos=2, judge_photos=2, crops=1),
     ),
     "quick": dict(
         vit=dict(hidden=64, layers=4, heads=4, mlp=128, train=10000, test=2000, epochs=5, per_class=10,
                  variants=VIT_VARIANTS, densities=[0.5, 0.2, 0.1], seeds=[0, 1, 2], rounds=20, ntk_samples=16),
-        text=dict(variants=TEXT_VARIANTS, densities=[0.7, 0.5, 0.3], seeds=[0], random_seeds=[0, 1, 2], rounds=10,
-                  per_topic=16, ntk_samples=6),
-        cnn=dict(variants=CNN_VARIANTS, densities=[0.9, 0.7, 0.5], seeds=[0], random_seeds=[0, 1, 2], rounds=10,
-                 score_photos=5, judge_photos=15, crops=5),
+        text=dict(variants=TEXT_VARIANTS, densities=[0.7, 0.5, 0.3], seeds=[0],
+                  stochastic=["random", "px-exact"], stochastic_seeds=[0, 1, 2], rounds=10, per_topic=16, ntk_samples=6),
+        cnn=dict(variants=CNN_VARIANTS, densities=[0.9, 0.7, 0.5], seeds=[0],
+                 # px-exact: one seed only here (about 6 min per run on 2 CPU cores)
+                 stochastic=["random"], stochastic_seeds=[0, 1, 2], rounds=10, score_photos=5, judge_photos=15, crops=5),
     ),
     "full": dict(
         vit=dict(hidden=64, layers=4, heads=4, mlp=128, train=60000, test=10000, epochs=10, per_class=10,
                  variants=VIT_VARIANTS, densities=[0.5, 0.2, 0.1, 0.05], seeds=[0, 1, 2, 3, 4], rounds=100,
                  ntk_samples=32),
-        text=dict(variants=TEXT_VARIANTS, densities=[0.8, 0.7, 0.5, 0.3], seeds=[0, 1, 2], random_seeds=[0, 1, 2, 3, 4],
-                  rounds=100, per_topic=16, ntk_samples=8),
-        cnn=dict(variants=CNN_VARIANTS, densities=[0.9, 0.8, 0.7, 0.5], seeds=[0, 1, 2], random_seeds=[0, 1, 2, 3, 4],
-                 rounds=100, score_photos=5, judge_photos=15, crops=5),
+        text=dict(variants=TEXT_VARIANTS, densities=[0.8, 0.7, 0.5, 0.3], seeds=[0, 1, 2],
+                  stochastic=["random", "px-exact"], stochastic_seeds=[0, 1, 2, 3, 4], rounds=100, per_topic=16,
+                  ntk_samples=8),
+        cnn=dict(variants=CNN_VARIANTS, densities=[0.9, 0.8, 0.7, 0.5], seeds=[0, 1, 2],
+                 stochastic=["random", "px-exact", "ntk-sap"], stochastic_seeds=[0, 1, 2, 3, 4], rounds=100,
+                 score_photos=5, judge_photos=15, crops=5),
     ),
 }
 
@@ -294,8 +301,8 @@ def cases(config: dict) -> list[tuple[str, float, int]]:
     out = [("dense", 1.0, config["seeds"][0])]
     for density in config["densities"]:
         for variant in config["variants"]:
-            if variant == "random":
-                seeds = config.get("random_seeds", config["seeds"])
+            if variant in config.get("stochastic", []):
+                seeds = config["stochastic_seeds"]
             elif variant in DATA_FREE_DETERMINISTIC:
                 seeds = config["seeds"][:1]
             else:
@@ -675,7 +682,8 @@ def _mean(results, key, **where) -> float:
 
 COLOURS = {"px": "#d62728", "px gate_only=px-exact": "#ff7f0e", "px gate_only=dense": "#e377c2",
            "px head=path": "#bcbd22", "px layernorm=identity": "#17becf", "px batchnorm=batch": "#ff7f0e", "px batchnorm_activation=one": "#e377c2",
-           "px-exact": "#9467bd", "magnitude": "#1f77b4", "random": "#7f7f7f", "snip": "#2ca02c", "synflow": "#8c564b"}
+           "px-exact": "#9467bd", "magnitude": "#1f77b4", "random": "#7f7f7f", "snip": "#2ca02c", "synflow": "#8c564b",
+           "ntk-sap": "#393b79"}
 PANELS = {"vit": [("retention", "accuracy retention (sparse / dense)"), ("kl", "KL(dense || sparse), nats"),
                   ("ntk_alignment", "empirical NTK alignment"), ("ntk_top_eig_ratio", "λ_max(sparse) / λ_max(dense)")],
           "text": [("retention", "probe accuracy retention (dense head)"), ("similarity_spearman",
@@ -734,7 +742,8 @@ TABLE_COLUMNS = {
             ("ntk_top_eig_ratio", "λ_max ratio", 1, 2), ("min_layer_density", "min tensor density (%)", 100, 1)],
     "text": [("retention", "probe retention (%)", 100, 1), ("kl", "KL", 1, 3),
              ("refit_accuracy", "refit probe acc (%)", 100, 1), ("similarity_spearman", "similarity ρ", 1, 3),
-             ("ntk_alignment", "NTK align", 1, 3), ("min_layer_density", "min tensor density (%)", 100, 1)],
+             ("ntk_alignment", "NTK align", 1, 3), ("ntk_top_eig_ratio", "λ_max ratio", 1, 2),
+             ("min_layer_density", "min tensor density (%)", 100, 1)],
     "cnn": [("accuracy", "top-1 (%)", 100, 1), ("agreement", "agreement (%)", 100, 1), ("kl", "KL", 1, 3),
             ("min_layer_density", "min tensor density (%)", 100, 1)],
 }
@@ -744,8 +753,8 @@ MAIN_METRIC = {"vit": ("retention", True), "text": ("similarity_spearman", True)
 def report(results: dict) -> str:
     lines = ["## Study 2: pruning a trained transformer with no fine-tuning", "",
              common.run_summary(results) + "). No training after pruning: every number is the pruned model as is. "
-             "Cells are mean ± std over seeds (seeds draw the scoring sample, random's masks and px-exact's "
-             "probes; magnitude and synflow are deterministic and run once). The head stays dense (hf-px's "
+             "Cells are mean ± std over the n runs (seeds draw the scoring sample, random's masks and px-exact's "
+             "probes; magnitude and synflow are deterministic and run once); a cell of one run shows no spread. The head stays dense (hf-px's "
              "default); NTK: the exact empirical NTK per logit over every Linear/Conv weight (pruned entries "
              "excluded) on held-out inputs, via `torch.func.vjp` (K = J M Jᵀ); λ_max ratio: top eigenvalue, sparse / dense; "
              "min tensor density: the sparsest pruned tensor (0 = a collapsed tensor).", ""]
