@@ -54,11 +54,11 @@ SETTINGS = {
                   images_sweep=[4, 8, 16], images_rounds=1, images_batch=4, sweep_repeats=3, threads=1,
                   in_process=True),
     "quick": dict(models=QUICK_MODELS, images=32, batch_size=16, repeats=3,
-                  sweep_model=("resnet18", 64), rounds_sweep=[1, 5, 10, 20], rounds_images=32, rounds_batch=16,
+                  sweep_model=("resnet18", 64), rounds_sweep=[1, 5, 20, 100], rounds_images=32, rounds_batch=16,
                   images_sweep=[10, 20, 40, 80], images_rounds=5, images_batch=10, sweep_repeats=3, threads=1,
                   in_process=False),
     "full": dict(models=FULL_MODELS, images=256, batch_size=64, repeats=5,
-                 sweep_model=("resnet18", 224), rounds_sweep=[1, 5, 10, 20, 50], rounds_images=256, rounds_batch=64,
+                 sweep_model=("resnet18", 224), rounds_sweep=[1, 10, 50, 100], rounds_images=256, rounds_batch=64,
                  images_sweep=[64, 128, 256, 512, 1024], images_rounds=5, images_batch=64, sweep_repeats=3,
                  threads=None, in_process=False),
 }

