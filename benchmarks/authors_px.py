@@ -216,7 +216,8 @@ def verify(rounds: int = 100, density: float = 0.05, seed: int = 0) -> bool:
               f"{sum(int(m.sum()) for m in masks_theirs.values())}/{total}; differing mask entries: {differ}")
         if count == "authors" and differ:
             print("  (the authors' rule prunes every score tied at the threshold; see count='exact')")
-        ok &= differ == 0 if count == "exact" else True
+        if count == "exact":
+            ok &= differ == 0
     weights_equal = all(torch.equal(dict(reference.named_parameters())[n], dict(model_b.named_parameters())[n])
                         for n in targets)
     print(f"pruned weights identical: {weights_equal}")

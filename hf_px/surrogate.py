@@ -534,7 +534,7 @@ def parameter_roles(model: nn.Module, targets: list[str], head: list[str], optio
             scale = "scale" if batch_norm and options.batchnorm_activation == "abs" else "path"
             for name, _ in module.named_parameters(recurse=False):
                 roles[prefix + name] = "real" if keep_real else (scale if name == "weight" else "zero")
-    for name in dict(model.named_parameters()):
+    for name, _ in model.named_parameters():
         if name not in roles:
             roles[name] = "path" if name in trace.multiplied else "zero"
     for name in head:

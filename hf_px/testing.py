@@ -11,32 +11,33 @@ from torch import nn
 # Each keeps a `weight_mask` buffer and multiplies it into the weight in forward, so the Conv/Linear op sees
 # a fresh product tensor, never the parameter; identity shortcuts carry a per-channel (C, 1, 1) weight.
 
-class MaskedConv2d(nn.Conv2d):
+class _WeightMask:
+    """Adds the `weight_mask` buffer (ones) that the layer multiplies into its weight in forward."""
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.register_buffer("weight_mask", torch.ones_like(self.weight))
 
+
+class MaskedConv2d(_WeightMask, nn.Conv2d):
     def forward(self, x):
         return self._conv_forward(x, self.weight_mask * self.weight, self.bias)
 
 
-class MaskedLinear(nn.Linear):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.register_buffer("weight_mask", torch.ones_like(self.weight))
-
+class MaskedLinear(_WeightMask, nn.Linear):
     def forward(self, x):
         return F.linear(x, self.weight_mask * self.weight, self.bias)
 
 
-class MaskedBatchNorm2d(nn.BatchNorm2d):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.register_buffer("weight_mask", torch.ones_like(self.weight))
-
+class MaskedBatchNorm2d(_WeightMask, nn.BatchNorm2d):
     def forward(self, x):
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight_mask * self.weight, self.bias,
                             self.training, self.momentum, self.eps)
+
+
+def _layers(masked: bool) -> tuple[type, type, type]:
+    """(conv, linear, batch norm) classes: torch's own, or the authors'-style masked ones."""
+    return (MaskedConv2d, MaskedLinear, MaskedBatchNorm2d) if masked else (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
 
 
 class ScaledIdentity2d(nn.Module):
@@ -58,8 +59,7 @@ class PlainCNN(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 8, batchnorm: bool = True,
                  bias: bool = True, maxpool: bool = True, masked: bool = False):
         super().__init__()
-        conv, linear, bn = (MaskedConv2d, MaskedLinear, MaskedBatchNorm2d) if masked else (nn.Conv2d, nn.Linear,
-                                                                                          nn.BatchNorm2d)
+        conv, linear, bn = _layers(masked)
         norm = (lambda c: bn(c)) if batchnorm else (lambda c: nn.Identity())
         pool = nn.MaxPool2d(2) if maxpool else nn.AvgPool2d(2)
         self.features = nn.Sequential(
@@ -75,7 +75,7 @@ class PlainCNN(nn.Module):
 class _BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, masked: bool = False):
         super().__init__()
-        conv, bn = (MaskedConv2d, MaskedBatchNorm2d) if masked else (nn.Conv2d, nn.BatchNorm2d)
+        conv, _, bn = _layers(masked)
         self.conv1 = conv(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = bn(cout)
         self.conv2 = conv(cout, cout, 3, 1, 1, bias=False)
@@ -97,16 +97,17 @@ class ResNetCifar(nn.Module):
     def __init__(self, depth: int = 3, num_classes: int = 10, in_channels: int = 3, width: int = 1,
                  masked: bool = False):
         super().__init__()
+        conv, linear, bn = _layers(masked)
         widths = [16 * width, 32 * width, 64 * width]
-        self.conv = (MaskedConv2d if masked else nn.Conv2d)(in_channels, widths[0], 3, 1, 1, bias=False)
-        self.bn = (MaskedBatchNorm2d if masked else nn.BatchNorm2d)(widths[0])
+        self.conv = conv(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn = bn(widths[0])
         blocks, cin = [], widths[0]
         for stage, cout in enumerate(widths):
             for i in range(depth):
                 blocks.append(_BasicBlock(cin, cout, 2 if stage > 0 and i == 0 else 1, masked))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
-        self.fc = (MaskedLinear if masked else nn.Linear)(cin, num_classes)
+        self.fc = linear(cin, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
