@@ -74,8 +74,10 @@ def render_card(provenance: dict, densities: dict[str, float], probe: dict | Non
         dataset=dataset if dataset and dataset != provenance.get("task") else None,
         split=provenance.get("split"),
         examples_per_class=provenance.get("examples_per_class"),
-        head_note=("refit as a ridge-regression probe on the scoring images, before and after pruning "
-                   "(the only trained part)" if head_refit else "the base model's, unchanged"),
+        head_note=("refit as a ridge-regression probe on the scoring images (regularisation chosen by "
+                   "leave-one-out error, logits scaled to minimise the leave-one-out cross-entropy), before "
+                   "pruning and again on the pruned model's features" if head_refit else "the base model's, unchanged"),
+        batchnorm_note=_batchnorm_note(provenance.get("batchnorm")),
         probe=probe,
         counts=counts,
         densities=densities,
@@ -86,6 +88,16 @@ def render_card(provenance: dict, densities: dict[str, float], probe: dict | Non
         command=provenance.get("command"),
     )
     return str(card)
+
+
+def _batchnorm_note(batchnorm) -> str | None:
+    """The card's BatchNorm row: recalibrated on how many images, or kept from the dense model."""
+    if not isinstance(batchnorm, dict) or not batchnorm.get("layers"):
+        return None
+    if batchnorm.get("recalibrated"):
+        return (f"running statistics of all {batchnorm['layers']} layers re-estimated on {batchnorm.get('images', '?')} "
+                "training images of the pruned model" + (", after every round" if batchnorm.get("every_round") else ""))
+    return f"{batchnorm['layers']} layers keep the dense model's running statistics (recalibration was turned off)"
 
 
 def density_plot(densities: dict[str, float], path: str | Path) -> bool:

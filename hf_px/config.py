@@ -38,6 +38,9 @@ class PruneConfig:
     include: list[str] = field(default_factory=list)   # target name patterns (glob or dotted suffix)
     exclude: list[str] = field(default_factory=list)
     head: str = "auto"                          # "auto": ridge probe if the labels differ, else keep; "ridge"; "keep"
+    recalibrate_bn: bool = True                 # re-estimate BatchNorm statistics of the pruned model (if it has BN)
+    calibration_examples: int | None = None     # images for that: None = the scoring sample; more are drawn from train
+    recalibrate_every_round: bool = False       # also between pruning rounds (docs/results.md, "BatchNorm recalibration")
     trust_remote_code: bool = False
     output: str | None = None
     overwrite: bool = False
@@ -62,6 +65,10 @@ class PruneConfig:
         _check_int("seed", self.seed, minimum=0)
         if self.rounds is not None:
             _check_int("rounds", self.rounds, minimum=1)
+        if self.calibration_examples is not None:
+            _check_int("calibration_examples", self.calibration_examples, minimum=1)
+        if self.recalibrate_every_round and not self.recalibrate_bn:
+            raise ConfigError("--recalibrate-every-round needs BatchNorm recalibration; drop --no-recalibrate-bn")
         if self.head not in ("auto", "ridge", "keep"):
             raise ConfigError(f"--head {self.head!r} must be one of auto, ridge, keep")
         if not self.dry_run and not self.output and not self.push_to_hub:

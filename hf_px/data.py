@@ -483,6 +483,28 @@ def sample_task(task: Task, per_class: int = 10, eval_examples: int = 0, seed: i
         seed=seed, streamed=False)
 
 
+def sample_calibration(sample: TaskSample, count: int, revision: str | None = None) -> tuple[list, list[int], list[int]]:
+    """Images, labels and train indices for BatchNorm recalibration: the scoring sample, plus train images
+    spread over the classes up to `count` in all, disjoint from the eval sample (and drawn with the sample's
+    seed). `count` at or below the scoring sample's size gives the scoring sample itself."""
+    _check_count("calibration_examples", count, 1, error=ConfigError)
+    extra = count - len(sample.score_indices)
+    if extra <= 0:
+        return sample.score_images, sample.score_labels, sample.score_indices
+    if sample.streamed:
+        raise ConfigError(f"--calibration-examples {count} needs more images than the scoring sample, which a "
+                          "streamed dataset cannot give; leave it out (the scoring sample is used)")
+    task = sample.task
+    train = open_split(task, task.train_split, revision=revision)
+    codes = _codes(train, task, label_names_of(train, task.label_column), task.train_split)
+    taken = set(sample.score_indices) | (set(sample.eval_indices) if sample.eval_split == HELD_OUT else set())
+    more = _spread_indices(codes, extra, len(sample.label_names), sample.seed + 1, taken,
+                           f"train split {task.train_split!r} of {task.dataset_id} less the scoring and eval samples",
+                           flag="calibration_examples")
+    return (sample.score_images + _images_at(train, task, more), sample.score_labels + [int(codes[i]) for i in more],
+            sample.score_indices + more)
+
+
 def _eval_split_of(task: Task, revision: str | None) -> str | None:
     """The split to draw the eval sample from; None: carve it out of train."""
     available = list_splits(task, revision)

@@ -139,17 +139,27 @@ def head_features(model: nn.Module, batches: Iterable, example: Tensor | None = 
     return features, labels
 
 
-def fit_ridge_head_(model: nn.Module, batches: Iterable, l2: float = 1e-3) -> None:
-    """Fit the head's weight and bias in closed form: ridge regression of centred one-hot labels on features.
+def fit_ridge_head_(model: nn.Module, batches: Iterable, l2: float | None = None,
+                    temperature: bool = True) -> dict:
+    """Fit the head's weight and bias in closed form as a ridge probe; returns what was chosen.
 
     With features X [N, F] and one-hot labels Y [N, C], both centred by their means (mx, my):
         W = (XcᵀXc + λI)⁻¹ XcᵀYc,    b = my − mx W,    λ = l2 · trace(XcᵀXc) / F,
     i.e. λ is `l2` times the mean eigenvalue of the Gram matrix, so the fit does not change if the features
-    are rescaled, and the bias is not penalised. A head without bias is fit without centring. Solved in
-    float64 with `torch.linalg.solve`, written into the head in place.
+    are rescaled, and the bias is not penalised. A head without bias is fit without centring.
+
+    l2=None chooses it on a grid by exact leave-one-out squared error (closed form for ridge). With fewer
+    images than features a small fixed λ interpolates the sample: the head gets weights in the hundreds,
+    which are harmless on the sample but blow up the logits as soon as the features move (train-mode
+    BatchNorm, a pruned backbone), and fine-tuning from there diverges.
+    temperature=True then multiplies W and b by the T >= 0 that minimises the cross-entropy of the
+    leave-one-out predictions, so the logits are calibrated, not one-hot regression outputs: T is large only
+    as far as held-out images support it, and T = 0 (cross-entropy ln C) is always a candidate.
+    Returns {"l2", "temperature", "loo_accuracy", "loo_cross_entropy"}. Solved in float64 by an SVD,
+    written into the head in place.
     """
-    if not l2 > 0:
-        raise ConfigError(f"l2 must be > 0 for the ridge head; got {l2}")
+    if l2 is not None and not l2 > 0:
+        raise ConfigError(f"l2 must be > 0 for the ridge head (or None to choose it); got {l2}")
     batches = reiterable(batches)
     example = first_images(batches, _device_of(model))
     _, head = head_module(model, example)
@@ -161,11 +171,16 @@ def fit_ridge_head_(model: nn.Module, batches: Iterable, l2: float = 1e-3) -> No
             "replace the head for the task's classes first (replace_head_)"
         )
     targets = nn.functional.one_hot(labels, classes).to(torch.float64)
-    weight, bias = _ridge(features, targets, l2, fit_bias=head.bias is not None)
+    fit = _ridge(features, targets, l2, fit_bias=head.bias is not None)
+    scale = _loo_temperature(fit["loo_predictions"], labels) if temperature else 1.0
+    loo_logits = scale * fit["loo_predictions"]
     with torch.no_grad():
-        head.weight.copy_(weight.T.reshape(head.weight.shape))
+        head.weight.copy_((scale * fit["weight"]).T.reshape(head.weight.shape))
         if head.bias is not None:
-            head.bias.copy_(bias)
+            head.bias.copy_(scale * fit["bias"])
+    return {"l2": fit["l2"], "temperature": scale,
+            "loo_accuracy": float((loo_logits.argmax(-1) == labels).double().mean()),
+            "loo_cross_entropy": float(nn.functional.cross_entropy(loo_logits, labels))}
 
 
 def probe_accuracy(model: nn.Module, batches: Iterable) -> float:
@@ -186,17 +201,73 @@ def probe_accuracy(model: nn.Module, batches: Iterable) -> float:
     return correct / total
 
 
-def _ridge(features: Tensor, targets: Tensor, l2: float, fit_bias: bool = True) -> tuple[Tensor, Tensor | None]:
-    """Closed-form ridge: W [F, C] and b [C] (None without bias) minimising |Y − XW − b|² + λ|W|² (float64)."""
+L2_GRID = tuple(10.0 ** (k / 4) for k in range(-24, 13))   # 1e-6 ... 1e3, four steps a decade
+
+
+def _ridge(features: Tensor, targets: Tensor, l2: float | None, fit_bias: bool = True) -> dict:
+    """Closed-form ridge minimising |Y − XW − b|² + λ|W|² (float64), with its leave-one-out predictions.
+
+    From the thin SVD Xc = U S Vᵀ: W = V diag(s/(s²+λ)) UᵀYc, and the hat matrix of the fit is
+    H = 11ᵀ/N + U diag(s²/(s²+λ)) Uᵀ (the 11ᵀ/N term is the unpenalised bias), so the leave-one-out
+    residuals are (Y − Ŷ)ᵢ / (1 − Hᵢᵢ) without refitting (the PRESS identity of linear smoothers).
+    l2=None picks the `L2_GRID` value with the least leave-one-out squared error.
+    Returns weight [F, C], bias [C] (None without bias), l2, loo_predictions [N, C].
+    """
     x, y = features.to(torch.float64), targets.to(torch.float64)
+    count = x.shape[0]
     mean_x = x.mean(0) if fit_bias else torch.zeros(x.shape[1], dtype=x.dtype)
     mean_y = y.mean(0) if fit_bias else torch.zeros(y.shape[1], dtype=y.dtype)
     x, y = x - mean_x, y - mean_y
-    gram = x.T @ x
-    trace = float(gram.trace())
-    penalty = l2 * trace / gram.shape[0] if trace > 0 else l2   # all-constant features: any λ > 0 will do
-    weight = torch.linalg.solve(gram + penalty * torch.eye(gram.shape[0], dtype=gram.dtype), x.T @ y)
-    return weight, (mean_y - mean_x @ weight) if fit_bias else None
+    u, s, vt = torch.linalg.svd(x, full_matrices=False)
+    squares = s * s
+    mean_eigenvalue = float(squares.sum()) / x.shape[1]
+    unit = mean_eigenvalue if mean_eigenvalue > 0 else 1.0    # all-constant features: any λ > 0 will do
+    projected = u.T @ y                                        # UᵀYc [k, C]
+    leverage_base = 1.0 / count if fit_bias else 0.0
+
+    def solve(relative: float):
+        shrink = squares / (squares + relative * unit)         # s²/(s²+λ)
+        fitted = u @ (shrink[:, None] * projected)
+        leverage = leverage_base + (u * u) @ shrink
+        residual = (y - fitted) / (1.0 - leverage).clamp_min(1e-12)[:, None]
+        return shrink, residual
+
+    if l2 is None:
+        l2 = min(L2_GRID, key=lambda value: float(solve(value)[1].square().sum()))
+    shrink, residual = solve(l2)
+    safe = torch.where(s > 0, s, torch.ones_like(s))
+    weight = vt.T @ ((torch.where(s > 0, shrink / safe, torch.zeros_like(s)))[:, None] * projected)
+    return {"weight": weight, "bias": (mean_y - mean_x @ weight) if fit_bias else None, "l2": l2,
+            "loo_predictions": y + mean_y - residual}
+
+
+LOGIT_RANGE = 10.0   # the median spread of a fitted head's logits is at most this (top probability <= 1 - 5e-5)
+
+
+def _loo_temperature(predictions: Tensor, labels: Tensor) -> float:
+    """The T >= 0 minimising the mean cross-entropy of T·predictions (convex in T: golden section).
+
+    T is capped where the median per-image logit spread reaches LOGIT_RANGE: on separable samples the
+    cross-entropy falls for ever as T grows, and a head that starts fine-tuning saturated learns nothing.
+    """
+    def loss(value: float) -> float:
+        return float(nn.functional.cross_entropy(value * predictions, labels))
+
+    spread = float((predictions.max(-1).values - predictions.min(-1).values).median())
+    low, high = 0.0, LOGIT_RANGE / spread if spread > 0 else 1.0
+    ratio = (5 ** 0.5 - 1) / 2
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    loss_a, loss_b = loss(a), loss(b)
+    for _ in range(80):
+        if loss_a <= loss_b:
+            high, b, loss_b = b, a, loss_a
+            a = high - ratio * (high - low)
+            loss_a = loss(a)
+        else:
+            low, a, loss_a = a, b, loss_b
+            b = low + ratio * (high - low)
+            loss_b = loss(b)
+    return (low + high) / 2
 
 
 def _check_head_input(name: str, head: nn.Module, inputs: Tensor) -> None:

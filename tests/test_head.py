@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from hf_px.errors import ConfigError, DataError, ModelError
-from hf_px.head import fit_ridge_head_, head_features, head_module, labels_differ, probe_accuracy, replace_head_
+from hf_px.head import L2_GRID, LOGIT_RANGE, _loo_temperature, _ridge, fit_ridge_head_, head_features, head_module, labels_differ, probe_accuracy, replace_head_
 from hf_px.models import LoadedModel
 
 
@@ -64,13 +64,78 @@ def test_ridge_matches_lstsq_oracle(build, bias):
     assert features.dtype == torch.float64 and features.shape == (24, 6)
     assert labels.tolist() == torch.cat([batch[1] for batch in batches]).tolist()
 
-    fit_ridge_head_(model, batches, l2=l2)
+    fit_ridge_head_(model, batches, l2=l2, temperature=False)
 
     weight, bias_ = _oracle(features.numpy(), labels.numpy(), 3, l2, bias)
     _, head = head_module(model, batches[0][0])
     np.testing.assert_allclose(head.weight.detach().numpy(), weight, rtol=1e-4, atol=1e-6)
     if bias:
         np.testing.assert_allclose(head.bias.detach().numpy(), bias_, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_leave_one_out_predictions_match_refitting_without_each_image(bias):
+    # brute force: refit the ridge 12 times, each without one image (same absolute λ), and predict that image
+    generator = torch.Generator().manual_seed(2)
+    features = torch.randn(12, 5, generator=generator, dtype=torch.float64)
+    targets = nn.functional.one_hot(torch.arange(3).repeat(4), 3).to(torch.float64)
+    centred = features - features.mean(0) if bias else features
+    unit = float(centred.square().sum()) / 5          # λ = l2 · mean eigenvalue of the full sample's Gram matrix
+    for l2 in (1e-3, 0.3, 10.0):
+        fit = _ridge(features, targets, l2, fit_bias=bias)
+        for i in range(12):
+            keep = torch.arange(12) != i
+            x_mean = features[keep].mean(0) if bias else torch.zeros(5, dtype=torch.float64)
+            y_mean = targets[keep].mean(0) if bias else torch.zeros(3, dtype=torch.float64)
+            x, y = features[keep] - x_mean, targets[keep] - y_mean
+            weight = torch.linalg.solve(x.T @ x + l2 * unit * torch.eye(5, dtype=torch.float64), x.T @ y)
+            torch.testing.assert_close(fit["loo_predictions"][i], (features[i] - x_mean) @ weight + y_mean)
+
+
+def test_chosen_l2_has_the_least_leave_one_out_error_on_the_grid():
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(16, 40, generator=generator, dtype=torch.float64)   # more features than images
+    labels = torch.arange(4).repeat(4)
+    targets = nn.functional.one_hot(labels, 4).to(torch.float64)
+    errors = {l2: float((_ridge(features, targets, l2)["loo_predictions"] - targets).square().sum()) for l2 in L2_GRID}
+    assert _ridge(features, targets, None)["l2"] == min(errors, key=errors.get)
+
+
+def test_temperature_minimises_the_cross_entropy_and_is_capped():
+    generator = torch.Generator().manual_seed(4)
+    labels = torch.arange(5).repeat(8)
+    predictions = 0.3 * nn.functional.one_hot(labels, 5).double() + 0.25 * torch.randn(40, 5, generator=generator,
+                                                                                      dtype=torch.float64)
+    chosen = _loo_temperature(predictions, labels)
+    grid = torch.linspace(0, 60, 6001, dtype=torch.float64)
+    losses = torch.stack([nn.functional.cross_entropy(t * predictions, labels) for t in grid])
+    assert abs(chosen - float(grid[losses.argmin()])) < 0.02
+    # separable predictions: the loss falls for ever; T stops where the median logit spread is LOGIT_RANGE
+    separable = nn.functional.one_hot(labels, 5).double()
+    assert _loo_temperature(separable, labels) == pytest.approx(LOGIT_RANGE, rel=1e-6)
+    # uninformative predictions: T = 0 is best (cross-entropy ln C)
+    assert _loo_temperature(torch.randn(40, 5, generator=generator, dtype=torch.float64), labels) < 0.5
+
+
+def test_head_fit_does_not_interpolate_few_images_with_many_features():
+    """The failure the leave-one-out choice fixes: 20 images, 64 correlated features, labels unrelated to them.
+    A fixed small λ memorises the sample; the chosen fit finds nothing to learn and keeps the logits at 0,
+    the cross-entropy of a uniform guess (ln C) on fresh images."""
+    generator = torch.Generator().manual_seed(5)
+    mixing = torch.randn(3, 64, generator=generator)
+
+    def draw(count):
+        return torch.randn(count, 3, generator=generator) @ mixing + 0.01 * torch.randn(count, 64, generator=generator)
+
+    model, labels = nn.Sequential(nn.Identity(), nn.Linear(64, 4)), torch.arange(4).repeat(5)
+    batches = [(draw(20), labels)]
+    fit_ridge_head_(model, batches, l2=1e-6, temperature=False)
+    assert probe_accuracy(model, batches) == 1.0      # the sample is memorised
+    chosen = fit_ridge_head_(model, batches)
+    assert chosen["l2"] > 1.0 and chosen["temperature"] < 1e-6 and chosen["loo_accuracy"] < 0.5
+    fresh = model(draw(40))
+    assert float(fresh.abs().max()) < 1e-6
+    assert float(nn.functional.cross_entropy(fresh, torch.arange(4).repeat(10))) == pytest.approx(np.log(4), abs=1e-6)
 
 
 def test_ridge_is_invariant_to_feature_scale():
@@ -187,7 +252,7 @@ def test_one_by_one_conv_head_followed_by_flatten():
     name, head = head_module(model, batches[0][0])
     assert name == "3" and head is model[3]
     features, labels = head_features(model, batches)
-    fit_ridge_head_(model, batches, l2=0.05)
+    fit_ridge_head_(model, batches, l2=0.05, temperature=False)
     weight, bias = _oracle(features.numpy(), labels.numpy(), 3, 0.05, True)
     np.testing.assert_allclose(head.weight.detach().flatten(1).numpy(), weight, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(head.bias.detach().numpy(), bias, rtol=1e-4, atol=1e-6)

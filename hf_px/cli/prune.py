@@ -38,6 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="never prune weights matching this glob or dotted suffix (repeatable)")
     parser.add_argument("--head", default="auto", choices=["auto", "ridge", "keep"],
                         help="auto: replace and fit a ridge probe head when the task's labels differ (default)")
+    parser.add_argument("--recalibrate-bn", action=argparse.BooleanOptionalAction, default=True,
+                        help="re-estimate the BatchNorm statistics of the pruned model before the head is fitted "
+                             "(default on; models without BatchNorm are unaffected)")
+    parser.add_argument("--calibration-examples", type=int, metavar="N",
+                        help="images for the recalibration (default: the scoring sample); more are drawn "
+                             "class-balanced from the train split, disjoint from the eval sample")
+    parser.add_argument("--recalibrate-every-round", action="store_true",
+                        help="also recalibrate between pruning rounds, so later rounds score the pruned network "
+                             "with its own statistics (default off; see docs/results.md)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow a repo's own modelling code")
     parser.add_argument("--output", help="folder for the sparse checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
@@ -54,7 +63,8 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
         method_options=dict(parse_option(o) for o in args.option), sparsity=args.sparsity, rounds=args.rounds,
         examples_per_class=args.examples_per_class, eval_examples=args.eval_examples, batch_size=args.batch_size,
         device=args.device, seed=args.seed, revision=args.revision, include=args.include, exclude=args.exclude,
-        head=args.head, trust_remote_code=args.trust_remote_code, output=args.output, overwrite=args.overwrite,
+        head=args.head, recalibrate_bn=args.recalibrate_bn, calibration_examples=args.calibration_examples,
+        recalibrate_every_round=args.recalibrate_every_round, trust_remote_code=args.trust_remote_code, output=args.output, overwrite=args.overwrite,
         push_to_hub=args.push_to_hub, private=args.private, dry_run=args.dry_run,
     )
 
