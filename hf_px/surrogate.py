@@ -32,7 +32,7 @@ from torch.overrides import TorchFunctionMode
 
 from ._dtypes import model_dtype
 from .batches import iter_batches, logits_of
-from .errors import ModelError
+from .errors import ModelError, StaleStructure
 from .targets import NORM_MODULES, PRUNABLE_MODULES, structure_key
 
 _RELU = {F.relu, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_}
@@ -377,10 +377,6 @@ def _attention_probs(q, k, args, kwargs) -> Tensor:
 
 
 # --- tracing the op graph to find cuts ----------------------------------------------------------------
-
-class StaleStructure(ModelError):
-    """The model's op sequence no longer matches the trace its cuts were found on."""
-
 
 class _Tracer(TorchFunctionMode):
     """Runs the model plainly, logging which op produced each tensor from which tensors, and the first op
