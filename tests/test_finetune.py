@@ -19,7 +19,6 @@ from hf_px import finetune as ft
 from hf_px.cli import main
 from hf_px.data import FASHION_MNIST_CLASSES
 
-pytestmark = pytest.mark.needs_fashion_mnist   # see conftest.py
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
