@@ -1,4 +1,4 @@
-"""From scores to boolean masks: the exponential schedule and one exact global threshold (PX_SPEC §2, §5)."""
+"""From scores to boolean masks: the exponential schedule and one exact global threshold (docs/px.md section 8)."""
 
 import torch
 from torch import Tensor, nn

@@ -105,7 +105,7 @@ def prune(model: nn.Module, batches: Iterable, method: "str | Criterion" = "px",
             masks = masks_from_scores(scores, density, masks)
     apply_masks_(model, masks)
     collapsed = [name for name, mask in masks.items() if not mask.any()]
-    if collapsed:   # PX_SPEC §5: never hide a tensor pruned away (it cuts every path through its layer)
+    if collapsed:   # docs/px.md section 8: never hide a tensor pruned away (it cuts every path through its layer)
         warnings.warn(f"{len(collapsed)} of {len(masks)} target tensors are pruned to zero density "
                       f"({', '.join(collapsed[:4])}{', ...' if len(collapsed) > 4 else ''}); lower the sparsity, "
                       "or check for weights that score exactly 0 (e.g. a zero-initialised last norm per block)",

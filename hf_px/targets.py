@@ -1,4 +1,4 @@
-"""Which parameters are pruned (PX_SPEC §5): Linear/Conv weights found by module type, minus the head.
+"""Which parameters are pruned (docs/px.md section 7): Linear/Conv weights found by module type, minus the head.
 
 The classifier head is found structurally, as the Linear/Conv whose output *is* the model's logits, so
 no name lists (`'fc'`, `'classifier'`) are needed.
