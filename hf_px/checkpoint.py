@@ -203,10 +203,10 @@ def _provenance_record(loaded, masks: dict[str, Tensor], provenance: dict) -> di
     if not isinstance(provenance, dict):
         raise ConfigError(f"provenance must be a dict, got {type(provenance).__name__}")
     record = _without_secrets(provenance)
-    record.setdefault("library", loaded.library)
-    record.setdefault("model_class", f"{type(loaded.model).__module__}.{type(loaded.model).__qualname__}")
     params = list(loaded.model.parameters())
     record.update({
+        "library": loaded.library,   # what wrote the weights: the loader goes by it, never by the caller's word
+        "model_class": f"{type(loaded.model).__module__}.{type(loaded.model).__qualname__}",
         "format_version": FORMAT_VERSION,
         "layer_densities": layer_densities(masks),
         "global_density": global_density(masks),

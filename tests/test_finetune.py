@@ -103,7 +103,7 @@ def test_pruned_weights_and_optimizer_state_stay_zero(pruned, dataset, tmp_path,
 
 def test_without_the_mask_rule_weights_revive_and_the_check_stops_the_run(pruned, tmp_path, monkeypatch):
     monkeypatch.setattr(ft, "mask_gradients_", lambda masked: None)
-    with pytest.raises(ft.MaskViolation, match="pruned weights of .* are not zero after epoch 1"):
+    with pytest.raises(ft.MaskViolation, match="pruned weights of .* after epoch 1 are not zero"):
         ft.run_finetune(_config(pruned, tmp_path / "out"), progress=False, log=_quiet)
     assert not (tmp_path / "out" / "hf_px.json").exists()      # nothing final was written
 
@@ -271,7 +271,7 @@ def test_bad_checkpoints_and_labels_fail_in_one_line(pruned, dataset, tmp_path, 
     name = next(iter(masks))
     masks[name] = torch.ones(3, 3, dtype=torch.bool)
     hf_px.checkpoint._write_masks(masks, mismatch / "hf_px_masks.safetensors")
-    assert "do not belong together" in run(mismatch)
+    assert "belong to another model" in run(mismatch)
 
     # other classes than the checkpoint's head: a dataset whose labels are renamed
     import datasets
