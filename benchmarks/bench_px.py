@@ -6,7 +6,7 @@ hidden 192, 3 heads, MLP 768, patch 4, 32 px, 10 labels, sdpa attention), each o
 
 For each model: median wall time of one `hf_px.score(model, batches, method="px")` round, median wall time
 of one `torch.no_grad()` forward pass over the same images, their ratio (targets: <= 2.3 CNN, <= 3.0 ViT),
-and for the CNN the authors' procedure (`benchmarks/authors_px.py`) against `hf_px.score` with the same
+and for the CNN the authors' procedure (`hf_px.testing.authors_px_round`) against `hf_px.score` with the same
 targets (every Conv/Linear weight, head included: the authors' convention; target speed-up >= 2.2x), both
 on ResNet-20 built from layers in the style of the authors' (`resnet20(masked=True)`: a weight_mask buffer
 multiplied into each weight in forward, per-channel identity shortcuts).
@@ -105,7 +105,7 @@ def worker(case: str, repeats: int, device: str, full: bool, images: int | None,
 
     sys.path.insert(0, str(HERE))
     import hf_px
-    from authors_px import authors_px_round
+    from hf_px.testing import authors_px_round
 
     family, kind = case.split("/")
     model, batches, label, n_images = _model_and_data(family, full, device, images, batch_size)

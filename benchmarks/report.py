@@ -313,7 +313,7 @@ def _options(results: dict) -> list[str]:
                    f"parity with their code rests on ({ahead('head=path')}). `gate_only=magnitude` "
                    f"({ahead('gate_only=px-exact')}): the alternative needs px-exact's backward passes and cannot "
                    "shard across processes, which are the reasons to run px rather than px-exact on a transformer. "
-                   f"`layernorm=gate`, the rule of PX_SPEC §4 ({ahead('layernorm=identity')}). `batchnorm=eval` "
+                   f"`layernorm=gate`, the rule of docs/px.md section 5.5 ({ahead('layernorm=identity')}). `batchnorm=eval` "
                    f"({ahead('batchnorm=batch')}) and `batchnorm_activation=abs` ({ahead('batchnorm_activation=one')}). "
                    "An option that beats the default in a majority of cells is one to pass where it helps; the "
                    "recommended methods above are the stronger lever.")

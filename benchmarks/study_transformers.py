@@ -18,8 +18,8 @@ Three parts, each pruned once per method and density and evaluated as is (no tra
   and judged on the other 15, five 224 crops each: top-1 against the labels, top-1 agreement and KL with
   the dense model. Magnitude pruning is the baseline to beat.
 
-PX_SPEC §4 treatments are compared as ablations: the W_Q/W_K policy (`gate_only`), the LayerNorm rule
-(`layernorm`) and the head rule (`head`) on the ViT, `gate_only` and `layernorm` on MiniLM, and the
+The PX treatments of docs/px.md section 5 are compared as ablations: the W_Q/W_K policy (`gate_only`), the
+LayerNorm rule (`layernorm`) and the head rule (`head`) on the ViT, `gate_only` and `layernorm` on MiniLM, and the
 BatchNorm rules (`batchnorm`, `batchnorm_activation`) on EfficientNet. Parts whose package is missing
 are skipped with the reason (recorded in the JSON).
 
@@ -855,7 +855,7 @@ def _verdicts(results: dict, part: str, config: dict) -> list[str]:
             if means:
                 best = max(means, key=means.get) if higher else min(means, key=means.get)
                 wins.setdefault(best, []).append(f"{density:.0%}")
-        out.append("- PX treatments (PX_SPEC §4), by " + key + ": " + "; ".join(
+        out.append("- PX treatments (docs/px.md section 5), by " + key + ": " + "; ".join(
             f"{'default px' if v == 'px' else v} best at {', '.join(d)}" for v, d in wins.items()) + ".")
     if len(config["seeds"]) > 1:
         same = [v for v in config["variants"] if v not in DATA_FREE_DETERMINISTIC and v != "random" and all(

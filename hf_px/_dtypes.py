@@ -12,6 +12,6 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 
 
 def compute_dtype(model: nn.Module) -> torch.dtype:
-    """Score in float32 or float64 even when the model is half precision (PX_SPEC §4)."""
+    """Score in float32 or float64 even when the model is half precision (docs/px.md section 9)."""
     dtype = model_dtype(model)
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
@@ -27,9 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError, ModelError
-from .masks import global_density, layer_densities
-from .models import LoadedModel, load_model, save_model
+from .errors import ConfigError, HfPxError, ModelError
+from .masks import check_masks, global_density, layer_densities
+from .models import LoadedModel, describe_model, load_model, save_model
 
 FORMAT_VERSION = 1
 MASKS_FILE = "hf_px_masks.safetensors"
@@ -89,22 +90,35 @@ def unpack_masks(packed: dict[str, Tensor]) -> dict[str, Tensor]:
 # ------------------------------------------------------------------------------------------------- save
 
 
-def save_sparse(loaded, masks: dict[str, Tensor], provenance: dict, output: str | Path, overwrite: bool = False,
-                card: str | None = None, extra_files: dict[str, bytes] | None = None) -> Path:
-    """Write `loaded` (a `hf_px.models.LoadedModel`, already pruned) as a sparse checkpoint folder `output`.
+def save_sparse(model: "nn.Module | LoadedModel", masks: dict[str, Tensor], output: str | Path, *,
+                provenance: dict | None = None, overwrite: bool = False, card: str | None = None,
+                extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write `model` (already pruned: what `hf_px.prune` returns, or a `hf_px.models.LoadedModel`) and its
+    masks as a sparse checkpoint folder `output`; `load_sparse(output)` gives both back.
 
+    The library is found from the model object: a transformers or timm model is saved in its own format
+    (loadable without hf_px); any other module as its state dict, which needs its class to load
+    (`load_sparse(output, model=MyNet(...))`), with a warning saying so. `provenance` (a dict: how the
+    masks were found) is recorded in `hf_px.json` beside the densities, counts and versions.
     Everything is written into a hidden sibling folder that is moved into place only when complete, so a
     failed or interrupted run leaves nothing behind. An existing `output` needs `overwrite=True`, and is
     then replaced only after the new folder is complete (and only if it is empty or an hf_px checkpoint).
-    Raises `ModelError` if a masked-out weight is not zero: apply the masks first (`hf_px.apply_masks_`).
-    A fine-tuning resume state (`STATE_DIR`) inside `output` is carried over into the new folder.
+    Raises `MaskError` if the masks do not fit the model or a masked-out weight is not zero (apply them
+    first: `hf_px.apply_masks_`). A fine-tuning resume state (`STATE_DIR`) inside `output` is carried over.
     """
+    loaded = model if isinstance(model, LoadedModel) else describe_model(model)
     output = Path(output).expanduser()
     check_output(output, overwrite)
-    _check_masks(loaded.model, masks)
+    check_masks(loaded.model, masks, zeroed=True)
+    if provenance is None:
+        provenance = {}
     extra_files = dict(extra_files or {})
     for name in extra_files:
         _check_extra_name(name)
+    if loaded.library == "torch":
+        warnings.warn(f"{loaded.source} is neither a transformers nor a timm model: {str(output)!r} gets its state "
+                      "dict and masks only; loading needs its class: hf_px.load_sparse(folder, model=<a new "
+                      f"{type(loaded.model).__name__}>)", stacklevel=2)
     output.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:
@@ -141,7 +155,8 @@ def save_with_card(loaded, masks: dict[str, Tensor], provenance: dict, output: s
         plot = Path(scratch) / "density.png"
         extra = {"density.png": plot.read_bytes()} if card.density_plot(densities, plot) else {}
     text = card.render_card(provenance, densities, provenance.get("probe"), counts, "density.png" if extra else None)
-    return save_sparse(loaded, masks, provenance, output, overwrite=overwrite, card=text, extra_files=extra)
+    return save_sparse(loaded, masks, output, provenance=provenance, overwrite=overwrite, card=text,
+                       extra_files=extra)
 
 
 def check_output(output: Path, overwrite: bool) -> None:
@@ -175,25 +190,6 @@ def _check_extra_name(name: str) -> None:
                           "(no '..', no hidden names), e.g. 'density.png'")
 
 
-def _check_masks(model: nn.Module, masks: dict[str, Tensor]) -> None:
-    """Every mask names a parameter of the same shape, and every masked-out weight is exactly zero."""
-    params = dict(model.named_parameters())
-    for name, mask in masks.items():
-        if name not in params:
-            raise ModelError(f"mask {name!r} names no parameter of {type(model).__name__}; "
-                             f"parameters look like {', '.join(list(params)[:3])}")
-        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-            raise ConfigError(f"mask {name!r} must be a torch.bool tensor, got "
-                              f"{getattr(mask, 'dtype', type(mask).__name__)}")
-        if mask.shape != params[name].shape:
-            raise ModelError(f"mask {name!r} has shape {tuple(mask.shape)} but the weight has "
-                             f"{tuple(params[name].shape)}; the masks belong to another model")
-        stray = int(params[name].detach()[~mask.to(params[name].device)].count_nonzero())
-        if stray:
-            raise ModelError(f"{stray} masked-out weights of {name!r} are not zero; apply the masks first "
-                             "(hf_px.apply_masks_(model, masks)) so the saved weights match the masks")
-
-
 def _write_masks(masks: dict[str, Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -207,9 +203,10 @@ def _provenance_record(loaded, masks: dict[str, Tensor], provenance: dict) -> di
     if not isinstance(provenance, dict):
         raise ConfigError(f"provenance must be a dict, got {type(provenance).__name__}")
     record = _without_secrets(provenance)
-    record.setdefault("library", loaded.library)
     params = list(loaded.model.parameters())
     record.update({
+        "library": loaded.library,   # what wrote the weights: the loader goes by it, never by the caller's word
+        "model_class": f"{type(loaded.model).__module__}.{type(loaded.model).__qualname__}",
         "format_version": FORMAT_VERSION,
         "layer_densities": layer_densities(masks),
         "global_density": global_density(masks),
@@ -289,28 +286,29 @@ def _move_into_place(scratch: Path, output: Path) -> None:
 # ------------------------------------------------------------------------------------------------- load
 
 
-def load_sparse(repo_or_dir: str | Path, revision: str | None = None) -> tuple[nn.Module, dict[str, Tensor]]:
+def load_sparse(repo_or_dir: str | Path, revision: str | None = None, model: nn.Module | None = None
+                ) -> tuple[nn.Module, dict[str, Tensor]]:
     """Load a sparse checkpoint (a local folder or a Hub repo id) as (model in eval mode, exact masks).
 
-    The masks come back in the model's parameter order. Raises `ModelError` if a file is missing, damaged or
-    of an unknown format, or if the masks and weights disagree (a name, a shape, a nonzero masked weight).
+    transformers and timm checkpoints are rebuilt by their library; one of a plain module (saved as a state
+    dict) needs `model`, a new instance of its class, into which the weights are loaded. The masks come
+    back in the model's parameter order. Raises `ModelError` if a file is missing, damaged or of an unknown
+    format, `MaskError` if the masks and weights disagree (a name, a shape, a nonzero masked weight).
     """
-    folder = _resolve(repo_or_dir, revision, _HUB_PATTERNS)
-    _read_provenance(folder)   # checks the format first: a clear error before any model is built
-    masks = _read_masks(folder)
-    model = _load_native(folder)
-    _check_loaded(model, masks, folder)
-    return model.eval(), _in_model_order(model, masks)
+    loaded, masks, _ = open_sparse(repo_or_dir, revision, model)
+    return loaded.model.eval(), masks
 
 
-def open_sparse(repo_or_dir: str | Path, revision: str | None = None) -> tuple[LoadedModel, dict[str, Tensor], dict]:
-    """A sparse checkpoint as (`LoadedModel` with its preprocessing and label names, exact masks, provenance),
-    checked like `load_sparse`: what fine-tuning starts from."""
+def open_sparse(repo_or_dir: str | Path, revision: str | None = None, model: nn.Module | None = None
+                ) -> tuple[LoadedModel, dict[str, Tensor], dict]:
+    """`load_sparse`, with the model as a `LoadedModel` (its preprocessing and label names) and the
+    provenance record: what fine-tuning starts from."""
     folder = _resolve(repo_or_dir, revision, _HUB_PATTERNS)
-    record = _read_provenance(folder)
+    record = _read_provenance(folder)   # checks the format first: a clear error before any model is built
     masks = _read_masks(folder)
-    loaded = load_model(str(folder))
-    _check_loaded(loaded.model, masks, folder)
+    loaded = _load_model(folder, record, model)
+    check_masks(loaded.model, masks, zeroed=True, where=f" in {str(folder)!r}",
+                fix="the masks and the weights do not belong together (weights changed after pruning?)")
     return loaded, _in_model_order(loaded.model, masks), record
 
 
@@ -468,53 +466,32 @@ def _read_masks(folder: Path) -> dict[str, Tensor]:
     return dict(sorted(masks.items(), key=lambda item: order.get(item[0], len(order))))
 
 
-def _load_native(folder: Path) -> nn.Module:
-    """The model from `folder` with its own library, from safetensors only."""
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"{str(folder)!r} has no config.json; the checkpoint is incomplete") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelError(f"{str(folder / 'config.json')!r} is not valid JSON ({error})") from None
-    if not isinstance(config, dict):
-        raise ModelError(f"{str(folder / 'config.json')!r} does not hold a JSON object")
+def _load_model(folder: Path, record: dict, model: nn.Module | None) -> LoadedModel:
+    """The checkpoint's model, from safetensors only: by its library (`hf_px.models.load_model`), or, for a
+    plain module's state dict, into `model`."""
     if not ((folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()):
         raise ModelError(f"{str(folder)!r} has no model.safetensors; hf_px reads only safetensors weights")
+    plain = record.get("library") == "torch"
+    if plain and model is None:
+        raise ModelError(f"{str(folder)!r} holds the state dict of a plain module ({record.get('model_class')}), "
+                         "not a transformers/timm model; build one and pass it: load_sparse(folder, model=...)")
+    if not plain and model is not None:
+        raise ConfigError(f"model= is for checkpoints of plain modules; {str(folder)!r} is a "
+                          f"{record.get('library')} checkpoint, which load_sparse(folder) rebuilds by itself")
     try:
-        if "architectures" in config or "model_type" in config:
-            from transformers import AutoModelForImageClassification
+        if plain:
+            from safetensors.torch import load_model as load_state
 
-            model, info = AutoModelForImageClassification.from_pretrained(
-                str(folder), use_safetensors=True, output_loading_info=True)
-            missing = list(info.get("missing_keys") or []) + list(info.get("mismatched_keys") or [])
-            if missing:
-                raise ModelError(f"{str(folder)!r} lacks weights for {[str(m) for m in missing[:3]]}; "
-                                 "the checkpoint is incomplete")
-            return model
-        if "architecture" in config:
-            import timm
-
-            return timm.create_model(f"local-dir:{folder}", pretrained=True)
-    except ModelError:
+            load_state(model, str(folder / "model.safetensors"))
+            return describe_model(model)
+        loaded = load_model(f"local-dir:{folder}")
+    except HfPxError:
         raise
     except Exception as error:   # the libraries raise OSError/ValueError/RuntimeError/SafetensorError alike
         text = str(error).strip().splitlines()
         raise ModelError(f"cannot load the model in {str(folder)!r}: {text[0] if text else type(error).__name__}; "
-                         "the checkpoint is damaged or needs a newer transformers/timm") from None
-    raise ModelError(f"{str(folder / 'config.json')!r} has neither 'architectures'/'model_type' (transformers) nor "
-                     "'architecture' (timm); hf_px reads checkpoints of those two libraries")
-
-
-def _check_loaded(model: nn.Module, masks: dict[str, Tensor], folder: Path) -> None:
-    params = dict(model.named_parameters())
-    for name, mask in masks.items():
-        if name not in params:
-            raise ModelError(f"mask {name!r} in {str(folder)!r} names no parameter of the saved "
-                             f"{type(model).__name__}; the masks and the model do not belong together")
-        if mask.shape != params[name].shape:
-            raise ModelError(f"mask {name!r} has shape {tuple(mask.shape)} but the saved weight has "
-                             f"{tuple(params[name].shape)}; the masks and the model do not belong together")
-        stray = int(params[name].detach()[~mask].count_nonzero())
-        if stray:
-            raise ModelError(f"{stray} masked-out weights of {name!r} in {str(folder)!r} are not zero; the weights "
-                             "were changed after pruning (re-apply the masks and save again)")
+                         "the checkpoint is damaged, of another model, or needs a newer transformers/timm") from None
+    missing = loaded.extra.get("newly_initialized")
+    if missing:
+        raise ModelError(f"{str(folder)!r} lacks weights for {missing[:3]}; the checkpoint is incomplete")
+    return loaded

@@ -5,7 +5,6 @@ back (unknown keys are rejected with the valid ones listed).
 """
 
 import dataclasses
-import fnmatch
 import math
 from dataclasses import dataclass, field
 
@@ -111,23 +110,3 @@ def parse_option(text: str) -> tuple[str, object]:
         except ValueError:
             pass
     return key.strip(), raw.strip()
-
-
-def matches(name: str, pattern: str) -> bool:
-    """A target pattern matches a parameter name as a glob (`*attention*`), exactly, or as a dotted suffix
-    (`query.weight` matches `encoder.layer.0.attention.query.weight`)."""
-    return fnmatch.fnmatchcase(name, pattern) or name == pattern or name.endswith("." + pattern)
-
-
-def select_targets(candidates: list[str], include: list[str], exclude: list[str]) -> list[str]:
-    """`candidates` kept by the include patterns (all when none) minus the exclude patterns."""
-    for flag, patterns in (("--include", include), ("--exclude", exclude)):
-        for pattern in patterns:
-            if not any(matches(n, pattern) for n in candidates):
-                raise ConfigError(f"{flag} {pattern!r} matches no prunable weight; candidates look like "
-                                  f"{', '.join(candidates[:3])} (see --dry-run)")
-    chosen = [n for n in candidates if not include or any(matches(n, p) for p in include)]
-    chosen = [n for n in chosen if not any(matches(n, p) for p in exclude)]
-    if not chosen:
-        raise ConfigError(f"--include {include} / --exclude {exclude} leave no weight to prune")
-    return chosen

@@ -1,7 +1,7 @@
-"""The few error classes hf_px raises for anything a user can cause.
+"""The error classes hf_px raises for anything a user can cause, all in one place.
 
-Each also subclasses the builtin a caller would expect (`ValueError`, `KeyError`), and its message says
-what was given, what is valid and how to fix it.
+Each also subclasses the builtin a caller would expect (`ValueError`, `KeyError`, `OSError`,
+`RuntimeError`), and its message says what was given, what is valid and how to fix it.
 """
 
 
@@ -25,4 +25,22 @@ class DataError(HfPxError, ValueError):
 
 
 class ModelError(HfPxError, ValueError):
-    """The model cannot be pruned as asked (no prunable weights, an unsupported operation, ...)."""
+    """The model cannot be pruned, saved or loaded as asked (no prunable weights, an unsupported operation,
+    a damaged checkpoint, ...)."""
+
+
+class MaskError(HfPxError, ValueError):
+    """Masks and a model disagree: a mask names no parameter, has another shape, is not boolean, or a weight
+    it marks as pruned is not zero."""
+
+
+class MaskViolation(HfPxError, RuntimeError):
+    """A pruned weight (or its optimizer state) became non-zero during training: a bug, the run stops."""
+
+
+class StaleStructure(ModelError):
+    """The model's op sequence no longer matches the trace its cuts were found on."""
+
+
+class PushError(HfPxError, OSError):
+    """The Hub could not be reached, refused the credentials, or rejected the upload."""

@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from . import checkpoint, data, head
 from .batches import logits_of
 from .distributed import masks_digest
-from .errors import ConfigError, DataError, HfPxError, ModelError
+from .errors import ConfigError, DataError, MaskError, MaskViolation, ModelError
+from .masks import check_masks
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
@@ -38,10 +39,6 @@ RECIPE_REQUIRED = ("optimizer", "lr", "epochs", "batch_size")
 # recipe fields that may change between a run and its --resume (everything else must match)
 _RESUMABLE = {"epochs", "resume", "overwrite", "push_to_hub", "private", "num_workers", "device", "output",
               "model", "revision", "description", "expected"}
-
-
-class MaskViolation(HfPxError, RuntimeError):
-    """A pruned weight (or its optimizer state) became non-zero during training: a bug, the run stops."""
 
 
 @dataclass
@@ -194,15 +191,16 @@ def mask_gradients_(masked: list[tuple[nn.Parameter, Tensor]]) -> None:
 def check_masks_hold(model: nn.Module, masks: dict[str, Tensor], optimizer: torch.optim.Optimizer | None = None,
                      when: str = "") -> None:
     """Raise `MaskViolation` if a pruned weight, or any optimizer state shaped like it, is not exactly zero."""
+    try:
+        check_masks(model, masks, zeroed=True, where=f" {when}" if when else "",
+                    fix="something outside the mask rule changed them (a custom optimizer or hook?); the run stops")
+    except MaskError as error:
+        raise MaskViolation(str(error)) from None
     params = dict(model.named_parameters())
     state = optimizer.state if optimizer is not None else {}
     for name, mask in masks.items():
         param = params[name]
         pruned = ~mask.to(param.device)
-        revived = int(param.detach()[pruned].count_nonzero())
-        if revived:
-            raise MaskViolation(f"{revived} pruned weights of {name!r} are no longer zero {when}; something outside "
-                                "the mask rule changed them (a custom optimizer or hook?); the run stops")
         for key, value in state.get(param, {}).items():
             if isinstance(value, Tensor) and value.shape == param.shape and int(value[pruned].count_nonzero()):
                 raise MaskViolation(f"optimizer state {key!r} of {name!r} is non-zero at pruned entries {when}")

@@ -1,8 +1,8 @@
 """The classifier head: replace it for a new label set, and fit it as a ridge linear probe.
 
-PX_SPEC §5: when the task's labels differ from the checkpoint's, "fit the head as a ridge linear probe on the
-scoring sample's features before scoring". The head is the Linear (or 1x1 Conv) whose output is the logits,
-found structurally by `targets.find_head`, so no name lists are needed.
+When the task's labels differ from the checkpoint's, the head is replaced and fitted as a ridge linear probe
+on the scoring sample's features before scoring (docs/px.md section 6). The head is the Linear (or 1x1 Conv)
+whose output is the logits, found structurally by `targets.find_head`, so no name lists are needed.
 """
 
 import re

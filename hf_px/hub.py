@@ -6,15 +6,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .checkpoint import PROVENANCE_FILE, STATE_DIR, load_sparse
-from .errors import ConfigError, HfPxError
+from .errors import ConfigError, HfPxError, PushError
 
 # never uploaded: resumable-run state and hidden files (editor/OS droppings, temporary folders)
 IGNORE_PATTERNS = [f"{STATE_DIR}/*", ".*", "*/.*"]   # the resume state and hidden scratch folders
 _LOGIN = "run `hf auth login`, or set HF_TOKEN to a token with write access"
-
-
-class PushError(HfPxError, OSError):
-    """The Hub could not be reached, refused the credentials, or rejected the upload."""
 
 
 def push_folder(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None,

@@ -14,12 +14,12 @@ import torch
 
 from . import checkpoint, data, distributed, head, hub, models
 from .batchnorm import batchnorm_layers, recalibrate_batchnorm_
-from .config import PruneConfig, select_targets
+from .config import PruneConfig
 from .criteria import make_criterion
 from .errors import ConfigError
 from .masks import global_density, layer_densities
 from .pruning import check_method, prune, recommended_method
-from .targets import find_head, prunable_weights
+from .targets import find_head, resolve_targets
 
 
 @dataclass
@@ -80,8 +80,7 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
         raise ConfigError(f"--head keep: the checkpoint has {head_classes} classes "
                              f"{(loaded.label_names or [])[:3]}..., the task {len(sample.label_names)} "
                              f"{sample.label_names[:3]}...; use --head auto or ridge to replace the head")
-    targets = select_targets([n for n in prunable_weights(loaded.model) if n not in head_names],
-                             config.include, config.exclude)
+    targets = resolve_targets(loaded.model, None, head_names, config.include, config.exclude)
     total = sum(p.numel() for n, p in loaded.model.named_parameters() if n in targets)
     plan = [
         f"model     {config.model} ({loaded.library}, {sum(p.numel() for p in loaded.model.parameters()):,} parameters)",

@@ -1,9 +1,9 @@
-"""From scores to boolean masks: the exponential schedule and one exact global threshold (PX_SPEC §2, §5)."""
+"""From scores to boolean masks: the exponential schedule and one exact global threshold (docs/px.md section 8)."""
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, MaskError, ModelError
 
 
 def density_schedule(final_density: float, rounds: int) -> list[float]:
@@ -71,3 +71,28 @@ def layer_densities(masks: dict[str, Tensor]) -> dict[str, float]:
 def global_density(masks: dict[str, Tensor]) -> float:
     kept = sum(int(mask.sum()) for mask in masks.values())
     return kept / max(1, sum(mask.numel() for mask in masks.values()))
+
+
+def check_masks(model: nn.Module, masks: dict[str, Tensor], zeroed: bool = False, where: str = "",
+                fix: str = "zero them with hf_px.apply_masks_(model, masks)") -> None:
+    """Raise `MaskError` unless every mask is a boolean tensor naming a parameter of `model` with its shape;
+    with `zeroed`, also unless every weight a mask marks as pruned is exactly zero.
+
+    `where` (e.g. " in the checkpoint") goes into the messages; `fix` ends the one about non-zero weights.
+    """
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        if name not in params:
+            raise MaskError(f"mask {name!r}{where} names no parameter of {type(model).__name__} (its parameters "
+                            f"look like {', '.join(list(params)[:3])}); the masks belong to another model")
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            raise MaskError(f"mask {name!r}{where} must be a torch.bool tensor, got "
+                            f"{getattr(mask, 'dtype', type(mask).__name__)}; threshold scores with "
+                            "hf_px.masks_from_scores")
+        if mask.shape != params[name].shape:
+            raise MaskError(f"mask {name!r}{where} has shape {tuple(mask.shape)} but the weight has "
+                            f"{tuple(params[name].shape)}; the masks belong to another model")
+        if zeroed:
+            stray = int(params[name].detach()[~mask.to(params[name].device)].count_nonzero())
+            if stray:
+                raise MaskError(f"{stray} pruned weights of {name!r}{where} are not zero; {fix}")

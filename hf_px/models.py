@@ -36,7 +36,7 @@ class LoadedModel:
     """A model plus everything the later steps (data, probe, checkpoint, card) need to know about it."""
 
     model: nn.Module
-    library: str                          # "transformers" or "timm"
+    library: str                          # "transformers", "timm", or "torch" (a plain module: `describe_model`)
     source: str                           # what the user gave: Hub id, "timm/...", "hf-hub:...", timm name, folder
     hub_id: str | None                    # the Hub repo it came from (None: timm name without weights, or a folder)
     revision: str | None                  # the revision asked for (None: default branch)
@@ -83,6 +83,22 @@ def load_model(name_or_path: str, revision: str | None = None, trust_remote_code
     return _load_timm_name(source, revision)
 
 
+def describe_model(model: nn.Module) -> LoadedModel:
+    """The `LoadedModel` of a model object built in Python (e.g. one `hf_px.prune` just pruned), its library
+    found from the object: a transformers `PreTrainedModel`, a timm model (it carries timm's
+    `pretrained_cfg` with an `architecture`), or else "torch", a plain module saved as a state dict only."""
+    from transformers import PreTrainedModel
+
+    source = f"{type(model).__module__}.{type(model).__qualname__}"
+    if isinstance(model, PreTrainedModel):
+        return _transformers_loaded(model, source, None, None, None, None, ())
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("architecture") and type(model).__module__.startswith("timm."):
+        return _timm_loaded(model, source, None, None, None)
+    return LoadedModel(model=model, library="torch", source=source, hub_id=None, revision=None,
+                       preprocess=_MissingProcessor(source), label_names=None)
+
+
 def save_model(loaded: LoadedModel, folder: str | Path) -> None:
     """Write the model in its own library's format, loadable without hf_px installed.
 
@@ -92,6 +108,8 @@ def save_model(loaded: LoadedModel, folder: str | Path) -> None:
     `label_names` and `pretrained_cfg` (mean/std/input_size, licence), so that
     `timm.create_model("local-dir:" + folder, pretrained=True)` rebuilds it. `loaded.label_names` and
     `loaded.pretrained_cfg` are what gets written (the model's own source metadata is not).
+    torch (any other module): its state dict as `model.safetensors` and no `config.json`; loading it needs
+    the module's class (`safetensors.torch.load_model(model, path)`).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -108,9 +126,13 @@ def save_model(loaded: LoadedModel, folder: str | Path) -> None:
         if loaded.label_names is not None:
             model_config["label_names"] = list(loaded.label_names)
         save_for_hf(loaded.model, str(folder), model_config=model_config, safe_serialization=True)
+    elif loaded.library == "torch":
+        from safetensors.torch import save_model as save_state   # handles tied (shared) tensors
+
+        save_state(loaded.model, str(folder / "model.safetensors"))
     else:
         raise ModelError(
-            f"cannot save a model of library {loaded.library!r}; save_model handles 'transformers' and 'timm'"
+            f"cannot save a model of library {loaded.library!r}; save_model handles 'transformers', 'timm' and 'torch'"
         )
 
 
@@ -245,7 +267,13 @@ def _load_timm(source: str, model_id: str, hub_id: str | None, revision: str | N
         except RuntimeError as error:   # timm raises RuntimeError for an unknown architecture in a config
             raise ModelError(f"timm cannot build {source!r}: {_first_line(error)}; upgrade timm or check the "
                              "'architecture' in its config.json") from None
-    model.eval()
+    return _timm_loaded(model.eval(), source, hub_id, revision, license_)
+
+
+def _timm_loaded(model: nn.Module, source: str, hub_id: str | None, revision: str | None,
+                 license_: str | None) -> LoadedModel:
+    import timm
+
     pretrained_cfg = deepcopy(dict(model.pretrained_cfg))
     data_config = timm.data.resolve_data_config({}, model=model)
     transform = timm.data.create_transform(**data_config)
@@ -279,7 +307,12 @@ def _load_transformers(source: str, location: str, hub_id: str | None, revision:
             )
         except (OSError, ValueError):   # no preprocessor_config.json: loading still works, preprocessing won't
             processor = None
-    model.eval()
+    return _transformers_loaded(model.eval(), source, hub_id, revision, license_, processor,
+                                info.get("missing_keys", ()))
+
+
+def _transformers_loaded(model: nn.Module, source: str, hub_id: str | None, revision: str | None,
+                         license_: str | None, processor: Any, missing_keys) -> LoadedModel:
     config = model.config
     channels = getattr(config, "num_channels", 3)
     preprocess = (ImagePreprocess(_ProcessorTransform(processor), channels) if processor is not None
@@ -290,7 +323,7 @@ def _load_transformers(source: str, location: str, hub_id: str | None, revision:
         label_names=_named([config.id2label[i] for i in sorted(config.id2label)], config.num_labels),
         license=license_, image_processor=processor,
         extra={"architecture": (config.architectures or [type(model).__name__])[0],
-               "newly_initialized": sorted(info.get("missing_keys", ()))},
+               "newly_initialized": sorted(missing_keys)},
     )
 
 
@@ -336,7 +369,7 @@ class _MissingProcessor:
 
     def __call__(self, image: Any) -> Tensor:
         raise ModelError(
-            f"{self.source!r} has no preprocessor_config.json, so images cannot be preprocessed; add one "
+            f"{self.source!r} has no image preprocessing (no preprocessor_config.json); add one "
             "(e.g. AutoImageProcessor.from_pretrained(<base model>).save_pretrained(folder)) or pass tensors"
         )
 

@@ -13,7 +13,7 @@ from .batches import first_images, iter_batches, reiterable
 from .batchnorm import recalibrate_batchnorm_
 from .criteria import Criterion, make_criterion
 from .errors import ConfigError, ModelError
-from .masks import density_schedule, masks_from_scores
+from .masks import check_masks, density_schedule, masks_from_scores
 from .targets import find_head, resolve_targets
 
 
@@ -34,8 +34,18 @@ def recommended_method(model: nn.Module, example: Tensor) -> str:
     return METHOD_FOR_TRANSFORMERS if attention else METHOD_FOR_CNNS
 
 
-def check_method(method: str, options: dict) -> Criterion | None:
-    """The criterion now, or None for "auto" (chosen once the model has been run)."""
+def check_method(method: "str | Criterion", options: dict) -> Criterion | None:
+    """The criterion now, or None for "auto" (chosen once the model has been run).
+
+    `method` is a registered name (configured by `options`) or a configured `Criterion` instance.
+    """
+    if isinstance(method, Criterion):
+        if options:
+            raise ConfigError(f"options {sorted(options)} were given beside a configured {type(method).__name__}; "
+                              f"set them on the instance instead, e.g. {type(method).__name__}(...)")
+        return method
+    if isinstance(method, type) and issubclass(method, Criterion):
+        raise ConfigError(f"method={method.__name__} is a class; pass an instance ({method.__name__}()) or its name")
     if method != AUTO:
         return make_criterion(method, **options)
     if options:
@@ -44,31 +54,36 @@ def check_method(method: str, options: dict) -> Criterion | None:
     return None
 
 
-def score(model: nn.Module, batches: Iterable, method: str = "px", targets: list[str] | None = None,
-          seed: int = 0, masks: dict[str, Tensor] | None = None, **options) -> dict[str, Tensor]:
+def score(model: nn.Module, batches: Iterable, method: "str | Criterion" = "px", targets: list[str] | None = None,
+          seed: int = 0, masks: dict[str, Tensor] | None = None, *, include: list[str] | None = None,
+          exclude: list[str] | None = None, **options) -> dict[str, Tensor]:
     """One round of `method`'s saliency scores, keyed by parameter name and shaped like the weights.
 
     batches: (images, labels) tuples or dicts with `pixel_values` (and `labels`), e.g. a DataLoader.
     targets: parameter names to score; None means every Linear/Conv weight except the classifier head.
+    include/exclude: name patterns (globs or dotted suffixes) that narrow the targets (`hf_px.targets`).
     masks: current boolean masks of the targets (pruned entries score 0); None means all kept.
-    method: a name from `hf_px.list_methods()`, or "auto" (`recommended_method`).
-    options: the method's own options (see `hf_px.list_methods()` and each criterion's docstring).
+    method: a name from `hf_px.list_methods()`, "auto" (`recommended_method`), or a configured
+    `Criterion` instance such as `PX(head="path")`.
+    options: the method's own options when `method` is a name (see each criterion's docstring).
     The model is left exactly as found, also when this raises.
     """
     criterion = check_method(method, options)
     with preserved(model):
-        batches, targets, head = _prepare(model, batches, targets)
+        batches, targets, head = _prepare(model, batches, targets, include, exclude)
         criterion = criterion or make_criterion(recommended_method(model, first_images(batches, _device(model))))
-        masks = _check_masks(model, targets, masks)
+        masks = _initial_masks(model, targets, masks)
         return _score_round(criterion, model, batches, targets, masks, head, seed)
 
 
-def prune(model: nn.Module, batches: Iterable, method: str = "px", sparsity: float = 0.9,
+def prune(model: nn.Module, batches: Iterable, method: "str | Criterion" = "px", sparsity: float = 0.9,
           rounds: int | None = None, targets: list[str] | None = None, seed: int = 0, *,
+          include: list[str] | None = None, exclude: list[str] | None = None,
           calibration: Iterable | None = None, progress: bool = False, **options) -> dict[str, Tensor]:
     """Prune `model` in place to `sparsity` over the targets; return boolean masks keyed by name.
 
-    method: a name from `hf_px.list_methods()`, or "auto" (`recommended_method`).
+    method: a name from `hf_px.list_methods()`, "auto" (`recommended_method`), or a configured
+    `Criterion` instance. targets/include/exclude: as in `score`.
     Round r of `rounds` (None: the method's default, 100 for px) keeps density d ** ((r+1)/rounds) with
     one global threshold; each round re-scores the masked network, and masks only shrink. Exactly
     `masks.kept_count(1 - sparsity, N)` target weights are kept (the authors' count; ties at the threshold
@@ -86,10 +101,10 @@ def prune(model: nn.Module, batches: Iterable, method: str = "px", sparsity: flo
     if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1):
         raise ConfigError(f"rounds={rounds!r} must be a positive integer (or None for the method's default)")
     with preserved(model):
-        batches, targets, head = _prepare(model, batches, targets)
+        batches, targets, head = _prepare(model, batches, targets, include, exclude)
         criterion = criterion or make_criterion(recommended_method(model, first_images(batches, _device(model))))
         rounds = criterion.default_rounds if rounds is None else rounds
-        masks = _check_masks(model, targets, None)
+        masks = _initial_masks(model, targets, None)
         for density in tqdm(density_schedule(1.0 - sparsity, rounds), desc=f"{criterion.name} rounds",
                             disable=not progress):
             scores = _score_round(criterion, model, batches, targets, masks, head, seed)
@@ -99,7 +114,7 @@ def prune(model: nn.Module, batches: Iterable, method: str = "px", sparsity: flo
                 recalibrate_batchnorm_(model, calibration)
     apply_masks_(model, masks)
     collapsed = [name for name, mask in masks.items() if not mask.any()]
-    if collapsed:   # PX_SPEC §5: never hide a tensor pruned away (it cuts every path through its layer)
+    if collapsed:   # docs/px.md section 8: never hide a tensor pruned away (it cuts every path through its layer)
         warnings.warn(f"{len(collapsed)} of {len(masks)} target tensors are pruned to zero density "
                       f"({', '.join(collapsed[:4])}{', ...' if len(collapsed) > 4 else ''}); lower the sparsity, "
                       "or check for weights that score exactly 0 (e.g. a zero-initialised last norm per block)",
@@ -122,7 +137,7 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _prepare(model, batches, targets):
+def _prepare(model, batches, targets, include, exclude):
     if not any(True for _ in model.parameters()):
         raise ModelError(f"{type(model).__name__} has no parameters to prune")
     batches = reiterable(batches)
@@ -131,10 +146,11 @@ def _prepare(model, batches, targets):
     model.eval()   # gates are recorded in eval mode: no dropout, BN running statistics
     example = first_images(batches, next(model.parameters()).device)
     head = find_head(model, example[:2])
-    return batches, resolve_targets(model, targets, head), head
+    return batches, resolve_targets(model, targets, head, include, exclude), head
 
 
-def _check_masks(model, targets, masks):
+def _initial_masks(model, targets, masks):
+    """All-kept masks for the targets, or the caller's, checked and on the weights' devices."""
     params = dict(model.named_parameters())
     if masks is None:
         return {n: torch.ones_like(params[n], dtype=torch.bool) for n in targets}
@@ -142,10 +158,8 @@ def _check_masks(model, targets, masks):
     if missing:
         raise ConfigError(f"masks lack the targets {missing[:3]}{'...' if len(missing) > 3 else ''}; "
                           "pass a mask for every target or masks=None")
-    for name in targets:
-        if masks[name].shape != params[name].shape:
-            raise ConfigError(f"mask {name!r} has shape {tuple(masks[name].shape)}, weight {tuple(params[name].shape)}")
-    return {n: masks[n].to(device=params[n].device, dtype=torch.bool) for n in targets}
+    check_masks(model, {n: masks[n] for n in targets})
+    return {n: masks[n].to(params[n].device) for n in targets}
 
 
 def _score_round(criterion: Criterion, model, batches, targets, masks, head, seed) -> dict[str, Tensor]:

@@ -1,4 +1,4 @@
-"""Gated path lifting: run an unmodified model as PX's surrogate networks (PX_SPEC §1, §3, §4).
+"""Gated path lifting: run an unmodified model as PX's surrogate networks (docs/px.md sections 3-5).
 
 Every nonlinearity is written `y = G(u) * u` with a non-negative gate `G` recorded on the real network
 (the secant gate `phi(u)/u`; 0/1 for ReLU). A `torch.overrides.TorchFunctionMode` intercepts the ops by
@@ -32,7 +32,7 @@ from torch.overrides import TorchFunctionMode
 
 from ._dtypes import model_dtype
 from .batches import iter_batches, logits_of
-from .errors import ModelError
+from .errors import ModelError, StaleStructure
 from .targets import NORM_MODULES, PRUNABLE_MODULES, structure_key
 
 _RELU = {F.relu, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_}
@@ -60,12 +60,12 @@ _MULTIPLY = {torch.mul, torch.multiply, Tensor.mul, Tensor.mul_, Tensor.__mul__,
 
 @dataclass
 class SurrogateOptions:
-    """How the surrogates treat the ops whose rule PX_SPEC §4 leaves open."""
+    """How the surrogates treat the ops whose rule is an option (docs/px.md section 5)."""
 
     power: int = 2                       # weights enter K as |theta|^power (2: PX, 1: SynFlow, 0: structure)
     batchnorm: str = "eval"              # "eval": fixed per-channel map; "batch": authors' batch statistics
     batchnorm_activation: str = "abs"    # BN scale in surrogate A: "abs" (|gamma/sqrt(var+eps)|) or "one"
-    layernorm: str = "gate"              # LayerNorm/GroupNorm: "gate" (PX_SPEC §4) or "identity" (gamma only)
+    layernorm: str = "gate"              # LayerNorm/GroupNorm: "gate" (docs/px.md 5.5) or "identity" (gamma only)
 
 
 def _arg(args, kwargs, index, name, default=None):
@@ -378,10 +378,6 @@ def _attention_probs(q, k, args, kwargs) -> Tensor:
 
 # --- tracing the op graph to find cuts ----------------------------------------------------------------
 
-class StaleStructure(ModelError):
-    """The model's op sequence no longer matches the trace its cuts were found on."""
-
-
 class _Tracer(TorchFunctionMode):
     """Runs the model plainly, logging which op produced each tensor from which tensors, and the first op
     that uses each parameter (looking through reshapes and casts)."""
@@ -515,7 +511,7 @@ def _reach(start, neighbours) -> set[int]:
 
 def parameter_roles(model: nn.Module, targets: list[str], head: list[str], options: SurrogateOptions,
                     trace: Trace, head_is_path: bool = False) -> dict[str, str]:
-    """Role of every parameter in the surrogates (PX_SPEC §4, §5).
+    """Role of every parameter in the surrogates (docs/px.md sections 5.1, 6).
 
     target: pruned weight (K: |theta|^p * mask, A: mask); path: other multiplicative weight, such as a
     non-target Linear/Conv weight, a norm's gamma or a layer-scale vector (K: |theta|^p, A: 1); scale: an

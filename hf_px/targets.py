@@ -1,9 +1,10 @@
-"""Which parameters are pruned (PX_SPEC §5): Linear/Conv weights found by module type, minus the head.
+"""Which parameters are pruned (docs/px.md section 7): Linear/Conv weights found by module type, minus the head.
 
 The classifier head is found structurally, as the Linear/Conv whose output *is* the model's logits, so
 no name lists (`'fc'`, `'classifier'`) are needed.
 """
 
+import fnmatch
 import weakref
 
 import torch
@@ -79,8 +80,14 @@ def _find_head(model: nn.Module, example: torch.Tensor) -> list[str]:
     return [prefix + name for name in ("weight", "bias") if prefix + name in params]
 
 
-def resolve_targets(model: nn.Module, targets: list[str] | None, head: list[str]) -> list[str]:
-    """The default target set (prunable weights minus the head), or the caller's names, validated."""
+def resolve_targets(model: nn.Module, targets: list[str] | None, head: list[str],
+                    include: list[str] | None = None, exclude: list[str] | None = None) -> list[str]:
+    """The targets: the caller's names (validated), or every prunable weight but the head; then only those
+    matching an `include` pattern (all when none is given), minus those matching an `exclude` pattern.
+
+    Patterns are globs (`*attention*`), exact names or dotted suffixes (`query.weight`); see `matches`.
+    The API (`hf_px.prune(include=..., exclude=...)`) and the CLI (`--include/--exclude`) both come here.
+    """
     if targets is None:
         chosen = [name for name in prunable_weights(model) if name not in head]
         if not chosen:
@@ -88,15 +95,39 @@ def resolve_targets(model: nn.Module, targets: list[str] | None, head: list[str]
                 f"{type(model).__name__} has no prunable weights (no Linear/Conv weight besides the head); "
                 "pass targets=[...] with parameter names to prune"
             )
-        return chosen
-    if isinstance(targets, str):
-        targets = [targets]
-    params = dict(model.named_parameters())
-    unknown = [name for name in targets if name not in params]
-    if unknown or not targets:
-        example = ", ".join(list(params)[:5])
-        raise ConfigError(
-            f"targets {unknown or targets} match no parameter of {type(model).__name__}; "
-            f"use names from model.named_parameters(), e.g. {example}"
-        )
-    return list(dict.fromkeys(targets))
+    else:
+        if isinstance(targets, str):
+            targets = [targets]
+        params = dict(model.named_parameters())
+        unknown = [name for name in targets if name not in params]
+        if unknown or not targets:
+            example = ", ".join(list(params)[:5])
+            raise ConfigError(
+                f"targets {unknown or targets} match no parameter of {type(model).__name__}; "
+                f"use names from model.named_parameters(), e.g. {example}"
+            )
+        chosen = list(dict.fromkeys(targets))
+    return select_targets(chosen, include or [], exclude or [])
+
+
+def matches(name: str, pattern: str) -> bool:
+    """A target pattern matches a parameter name as a glob (`*attention*`), exactly, or as a dotted suffix
+    (`query.weight` matches `encoder.layer.0.attention.query.weight`)."""
+    return fnmatch.fnmatchcase(name, pattern) or name == pattern or name.endswith("." + pattern)
+
+
+def select_targets(candidates: list[str], include: list[str], exclude: list[str]) -> list[str]:
+    """`candidates` kept by the include patterns (all when none) minus the exclude patterns; a pattern
+    that matches no candidate is an error (a typo would otherwise prune the wrong weights silently)."""
+    for kind, patterns in (("include", include), ("exclude", exclude)):
+        if isinstance(patterns, str):
+            raise ConfigError(f"{kind}={patterns!r} must be a list of patterns, e.g. {kind}=[{patterns!r}]")
+        for pattern in patterns:
+            if not any(matches(n, pattern) for n in candidates):
+                raise ConfigError(f"{kind} pattern {pattern!r} (--{kind}) matches no candidate weight; candidates "
+                                  f"look like {', '.join(candidates[:3])} (see hf-px prune --dry-run)")
+    chosen = [n for n in candidates if not include or any(matches(n, p) for p in include)]
+    chosen = [n for n in chosen if not any(matches(n, p) for p in exclude)]
+    if not chosen:
+        raise ConfigError(f"include={list(include)} / exclude={list(exclude)} leave no weight to prune")
+    return chosen

@@ -1,10 +1,15 @@
-"""Tiny models built from configs (no downloads) for tests, examples and benchmarks."""
+"""Tiny models built from configs (no downloads) for tests, examples and benchmarks, and the restated
+authors' PX procedure they are checked against (`authors_px_round`, `authors_px_prune`)."""
 
+import copy
+from collections import deque
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
+
+from .batches import iter_batches, logits_of
 
 
 # --- layers in the style of the authors' code (their ResNet-20 and VGG are built from such layers) -----------
@@ -293,3 +298,147 @@ def write_efficientnet_lite0_folder(folder: str | Path, image_size: int | None =
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return folder
+
+# --- the authors' PX procedure, restated: the parity oracle of tests/test_parity.py and benchmarks/ ----------
+# Iurada, Ciccone, Tommasi, CVPR 2024 (public code: github iurada/px-ntk-pruning, lib/pruners.py class PX and
+# main.py's prune loop). Nothing here is copied from that code: it restates what that procedure computes and
+# how much work it does, quirks included (docs/px.md section 11), independently of hf_px's engine:
+#
+# * three deep copies of the model per round: a *kernel* copy (train mode) whose parameters are squared,
+#   a *data* copy (train mode) whose parameters are set to 1, and an *activation* copy (eval mode);
+#   parameters whose name contains "bn" or a head prefix ("fc") are left as they are in the first two;
+# * the authors keep masks as separate buffers multiplied in forward; we emulate that by writing the
+#   masked value into each copy (kernel: theta^2 * mask, data: 1 * mask, activation: theta * mask; a head
+#   among the targets: theta * mask in all three);
+# * `torch.nn.functional.relu` is replaced globally for the duration of a round (restored in `finally`):
+#   the activation copy's pass records every pre-activation, the data copy's pass multiplies its input by
+#   (recorded pre-activation > 0) in call order, the kernel copy's pass is the identity. `nn.ReLU` calls
+#   `F.relu`, so modules are caught as well;
+# * every batch costs four full passes: activation copy on x and data copy on x**2 (no grad), kernel copy
+#   on an all-ones batch *of the same size* forward and backward; (z1 * z2).sum() is backpropagated per
+#   batch and the kernel copy's gradients accumulate over batches;
+# * score = |grad of the kernel copy's parameter| * theta^2 (theta the original parameter); pruned: 0;
+# * schedule: round r of R keeps density d ** ((r + 1) / R); threshold: k = int((1 - density) * N) over all
+#   targets' scores, the k-th smallest (`torch.kthvalue`), and every score <= it is pruned.
+
+
+def _authors_left_as_is(name: str, head_prefixes) -> bool:
+    """The authors' name-based skip list: norms ('bn') and the classifier ('fc') are not transformed."""
+    return "bn" in name or any(name.startswith(p) or p in name for p in head_prefixes)
+
+
+def authors_px_round(model: nn.Module, batches, targets: list[str], masks: dict[str, Tensor] | None = None,
+                     head_prefixes=("fc",)) -> dict[str, Tensor]:
+    """One round of the authors' PX scores for `targets` (names from `model.named_parameters()`).
+
+    masks: boolean masks of (some of) the targets; None keeps everything. The model is not modified.
+    """
+    masks = masks or {}
+    device = next(model.parameters()).device
+    originals = {n: p.detach() for n, p in model.named_parameters()}
+
+    kernel_copy = copy.deepcopy(model).train()
+    data_copy = copy.deepcopy(model).train()
+    activation_copy = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for copy_kind, net in (("kernel", kernel_copy), ("data", data_copy), ("activation", activation_copy)):
+            for name, param in net.named_parameters():
+                if copy_kind != "activation" and not _authors_left_as_is(name, head_prefixes):
+                    if copy_kind == "kernel":
+                        param.pow_(2)
+                    else:
+                        param.fill_(1.0)
+                if name in masks:
+                    param.mul_(masks[name].to(device=param.device, dtype=param.dtype))
+    for param in kernel_copy.parameters():
+        param.requires_grad_(True)
+        param.grad = None
+
+    pre_activations: deque[Tensor] = deque()
+    real_relu = F.relu
+
+    def recording_relu(input, inplace=False):
+        pre_activations.append(input.detach().clone())
+        return real_relu(input, inplace)
+
+    def gated_relu(input, inplace=False):
+        return input * (pre_activations.popleft() > 0).to(input.dtype)
+
+    def identity_relu(input, *args, **kwargs):
+        return input
+
+    try:
+        for x, _ in iter_batches(batches, device):
+            with torch.no_grad():
+                pre_activations.clear()
+                torch.nn.functional.relu = recording_relu
+                activation_copy(x)
+                torch.nn.functional.relu = gated_relu
+                z1 = logits_of(data_copy(x.pow(2)))
+            if pre_activations:
+                raise RuntimeError(f"{len(pre_activations)} recorded pre-activations were not consumed")
+            torch.nn.functional.relu = identity_relu
+            z2 = logits_of(kernel_copy(torch.ones_like(x)))
+            (z1 * z2).sum().backward()
+            torch.nn.functional.relu = real_relu
+    finally:
+        torch.nn.functional.relu = real_relu
+
+    kernel_params = dict(kernel_copy.named_parameters())
+    scores = {}
+    with torch.no_grad():
+        for name in targets:
+            grad = kernel_params[name].grad
+            theta = originals[name]
+            score = torch.zeros_like(theta) if grad is None else grad.abs() * theta.pow(2)
+            if name in masks:
+                score = score * masks[name].to(device=score.device, dtype=score.dtype)
+            scores[name] = score
+    del kernel_copy, data_copy, activation_copy
+    return scores
+
+
+def _authors_keep_below(flat: Tensor, alive: Tensor, density: float) -> Tensor:
+    """The authors' rule: prune every score <= the k-th smallest, k = int((1 - density) * N)."""
+    k = int((1.0 - density) * flat.numel())
+    if k < 1:
+        return alive.clone()     # the authors leave the masks unchanged
+    threshold = torch.kthvalue(flat, k).values
+    return flat > threshold
+
+
+def _authors_keep_exact(flat: Tensor, alive: Tensor, density: float) -> Tensor:
+    """The authors' count, N - int((1 - density) * N), of the highest alive scores, exactly: ties at the
+    threshold are broken by position (the lower global flat index is kept) instead of all pruned."""
+    count = min(flat.numel() - int((1.0 - density) * flat.numel()), int(alive.sum()))
+    ranked = torch.where(alive, flat.double(), torch.tensor(float("-inf"), dtype=torch.float64))
+    order = torch.sort(ranked, descending=True, stable=True).indices
+    keep = torch.zeros_like(alive)
+    keep[order[:count]] = True
+    return keep
+
+
+def authors_px_prune(model: nn.Module, batches, targets: list[str], density: float, rounds: int = 100,
+                     count: str = "authors", head_prefixes=("fc",)) -> dict[str, Tensor]:
+    """Iterative PX with the authors' exponential schedule; prunes `model` in place, returns bool masks.
+
+    count: "authors" (<= k-th smallest, k = int((1 - d) N)) or "exact" (the same count, ties at the
+    threshold broken by position: hf_px's rule, for mask parity where scores tie).
+    """
+    if count not in ("authors", "exact"):
+        raise ValueError(f"count={count!r} must be 'authors' or 'exact'")
+    params = dict(model.named_parameters())
+    masks = {n: torch.ones_like(params[n], dtype=torch.bool) for n in targets}
+    sizes = [params[n].numel() for n in targets]
+    for r in range(rounds):
+        round_density = density ** ((r + 1) / rounds)
+        scores = authors_px_round(model, batches, targets, masks, head_prefixes)
+        flat = torch.cat([scores[n].detach().flatten().cpu() for n in targets])
+        alive = torch.cat([masks[n].flatten().cpu() for n in targets])
+        keep = (_authors_keep_below if count == "authors" else _authors_keep_exact)(flat, alive, round_density)
+        for name, part in zip(targets, keep.split(sizes)):
+            masks[name] = part.view_as(params[name]).to(params[name].device)
+        with torch.no_grad():     # the authors multiply the parameters by their masks
+            for name in targets:
+                params[name].mul_(masks[name].to(params[name].dtype))
+    return masks

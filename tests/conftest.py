@@ -1,5 +1,6 @@
-"""Shared test fixtures: a network guard, skipping where the Fashion-MNIST package is missing, a small local
-dataset folder of real Fashion-MNIST images and a tiny transformers ViT folder (both laid out like Hub repos)."""
+"""Shared test fixtures: a network guard, the method registry restored after every test, skipping where the
+Fashion-MNIST package is missing (only the tests that read it), a small local dataset folder of real
+Fashion-MNIST images and a tiny transformers ViT folder (both laid out like Hub repos)."""
 
 import socket
 
@@ -11,10 +12,27 @@ FASHION_MNIST_INSTALLED = all((FASHION_MNIST_ROOT / f"{prefix}-{kind}-ubyte.gz")
                               for prefix in ("train", "t10k") for kind in ("images-idx3", "labels-idx1"))
 
 
+SKIP_REASON = (f"Fashion-MNIST IDX files not in {FASHION_MNIST_ROOT}: run `bash scripts/setup.sh` "
+               "(apt-get install -y dataset-fashion-mnist)")
+
+
 def pytest_runtest_setup(item):
     if item.get_closest_marker("needs_fashion_mnist") and not FASHION_MNIST_INSTALLED:
-        pytest.skip(f"Fashion-MNIST IDX files not in {FASHION_MNIST_ROOT}: run `bash scripts/setup.sh` "
-                    "(apt-get install -y dataset-fashion-mnist)")
+        pytest.skip(SKIP_REASON)
+
+
+@pytest.fixture(autouse=True)
+def _restore_method_registry():
+    """A test may register (or replace) pruning methods; the registry is as it was once it ends."""
+    from hf_px.criteria import base
+
+    before = dict(base._METHODS)
+    names = {name: cls.name for name, cls in before.items()}
+    yield
+    base._METHODS.clear()
+    base._METHODS.update(before)
+    for name, cls in before.items():   # register_method(name, cls) renames the class it registers
+        cls.name = names[name]
 
 
 @pytest.fixture
@@ -34,8 +52,12 @@ def no_network(monkeypatch):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    """A `save_to_disk` folder of real Fashion-MNIST images: 6 per class in train, 3 in test."""
+    """A `save_to_disk` folder of real Fashion-MNIST images: 6 per class in train, 3 in test (the tests that
+    use it are skipped where the Fashion-MNIST package is missing)."""
     from hf_px.testing import write_fashion_mnist_dataset
+
+    if not FASHION_MNIST_INSTALLED:
+        pytest.skip(SKIP_REASON)
 
     return write_fashion_mnist_dataset(tmp_path_factory.mktemp("fmnist") / "data", per_class_train=6,
                                        per_class_test=3, layout="save_to_disk")

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 import hf_px
 from hf_px import checkpoint
 from hf_px.checkpoint import load_sparse, pack_masks, save_sparse, summarize, unpack_masks
-from hf_px.errors import ConfigError, ModelError
+from hf_px.errors import ConfigError, MaskError, ModelError
 from hf_px.models import LoadedModel
 from hf_px.testing import random_batches
 
@@ -132,7 +132,7 @@ def saved(request, tmp_path_factory):
         flat_weight[kept_zero] = 0.0
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     root = tmp_path_factory.mktemp(request.param)
-    output = save_sparse(loaded, masks, PROVENANCE, root / "out", card="# card\n",
+    output = save_sparse(loaded, masks, root / "out", provenance=PROVENANCE, card="# card\n",
                          extra_files={"density.png": b"\x89PNG fake"})
     return {"library": request.param, "loaded": loaded, "masks": masks, "x": x, "logits": _logits(loaded.model, x),
             "output": output, "root": root, "kept_zero": (name, kept_zero)}
@@ -202,11 +202,11 @@ def test_existing_output_needs_overwrite_and_is_left_untouched(saved, tmp_path):
     shutil.copytree(saved["output"], output)
     before = {n: (output / n).read_bytes() for n in os.listdir(output)}
     with pytest.raises(ConfigError, match="exists; pass --overwrite"):
-        save_sparse(saved["loaded"], saved["masks"], PROVENANCE, output)
+        save_sparse(saved["loaded"], saved["masks"], output, provenance=PROVENANCE)
     assert {n: (output / n).read_bytes() for n in os.listdir(output)} == before
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
-    save_sparse(saved["loaded"], saved["masks"], {**PROVENANCE, "seed": 7}, output, overwrite=True)
+    save_sparse(saved["loaded"], saved["masks"], output, provenance={**PROVENANCE, "seed": 7}, overwrite=True)
     assert json.loads((output / "hf_px.json").read_text())["seed"] == 7
     assert "README.md" not in os.listdir(output)          # replaced as a whole, not merged
     assert sorted(os.listdir(tmp_path)) == ["out"]
@@ -216,7 +216,7 @@ def test_overwrite_refuses_a_folder_that_is_not_a_checkpoint(saved, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("precious")
     with pytest.raises(ConfigError, match="not an hf_px checkpoint"):
-        save_sparse(saved["loaded"], saved["masks"], PROVENANCE, tmp_path / "mine", overwrite=True)
+        save_sparse(saved["loaded"], saved["masks"], tmp_path / "mine", provenance=PROVENANCE, overwrite=True)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
 
 
@@ -232,7 +232,7 @@ def test_a_failure_while_writing_leaves_nothing_behind(saved, tmp_path, monkeypa
 
     monkeypatch.setattr(checkpoint, "_write_masks", broken)
     with pytest.raises(OSError, match="disk full"):
-        save_sparse(saved["loaded"], saved["masks"], PROVENANCE, output, overwrite=overwrite)
+        save_sparse(saved["loaded"], saved["masks"], output, provenance=PROVENANCE, overwrite=overwrite)
     assert sorted(os.listdir(tmp_path)) == (["out"] if overwrite else [])
     if overwrite:
         assert sorted(os.listdir(output)) == before
@@ -248,8 +248,8 @@ def test_save_refuses_masks_that_were_not_applied(saved, tmp_path):
         old = param.view(-1)[pruned].item()
         param.view(-1)[pruned] = 1.0
     try:
-        with pytest.raises(ModelError, match="apply the masks first"):
-            save_sparse(loaded, masks, PROVENANCE, tmp_path / "out")
+        with pytest.raises(MaskError, match="are not zero; zero them with hf_px.apply_masks_"):
+            save_sparse(loaded, masks, tmp_path / "out", provenance=PROVENANCE)
     finally:
         with torch.no_grad():
             param.view(-1)[pruned] = old
@@ -258,7 +258,8 @@ def test_save_refuses_masks_that_were_not_applied(saved, tmp_path):
 
 def test_save_refuses_an_extra_file_that_escapes_the_folder(saved, tmp_path):
     with pytest.raises(ConfigError, match="relative path"):
-        save_sparse(saved["loaded"], saved["masks"], PROVENANCE, tmp_path / "out", extra_files={"../x": b""})
+        save_sparse(saved["loaded"], saved["masks"], tmp_path / "out", provenance=PROVENANCE,
+                    extra_files={"../x": b""})
     assert os.listdir(tmp_path) == []
 
 
@@ -295,32 +296,32 @@ def test_unknown_format_version_is_a_model_error(saved, tmp_path):
         load_sparse(str(folder))
 
 
-def test_mask_shape_mismatch_is_a_model_error(saved, tmp_path):
+def test_mask_shape_mismatch_is_a_mask_error(saved, tmp_path):
     folder = _copy(saved, tmp_path)
     masks = dict(saved["masks"])
     name = next(iter(masks))
     masks[name] = torch.ones(masks[name].numel() + 1, dtype=torch.bool)
     checkpoint._write_masks(masks, folder / "hf_px_masks.safetensors")
-    with pytest.raises(ModelError, match="shape"):
+    with pytest.raises(MaskError, match="shape"):
         load_sparse(str(folder))
 
 
-def test_mask_for_an_unknown_parameter_is_a_model_error(saved, tmp_path):
+def test_mask_for_an_unknown_parameter_is_a_mask_error(saved, tmp_path):
     folder = _copy(saved, tmp_path)
     checkpoint._write_masks({**saved["masks"], "no.such.weight": torch.ones(3, dtype=torch.bool)},
                             folder / "hf_px_masks.safetensors")
-    with pytest.raises(ModelError, match="no.such.weight"):
+    with pytest.raises(MaskError, match="no.such.weight"):
         load_sparse(str(folder))
 
 
-def test_nonzero_masked_weight_is_a_model_error(saved, tmp_path):
+def test_nonzero_masked_weight_is_a_mask_error(saved, tmp_path):
     folder = _copy(saved, tmp_path)
     weights = load_file(str(folder / "model.safetensors"))
     name = next(iter(saved["masks"]))
     pruned = int((~saved["masks"][name]).view(-1).nonzero()[0])
     weights[name].view(-1)[pruned] = 0.5
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(ModelError, match="not zero"):
+    with pytest.raises(MaskError, match="not zero"):
         load_sparse(str(folder))
 
 

@@ -17,8 +17,6 @@ from hf_px.cli import main
 from hf_px.config import PruneConfig
 from hf_px.job import run_prune
 
-pytestmark = pytest.mark.needs_fashion_mnist   # see conftest.py
-
 
 @pytest.fixture(scope="module")
 def timm_folder(tmp_path_factory):
@@ -179,6 +177,7 @@ def test_cli_inspect_of_a_corrupt_checkpoint_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and "hf_px_masks.safetensors" in err[0], err
 
 
+@pytest.mark.needs_fashion_mnist   # see conftest.py
 def test_readme_quickstart_runs(tmp_path, capsys):
     """The README's first command (examples/quickstart.py): prune at init with PX and random, train, print both;
     here with a shorter training."""

@@ -5,8 +5,9 @@ import re
 import pytest
 
 from hf_px.cli import main
-from hf_px.config import PruneConfig, matches, parse_option, select_targets
+from hf_px.config import PruneConfig, parse_option
 from hf_px.errors import ConfigError
+from hf_px.targets import matches, select_targets
 
 BASE = {"model": "org/model", "task": "cifar10", "output": "out"}
 
@@ -52,7 +53,7 @@ def test_target_patterns():
     assert matches(names[0], "query.weight") and matches(names[0], "*attention*") and not matches(names[1], "query.weight")
     assert select_targets(names, ["*attention*"], []) == [names[0], names[2]]
     assert select_targets(names, [], ["*layer.1.*"]) == names[:2]
-    with pytest.raises(ConfigError, match="--include 'key.weight' matches no prunable weight"):
+    with pytest.raises(ConfigError, match="include pattern 'key.weight' \\(--include\\) matches no candidate weight"):
         select_targets(names, ["key.weight"], [])
     with pytest.raises(ConfigError, match="leave no weight"):
         select_targets(names, [], ["*"])

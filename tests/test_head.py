@@ -1,4 +1,4 @@
-"""Head replacement and the ridge linear probe (PX_SPEC §5): brute-force oracles first, then tiny real models."""
+"""Head replacement and the ridge linear probe (docs/px.md section 6): brute-force oracles first, then tiny real models."""
 
 import numpy as np
 import pytest

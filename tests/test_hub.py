@@ -55,7 +55,7 @@ def folder(tmp_path_factory):
                          preprocess=lambda image: image, label_names=None,
                          pretrained_cfg={**model.pretrained_cfg, "input_size": (3, 32, 32)})
     provenance = {"method": "magnitude", "sparsity": 0.5, "rounds": 1, "seed": 0}
-    output = save_sparse(loaded, masks, provenance, tmp_path_factory.mktemp("push") / "ckpt", card="# card\n")
+    output = save_sparse(loaded, masks, tmp_path_factory.mktemp("push") / "ckpt", provenance=provenance, card="# card\n")
     (output / "resume").mkdir()
     (output / "resume" / "state.safetensors").write_bytes(b"")
     (output / ".DS_Store").write_bytes(b"")

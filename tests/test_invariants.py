@@ -1,4 +1,4 @@
-"""Invariants for every method x a tiny zoo of timm and transformers CNNs and ViTs (PX_SPEC §6.5)."""
+"""Invariants for every method x a tiny zoo of timm and transformers CNNs and ViTs (docs/px.md section 13)."""
 
 import pytest
 import torch
@@ -358,7 +358,7 @@ def test_score_keeps_existing_grads_hooks_and_frozen_flags(method, batches):
 
 def test_prune_warns_when_a_tensor_reaches_zero_density(batches):
     """timm's ResNets zero-initialise each block's last BatchNorm: every weight of those branches scores 0
-    at random init, so a high sparsity empties whole tensors; PX_SPEC §5: always report them."""
+    at random init, so a high sparsity empties whole tensors; docs/px.md section 8: always report them."""
     torch.manual_seed(0)
     model = ZOO["timm_resnet18"]()
     with pytest.warns(UserWarning, match="pruned to zero density"):

@@ -1,4 +1,4 @@
-"""No overflow or underflow on deep, wide models at random initialisation (PX_SPEC §3, issue acceptance 4).
+"""No overflow or underflow on deep, wide models at random initialisation (docs/px.md section 9).
 
 Products of ~50 layers of squared weights and fan-ins leave float32's range; PX must still return
 finite scores with a sensible spread, and no tensor collapsed to all zeros.

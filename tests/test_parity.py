@@ -1,24 +1,18 @@
 """Acceptance 2: on a bias-free, BatchNorm-free ReLU CNN with the head among the targets, `px` gives the
-authors' scores and their 100-round masks (PX_SPEC §2, parity target).
+authors' scores and their 100-round masks (docs/px.md section 11, the parity target).
 
-The reference is `benchmarks/authors_px.py`, an independent restatement of the authors' procedure
-(three deep copies, a globally patched `F.relu`, per-batch backward on an all-ones batch).
+The reference is `hf_px.testing.authors_px_round`/`authors_px_prune`, an independent restatement of the
+authors' procedure (three deep copies, a globally patched `F.relu`, per-batch backward on an all-ones batch).
 """
 
 import copy
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
 import hf_px
+from hf_px import testing as authors
 from hf_px.testing import PlainCNN, random_batches
-
-_spec = importlib.util.spec_from_file_location(
-    "authors_px", Path(__file__).resolve().parents[1] / "benchmarks" / "authors_px.py")
-authors = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(authors)
 
 
 def _setup(seed, masked=False):

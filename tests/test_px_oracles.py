@@ -1,4 +1,4 @@
-"""PX against independent answers (PX_SPEC §6, items 1-4)."""
+"""PX against independent answers (docs/px.md section 13)."""
 
 import itertools
 from collections import deque
@@ -154,7 +154,7 @@ class TinyBNMLP(nn.Module):
 
 @pytest.mark.parametrize("batchnorm_activation", ["abs", "one"])
 def test_px_with_eval_batchnorm_matches_path_enumeration(batchnorm_activation):
-    """Eval-mode BN is a per-unit path constant s = gamma/sqrt(var+eps) (PX_SPEC §4): s^2 in K, and |s| ("abs")
+    """Eval-mode BN is a per-unit path constant s = gamma/sqrt(var+eps) (docs/px.md section 5.6): s^2 in K, and |s| ("abs")
     or 1 ("one") in A; gates come from the real network, shift included. Checked by listing every path."""
     torch.manual_seed(0)
     model = TinyBNMLP().double().eval()
@@ -318,7 +318,7 @@ def test_px_exact_probes_match_exact_jacobians():
 
 
 def test_layernorm_identity_ablation_equals_the_network_with_gamma_folded_into_the_next_layer():
-    """layernorm="identity" keeps only LayerNorm's gamma on the path (an ablation of PX_SPEC §4's rule). With
+    """layernorm="identity" keeps only LayerNorm's gamma on the path (an ablation of the rule of docs/px.md section 5.5). With
     the norm after the last gate, that equals PX of the same network without the norm and gamma folded into
     the next layer's columns (gamma^2 theta^2 in K, 1 in A); the default rule must differ from it."""
     torch.manual_seed(0)

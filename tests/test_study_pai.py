@@ -9,9 +9,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import study_pai  # noqa: E402
 
-pytestmark = pytest.mark.needs_fashion_mnist
 
-
+@pytest.mark.needs_fashion_mnist   # see conftest.py
 def test_smoke_run_writes_rows_report_and_plots(tmp_path, capsys, monkeypatch):
     # rows are resumed only from a run of the same clean commit: pin what the runs record as their code
     real_machine = study_pai.common.machine

@@ -1,6 +1,16 @@
-"""Pruning criteria: small objects with one job, `score(...) -> dict[name, Tensor]`, registered by name."""
+"""Pruning criteria: small objects with one job, `score(...) -> dict[name, Tensor]`, registered by name.
+
+A configured instance (e.g. `PX(head="path")`) can be passed to `hf_px.prune`/`hf_px.score` as `method`.
+"""
 
 from .base import Criterion, list_methods, make_criterion, register_method
-from . import grasp, magnitude, ntk_sap, px, px_exact, snip, synflow  # noqa: F401  (they register themselves)
+from .grasp import GraSP
+from .magnitude import Magnitude, Random
+from .ntk_sap import NTKSAP
+from .px import PX
+from .px_exact import PXExact
+from .snip import SNIP
+from .synflow import SynFlow
 
-__all__ = ["Criterion", "list_methods", "make_criterion", "register_method"]
+__all__ = ["Criterion", "list_methods", "make_criterion", "register_method",
+           "GraSP", "Magnitude", "NTKSAP", "PX", "PXExact", "Random", "SNIP", "SynFlow"]

@@ -23,11 +23,16 @@ class Criterion:
     values, buffers and `.grad` are the criterion's responsibility (use `torch.func.functional_call`).
     """
 
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""                # the registered name; an unregistered subclass gets its class name
     default_rounds: ClassVar[int] = 1
     nonnegative: ClassVar[bool] = True
     data_parallel: ClassVar[bool] = False   # True: under torch.distributed, scores a process's shard and
                                             # combines across processes (see PX); False: needs all the data
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:   # not inherited: a subclass of "px" is not "px"
+            cls.name = cls.__name__
 
     def score(self, model: nn.Module, batches, targets: list[str], masks: dict[str, Tensor],
               head: list[str], seed: int) -> dict[str, Tensor]:
@@ -39,12 +44,19 @@ class Criterion:
             raise ConfigError(f"{self.name} option {option}={value!r} is not one of {list(choices)}")
 
 
-def register_method(name: str, criterion: type[Criterion] | None = None):
-    """Register a `Criterion` subclass under `name`; usable as a decorator."""
+def register_method(name: str, criterion: type[Criterion] | None = None, *, replace: bool = False):
+    """Register a `Criterion` subclass under `name`; usable as a decorator. A name already taken by another
+    class is refused unless `replace=True`."""
+    if not isinstance(name, str) or not name.strip() or name == "auto":
+        raise ConfigError(f"register_method needs a non-empty method name other than 'auto', got {name!r}")
 
     def add(cls: type[Criterion]) -> type[Criterion]:
         if not (isinstance(cls, type) and issubclass(cls, Criterion)):
             raise ConfigError(f"register_method({name!r}) needs a Criterion subclass, got {cls!r}")
+        taken = _METHODS.get(name)
+        if taken is not None and taken is not cls and not replace:
+            raise ConfigError(f"method name {name!r} is taken by {taken.__module__}.{taken.__qualname__}; choose "
+                              f"another name, or pass replace=True to replace it")
         cls.name = name
         _METHODS[name] = cls
         return cls

@@ -1,10 +1,10 @@
 """PX, Path eXclusion (Iurada et al., CVPR 2024): keep the weights that carry the NTK trace bound.
 
     R = sum_k C_k K_k(theta^2),  C = sum_n c_n  (data term, surrogate A),  K (kernel term, surrogate K)
-    S_j = theta_j^2 |dR / d(theta_j^2)|                                      (PX_SPEC E1, E2)
+    S_j = theta_j^2 |dR / d(theta_j^2)|                                      (docs/px.md (1), (2))
 
 The data enter only through C, so C is summed over all scoring batches first (no grad) and surrogate K
-runs once, forward and backward, on a single all-ones input (PX_SPEC §3). That also makes PX
+runs once, forward and backward, on a single all-ones input (docs/px.md section 3). That also makes PX
 data-parallel: under torch.distributed each process scores its own shard and C is summed across processes.
 """
 
@@ -29,7 +29,7 @@ GATE_ONLY_POLICIES = ("magnitude", "px-exact", "dense")
 @register_method("px")
 @dataclass
 class PX(Criterion):
-    """PX with the authors' conventions (PX_SPEC §2) and gated path lifting beyond ReLU (§4).
+    """PX with the authors' conventions (docs/px.md sections 6, 11) and gated path lifting beyond ReLU (4, 5).
 
     head: "real" keeps the classifier's signed weights and bias in both surrogates and scores it by
         |dR/dtheta| theta^2 (the authors'); "path" treats it like any other layer (the pure bound E1).
@@ -38,7 +38,7 @@ class PX(Criterion):
     batchnorm_activation: an eval-mode BN's scale gamma/sqrt(var+eps) in surrogate A: "abs" uses its
         magnitude (the default: better on the trained EfficientNet-Lite0 of docs/results.md, and the same as
         "one" at initialisation, where var = 1 and gamma = 1), "one" replaces it by 1.
-    layernorm: LayerNorm/GroupNorm in the surrogates: "gate" (PX_SPEC §4: gamma^2 and the fixed map |centering|
+    layernorm: LayerNorm/GroupNorm in the surrogates: "gate" (docs/px.md 5.5: gamma^2 and the fixed map |centering|
         on the path in K; the recorded 1/sigma^2 and |centering| in A) or "identity" (only gamma; an ablation).
     gate_only: weights that only feed a gate (W_Q/W_K, squeeze-excitation) lie on no path and would score
         0. "magnitude" ranks them by |theta| within their tensor and maps the ranks onto the quantiles of

@@ -1,4 +1,4 @@
-"""px-exact: the quantity PX bounds, theta_j^2 * sum_x ||d f(x) / d theta_j||^2 (PX_SPEC §4).
+"""px-exact: the quantity PX bounds, theta_j^2 * sum_x ||d f(x) / d theta_j||^2 (docs/px.md section 12).
 
 Estimated with Rademacher probes: one backward of sum_b v_b . f(x_b), with an independent +-1 vector
 v_b per sample, gives g with E[g_j^2] = sum_b ||J_j(x_b)||^2 (cross-sample terms vanish in
