@@ -38,6 +38,11 @@ class MaskViolation(HfPxError, RuntimeError):
     """A pruned weight (or its optimizer state) became non-zero during training: a bug, the run stops."""
 
 
+class TrainingDiverged(HfPxError, RuntimeError):
+    """The fine-tuning loss became non-finite, or stayed far above where it started: the run stops and nothing
+    is saved as a finished checkpoint (the last complete epoch's state is kept)."""
+
+
 class StaleStructure(ModelError):
     """The model's op sequence no longer matches the trace its cuts were found on."""
 

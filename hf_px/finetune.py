@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from . import checkpoint, data, head
 from .batches import logits_of
 from .distributed import masks_digest
-from .errors import ConfigError, DataError, MaskError, MaskViolation, ModelError
+from .errors import ConfigError, DataError, MaskError, MaskViolation, ModelError, TrainingDiverged
 from .masks import check_masks
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -278,6 +278,50 @@ def make_optimizer(model: nn.Module, config: FinetuneConfig) -> torch.optim.Opti
     return torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
 
 
+class DivergenceGuard:
+    """Stops a run whose training loss is not finite, or stays far above where it started.
+
+    The starting loss is the mean of the first `warmup` batch losses; the run has diverged when a loss is
+    NaN/inf, or when `patience` consecutive batch losses exceed `factor` x start + `margin` (in nats, so a
+    run that starts near 0 may still wobble). Ordinary fine-tuning noise stays far below that line; a
+    learning rate that is too high crosses it within a few dozen steps, well before an epoch ends and its
+    model would be saved.
+    """
+
+    def __init__(self, factor: float = 2.0, margin: float = 1.0, patience: int = 20, warmup: int = 10):
+        self.factor, self.margin, self.patience, self.warmup = factor, margin, patience, warmup
+        self.first: list[float] = []
+        self.above = 0
+
+    @property
+    def start(self) -> float | None:
+        return sum(self.first) / len(self.first) if self.first else None
+
+    def check(self, loss: float) -> str | None:
+        """None while training looks sane, else why it does not (one clause of the error message)."""
+        if not math.isfinite(loss):
+            return f"the loss is {loss}"
+        if len(self.first) < self.warmup:
+            self.first.append(loss)
+            return None
+        limit = self.factor * self.start + self.margin
+        self.above = self.above + 1 if loss > limit else 0
+        if self.above >= self.patience:
+            return (f"the loss stayed above {limit:.3g} for {self.patience} steps (now {loss:.3g}; it started at "
+                    f"{self.start:.3g})")
+        return None
+
+    def check_epoch(self, mean_loss: float) -> str | None:
+        """At an epoch's end, before its state is saved: its mean loss must be finite and below the line
+        (short epochs end before `patience` steps could be counted)."""
+        if not math.isfinite(mean_loss):
+            return f"the epoch's mean loss is {mean_loss}"
+        if self.start is not None and mean_loss > self.factor * self.start + self.margin:
+            return (f"the epoch's mean loss {mean_loss:.3g} is above {self.factor * self.start + self.margin:.3g} "
+                    f"(it started at {self.start:.3g})")
+        return None
+
+
 # ------------------------------------------------------------------------------------------------- the run
 
 
@@ -381,6 +425,7 @@ def run_finetune(config: FinetuneConfig, command: str | None = None, progress: b
         f"{per_device} x {accelerator.num_processes} x {config.gradient_accumulation_steps}, "
         f"precision {config.precision}")
 
+    guard = DivergenceGuard()
     for epoch in range(epoch, config.epochs):
         model.train()
         train_loader.set_epoch(epoch)
@@ -405,11 +450,18 @@ def run_finetune(config: FinetuneConfig, command: str | None = None, progress: b
                 if not accelerator.optimizer_step_was_skipped:   # fp16 overflow: the step did not happen
                     scheduler.step()
                 step += 1
-            running += float(loss.detach())
+            value = float(loss.detach())
+            running += value
             batches += 1
             bar.set_postfix(loss=f"{running / batches:.3f}")
+            _stop_if_diverged(accelerator, guard.check(value), step, epoch, config, state_dir, history)
+        _stop_if_diverged(accelerator, guard.check_epoch(running / max(1, batches)), step, epoch, config,
+                          state_dir, history)
         check_masks_hold(unwrapped, masks, optimizer, when=f"after epoch {epoch + 1}")
         metrics = evaluate(model, eval_loader, accelerator)
+        if not math.isfinite(metrics["eval_loss"]):
+            _stop_if_diverged(accelerator, f"the eval loss is {metrics['eval_loss']}", step, epoch, config,
+                              state_dir, history)
         entry = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
                  "train_loss": _mean_across(accelerator, running / max(1, batches)), **metrics}
         history.append(entry)
@@ -430,6 +482,12 @@ def run_finetune(config: FinetuneConfig, command: str | None = None, progress: b
         "masks_sha256_per_process": rank_digests, "steps": step, "history": history, "eval_accuracy": last.get("eval_accuracy"),
         "eval_loss": last.get("eval_loss"), "time_s": round(time.perf_counter() - started, 1),
     }
+    probe = (record.get("probe") or {}).get("sparse") if isinstance(record.get("probe"), dict) else None
+    if probe is not None and last.get("eval_accuracy") is not None and last["eval_accuracy"] < probe:
+        provenance["finetune"]["below_probe"] = True
+        log(f"warning: fine-tuning ended at {last['eval_accuracy']:.2%} eval accuracy, below the {probe:.2%} of the "
+            f"pruning-time linear probe ({record['probe'].get('eval_examples', '?')} images); try a lower --lr, "
+            "--warmup-epochs, more --epochs or more --train-examples")
     final = accelerator.unwrap_model(model, keep_fp32_wrapper=False)   # without Accelerate's autocast wrapper
     result = FinetuneResult(final, masks, history, provenance)
     if main:
@@ -444,6 +502,23 @@ def run_finetune(config: FinetuneConfig, command: str | None = None, progress: b
             log(f"pushed to {result.pushed_to}")
     accelerator.wait_for_everyone()
     return result
+
+
+def _stop_if_diverged(accelerator, reason: str | None, step: int, epoch: int, config: FinetuneConfig,
+                      state_dir: Path, history: list[dict]) -> None:
+    """Raise `TrainingDiverged` on every process if any process saw divergence (`reason` not None)."""
+    if accelerator.num_processes > 1:   # all processes stop together, or the others would wait for ever
+        flag = torch.tensor([0.0 if reason is None else 1.0], device=accelerator.device)
+        if float(accelerator.reduce(flag, "sum")) == 0:
+            return
+        reason = reason or "another process's loss diverged"
+    elif reason is None:
+        return
+    kept = (f"the last good state (after epoch {history[-1]['epoch']}) stays in {str(state_dir)!r}" if history
+            else "no epoch completed, so nothing was saved")
+    raise TrainingDiverged(f"training diverged at step {step + 1} (epoch {epoch + 1}): {reason}; {kept}. Lower --lr "
+                           f"(now {config.lr:g}), add --warmup-epochs 1 or --max-grad-norm 1, and start over with "
+                           "--overwrite")
 
 
 def evaluate(model: nn.Module, loader, accelerator) -> dict:

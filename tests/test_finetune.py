@@ -372,3 +372,36 @@ def test_command_line_data_replaces_the_recipes_and_booleans_turn_off(pruned, da
     record = json.loads((tmp_path / "out" / "hf_px.json").read_text())
     assert record["finetune"]["recipe"]["from_scratch"] is False
     assert record["finetune"]["recipe"]["task"] is None and record["finetune"]["dataset"] == str(dataset)
+
+
+# ------------------------------------------------------------------------------------------ divergence guard
+
+
+def test_guard_known_answers():
+    guard = ft.DivergenceGuard(factor=2.0, margin=1.0, patience=3, warmup=2)
+    assert guard.check(1.0) is None and guard.check(3.0) is None      # start = 2.0, line = 2 * 2 + 1 = 5
+    assert guard.check(6.0) is None and guard.check(6.0) is None
+    assert guard.check(4.0) is None                                    # back below the line: the count restarts
+    assert guard.check(5.5) is None and guard.check(7.0) is None
+    assert "stayed above 5 for 3 steps" in guard.check(9.0)
+    assert "nan" in ft.DivergenceGuard().check(float("nan"))
+    assert "inf" in ft.DivergenceGuard().check(float("inf"))
+    assert guard.check_epoch(4.9) is None and "above 5" in guard.check_epoch(5.1)
+    assert "nan" in guard.check_epoch(float("nan"))
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_good_state(pruned, dataset, tmp_path, capsys):
+    """Epoch 1 trains at lr 0.05; the step schedule then multiplies it by 1e6 (an absurd learning rate)."""
+    out = tmp_path / "out"
+    code = main(["finetune", str(RECIPES / "tiny.yaml"), "--model", str(pruned), "--dataset", str(dataset),
+                 "--output", str(out), "--epochs", "3", "--schedule", "step", "--milestones", "1", "--gamma", "1e6",
+                 "--warmup-epochs", "0", "--max-grad-norm", "1e9", "--train-examples", "48", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "training diverged at step" in err[0] and "Lower --lr" in err[0]
+    assert "Traceback" not in err[0]
+    assert not (out / "hf_px.json").exists() and not (out / "hf_px_masks.safetensors").exists()   # no finished model
+    progress = json.loads((out / "resume" / "progress.json").read_text())
+    assert progress["epoch"] == 1 and "after epoch 1" in err[0]
+    # the kept state is complete: the run continues from it (here with the schedule it was started with)
+    assert hf_px.finetune.checkpoint.has_training_state(out)
