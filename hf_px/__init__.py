@@ -3,7 +3,7 @@
 from .apply import apply_masks_
 from .checkpoint import load_sparse, save_sparse
 from .criteria import Criterion, list_methods, register_method
-from .errors import ConfigError, DataError, HfPxError, ModelError, UnknownMethodError
+from .errors import ConfigError, DataError, HfPxError, HubError, ModelError, UnknownMethodError
 from .masks import density_schedule, global_density, layer_densities, masks_from_scores
 from .pruning import prune, recommended_method, score
 from .targets import find_head, prunable_weights
@@ -14,5 +14,5 @@ __all__ = [
     "score", "prune", "recommended_method", "list_methods", "register_method", "Criterion",
     "masks_from_scores", "density_schedule", "layer_densities", "global_density", "apply_masks_",
     "find_head", "prunable_weights", "load_sparse", "save_sparse",
-    "HfPxError", "ConfigError", "DataError", "ModelError", "UnknownMethodError",
+    "HfPxError", "ConfigError", "DataError", "ModelError", "HubError", "UnknownMethodError",
 ]

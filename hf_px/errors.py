@@ -26,3 +26,7 @@ class DataError(HfPxError, ValueError):
 
 class ModelError(HfPxError, ValueError):
     """The model cannot be pruned as asked (no prunable weights, an unsupported operation, ...)."""
+
+
+class HubError(HfPxError, OSError):
+    """The Hugging Face Hub cannot be reached (no network, offline mode), or refused a request or a push."""
