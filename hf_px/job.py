@@ -162,7 +162,12 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
         # (and named) if the push fails: a finished result is never lost
         kept = None if config.output else Path(tempfile.mkdtemp(prefix="hf-px-"))
         destination = Path(config.output).expanduser() if config.output else kept / config.push_to_hub.rpartition("/")[2]
-        result.output = checkpoint.save_with_card(loaded, masks, provenance, destination, config.overwrite)
+        try:
+            result.output = checkpoint.save_with_card(loaded, masks, provenance, destination, config.overwrite)
+        except BaseException:
+            if kept is not None:
+                shutil.rmtree(kept, ignore_errors=True)
+            raise
         log(f"saved {result.output}")
         if config.push_to_hub:
             try:
@@ -183,17 +188,15 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
 
 
 def preflight(config: PruneConfig) -> None:
-    """What would fail after the work is checked before it: the device, the output folder (free, or
-    replaceable, and writable) and the push (token, access). A bad one raises a one-line error now."""
-    if config.device != "auto":
-        distributed._parse_device(config.device)
+    """What would fail after the work is checked before it (the device already was): the output folder (free,
+    or replaceable, and writable) and the push (token, access). A bad one raises a one-line error now."""
     if config.dry_run:
         return
     if config.output:
         output = Path(config.output).expanduser()
         checkpoint.check_output(output, config.overwrite)
         checkpoint.check_writable(output)
-    if config.push_to_hub:
+    if config.push_to_hub and distributed.is_main():   # only the main process pushes
         hub.check_push_access(config.push_to_hub)
 
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import hf_px
-from hf_px import hub, job, models
+from hf_px import hub, models
 from hf_px.cli import main
 from hf_px.data import FASHION_MNIST_CLASSES
 
