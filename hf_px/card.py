@@ -67,8 +67,9 @@ def render_card(provenance: dict, densities: dict[str, float], probe: dict | Non
     else:
         head_note = ("refit as a ridge-regression probe on the scoring images, before and after pruning "
                      "(the only trained part)" if head_refit else "the base model's, unchanged")
-    unknown = [what for what, known in (("base model", base_model), ("licence", provenance.get("license")),
-                                        ("dataset", is_hub_dataset(dataset))) if not known]
+    unknown = [(what, key) for what, key, known in (("base model", "base_model", base_model),
+                                                     ("licence", "license", provenance.get("license")),
+                                                     ("dataset", "datasets", is_hub_dataset(dataset))) if not known]
     card = ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
