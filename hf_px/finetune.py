@@ -568,6 +568,7 @@ def _save_training_state(accelerator, state_dir: Path, progress: dict) -> None:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             (scratch / checkpoint.PROGRESS_FILE).write_text(json.dumps(progress, indent=2) + "\n")
+            checkpoint._apply_umask(scratch)   # safetensors writes 0600 files whatever the umask
             aside = state_dir.parent / f".{state_dir.name}.old"
             shutil.rmtree(aside, ignore_errors=True)
             if state_dir.exists():

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -419,3 +420,11 @@ def test_fine_tuned_card_wording(pruned, tmp_path):
     assert "unchanged" not in card and "| Head | trained with the rest of the model |" in card
     assert "(1 process)" in card and "precision fp32" in card and "process(es)" not in card
     assert str(tmp_path) not in card
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert modes == {0o666 & ~_umask()}, modes      # the resume state's safetensors too
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
