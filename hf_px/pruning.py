@@ -8,14 +8,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ._dtypes import model_dtype
 from .apply import apply_masks_
 from .batches import first_images, iter_batches, reiterable
 from .criteria import Criterion, make_criterion
-from ._dtypes import model_dtype
 from .errors import ConfigError, DataError, ModelError
 from .masks import density_schedule, masks_from_scores
 from .targets import find_head, resolve_targets
-
 
 AUTO = "auto"
 # The methods docs/results.md supports ("Defaults, and what supports them"), chosen by `method="auto"`.

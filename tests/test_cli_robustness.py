@@ -61,7 +61,7 @@ def test_push_without_output_that_fails_keeps_the_checkpoint_and_says_where(vit_
                  "HTTP 403", "the checkpoint is saved in", "hf-px push")
     kept = err.split("the checkpoint is saved in ")[1].split(":")[0]
     assert checked == ["me/x"] and os.path.isdir(kept)
-    model, masks = hf_px.load_sparse(kept)      # the finished result, complete
+    _, masks = hf_px.load_sparse(kept)      # the finished result, complete
     assert masks and f"hf-px push {kept} me/x" in err
 
 
