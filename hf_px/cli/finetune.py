@@ -14,6 +14,7 @@ import typing
 from pathlib import Path
 
 from ..checkpoint import STATE_DIR, has_training_state
+from ..data import TASKS
 from ..finetune import (
     AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULES, FinetuneConfig, load_recipe, run_finetune, shipped_recipes,
 )
@@ -21,7 +22,7 @@ from ..finetune import (
 _HELP = {
     "model": "the sparse checkpoint: an `hf-px prune --output` folder or a Hub repo",
     "revision": "branch, tag or commit of --model (Hub repos only)",
-    "task": "a named task (default: the one the checkpoint was pruned on)",
+    "task": f"a named task: {', '.join(TASKS)} (default: the one the checkpoint was pruned on)",
     "dataset": "a Hub dataset id, a save_to_disk folder or an image folder (instead of --task)",
     "image_column": "the dataset's image column (default: the task's, or 'image')",
     "label_column": "the dataset's label column (default: the task's, or 'label')",
