@@ -16,7 +16,14 @@ from pathlib import Path
 from ..checkpoint import STATE_DIR, has_training_state
 from ..data import TASKS
 from ..finetune import (
-    AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULES, FinetuneConfig, load_recipe, run_finetune, shipped_recipes,
+    AUGMENTATIONS,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    FinetuneConfig,
+    load_recipe,
+    run_finetune,
+    shipped_recipes,
 )
 
 _HELP = {
