@@ -11,13 +11,20 @@ from .errors import DataError
 def iter_batches(batches: Iterable, device: torch.device | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Yield `(images, labels-or-None)` from tuples, lists, dicts with `pixel_values`, or bare tensors.
 
-    Raises `DataError` for an empty iterable, an unknown batch layout, or NaN/inf in the images.
+    Raises `DataError` for an empty iterable, an unknown batch layout, a batch without images, integer
+    (unnormalised) images, labels that are not integer class indices, or NaN/inf in the images.
     """
     count = 0
     for batch in batches:
         images, labels = _split(batch)
+        if images.dim() < 2 or images.shape[0] == 0:
+            raise DataError(f"batch {count} holds no images (shape {tuple(images.shape)}); every batch needs at least "
+                            "one image [B, C, H, W]")
         if not images.is_floating_point():
-            images = images.float()
+            raise DataError(f"batch {count} holds {images.dtype} images; convert them to float and normalise them as "
+                            "the model expects (e.g. x.float() / 255, then its mean and std)")
+        if labels is not None and (labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool):
+            raise DataError(f"batch {count} has {labels.dtype} labels; give integer class indices (labels.long())")
         if not torch.isfinite(images).all():
             raise DataError(
                 f"batch {count} holds NaN or inf values in its images (shape {tuple(images.shape)}); "
@@ -36,6 +43,9 @@ def reiterable(batches: Iterable) -> Iterable:
     """Return something that can be iterated once per round: one-shot iterators are materialised."""
     if batches is None:
         raise DataError("batches is None; pass a DataLoader or a list of (images, labels) tuples")
+    if isinstance(batches, torch.Tensor):
+        raise DataError(f"batches is one tensor of shape {tuple(batches.shape)}, not a list of batches; wrap it: "
+                        "[(images, labels)] or [images]")
     if isinstance(batches, Iterator):
         return list(batches)
     return batches

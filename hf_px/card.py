@@ -35,17 +35,23 @@ def render_card(provenance: dict, densities: dict[str, float], probe: dict | Non
         " and fine-tuned" if finetune else "")
     eval_results = None
     if finetune and finetune.get("eval_accuracy") is not None:   # the card's model-index
-        eval_results = [EvalResult(task_type="image-classification", dataset_type=(finetune["dataset"] if _is_hub_dataset(
+        eval_results = [EvalResult(task_type="image-classification", dataset_type=(finetune["dataset"] if is_hub_dataset(
                                        finetune.get("dataset")) else str(finetune.get("task"))),
                                    dataset_name=str(finetune.get("task")), dataset_split=finetune.get("eval_split"),
                                    metric_type="accuracy", metric_value=round(float(finetune["eval_accuracy"]), 4),
                                    metric_name="top-1 accuracy")]
+    elif probe and probe.get("sparse") is not None:   # pruned only: the linear-probe accuracy, named as such
+        eval_results = [EvalResult(task_type="image-classification", dataset_type=(dataset if is_hub_dataset(dataset)
+                                                                                   else str(provenance.get("task"))),
+                                   dataset_name=str(provenance.get("task")), dataset_split=probe.get("eval_split") or None,
+                                   metric_type="accuracy", metric_value=round(float(probe["sparse"]), 4),
+                                   metric_name="linear-probe accuracy (no fine-tuning)")]
     card_data = ModelCardData(
         base_model=base_model,
         license=provenance.get("license") or None,
         library_name=library,
         tags=list(dict.fromkeys(["pruned", "sparse", "hf-px", method])),
-        datasets=[dataset] if _is_hub_dataset(dataset) else None,
+        datasets=[dataset] if is_hub_dataset(dataset) else None,
         pipeline_tag="image-classification",
         model_name=title if eval_results else None,
         eval_results=eval_results,
@@ -55,6 +61,17 @@ def render_card(provenance: dict, densities: dict[str, float], probe: dict | Non
     global_density = kept / targets if kept is not None and targets else provenance.get("global_density")
     probe = probe or None
     head_refit = bool(probe and probe.get("head_refit"))
+    if finetune:
+        head_note = ("refit as a ridge-regression probe when pruning, then trained with the rest of the model"
+                     if head_refit else "trained with the rest of the model")
+    else:
+        head_note = ("refit as a ridge-regression probe on the scoring images (regularisation chosen by "
+                     "leave-one-out error, logits scaled to minimise the leave-one-out cross-entropy), before "
+                     "pruning and again on the pruned model's features (the only trained part)"
+                     if head_refit else "the base model's, unchanged")
+    unknown = [(what, key) for what, key, known in (("base model", "base_model", base_model),
+                                                     ("licence", "license", provenance.get("license")),
+                                                     ("dataset", "datasets", is_hub_dataset(dataset))) if not known]
     card = ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
@@ -62,7 +79,7 @@ def render_card(provenance: dict, densities: dict[str, float], probe: dict | Non
         finetune=finetune,
         base_model=base_model,
         base_revision=provenance.get("base_revision"),
-        source=provenance.get("source") or "a local model",
+        source=_public(provenance.get("source")) or "a local model",
         library=library,
         method=method,
         method_options=json.dumps(options, sort_keys=True) if options else None,
@@ -71,12 +88,11 @@ def render_card(provenance: dict, densities: dict[str, float], probe: dict | Non
         rounds=provenance.get("rounds"),
         seed=provenance.get("seed"),
         task=provenance.get("task") or "an unnamed dataset",
-        dataset=dataset if dataset and dataset != provenance.get("task") else None,
+        dataset=_public(dataset) if dataset and dataset != provenance.get("task") else None,
         split=provenance.get("split"),
         examples_per_class=provenance.get("examples_per_class"),
-        head_note=("refit as a ridge-regression probe on the scoring images (regularisation chosen by "
-                   "leave-one-out error, logits scaled to minimise the leave-one-out cross-entropy), before "
-                   "pruning and again on the pruned model's features" if head_refit else "the base model's, unchanged"),
+        head_note=head_note,
+        unknown=unknown,
         batchnorm_note=_batchnorm_note(provenance.get("batchnorm")),
         probe=probe,
         counts=counts,
@@ -85,7 +101,10 @@ def render_card(provenance: dict, densities: dict[str, float], probe: dict | Non
         plot_file=plot_file,
         location=location or "path/to/this/checkpoint",
         timm_location=f"hf-hub:{location}" if location else "local-dir:path/to/this/checkpoint",
-        command=provenance.get("command"),
+        command=_public_command(provenance.get("command")),
+        finetune_command=_public_command((finetune or {}).get("command")),
+        precision={"no": "fp32"}.get(str(((finetune or {}).get("recipe") or {}).get("precision")),
+                                     ((finetune or {}).get("recipe") or {}).get("precision")),
     )
     return str(card)
 
@@ -116,7 +135,11 @@ def density_plot(densities: dict[str, float], path: str | Path) -> bool:
     figure = Figure(figsize=(8, max(2.5, 0.18 * len(names) + 1.2)), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots()
-    axes.barh(range(len(names)), values, color="#4c72b0")
+    # a tensor at zero density has no bar to see: mark it in red, with a label
+    axes.barh(range(len(names)), values, color=["#c44e52" if v == 0 else "#4c72b0" for v in values])
+    for row, value in enumerate(values):
+        if value == 0:
+            axes.text(1, row, "0% (empty)", va="center", fontsize=7, color="#c44e52")
     axes.set_yticks(range(len(names)), names, fontsize=7 if len(names) > 30 else 9)
     axes.invert_yaxis()   # first layer on top
     axes.set_xlim(0, 100)
@@ -127,7 +150,31 @@ def density_plot(densities: dict[str, float], path: str | Path) -> bool:
     return True
 
 
-def _is_hub_dataset(dataset) -> bool:
+def _public(text) -> str | None:
+    """A local path as its last part (a card may be pushed: absolute local paths say nothing to its readers
+    and may say too much about the machine); anything else as is."""
+    if not isinstance(text, str) or not text:
+        return text
+    path = Path(text).expanduser()
+    if path.is_absolute() or text.startswith(("~", "./", "../")) or path.exists():
+        return path.name or text
+    return text
+
+
+def _public_command(command) -> str | None:
+    """The command with its local paths shortened by `_public` (so that it reads the same on the Hub)."""
+    if not isinstance(command, str) or not command:
+        return command
+    import shlex
+
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return command
+    return shlex.join(_public(word) if not word.startswith("-") else word for word in words)
+
+
+def is_hub_dataset(dataset) -> bool:
     """A Hub dataset id (`name` or `org/name`), not a local folder or file."""
     if not isinstance(dataset, str) or not _HUB_ID.fullmatch(dataset) or ".." in dataset:
         return False

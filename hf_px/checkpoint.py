@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError, HfPxError, ModelError
+from .errors import ConfigError, HfPxError, HubError, ModelError
 from .masks import check_masks, global_density, layer_densities
 from .models import LoadedModel, describe_model, load_model, save_model
 
@@ -134,6 +134,7 @@ def save_sparse(model: "nn.Module | LoadedModel", masks: dict[str, Tensor], outp
                 raise ConfigError(f"extra file {name!r} would overwrite the checkpoint's own {name}; rename it")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content)
+        _apply_umask(scratch)
         _move_into_place(scratch, output)
     except BaseException:   # also KeyboardInterrupt: never leave a half-written folder
         shutil.rmtree(scratch, ignore_errors=True)
@@ -175,6 +176,21 @@ def check_output(output: Path, overwrite: bool) -> None:
     if any(output.iterdir()) and not (output / PROVENANCE_FILE).is_file() and not has_training_state(output):
         raise ConfigError(f"output {str(output)!r} is a non-empty folder that is not an hf_px checkpoint (no "
                           f"{PROVENANCE_FILE}); refusing to replace it even with --overwrite; choose another folder")
+
+
+def check_writable(output: Path) -> None:
+    """Raise `ConfigError` unless `output` can be created: its nearest existing parent is a folder this user can
+    make a folder in (tried, and removed again). Checked before the work, not after it."""
+    parent = Path(os.path.abspath(output)).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        if not parent.is_dir():
+            raise NotADirectoryError(20, "not a folder")
+        Path(tempfile.mkdtemp(prefix=".hf-px-probe-", dir=parent)).rmdir()
+    except OSError as error:
+        raise ConfigError(f"cannot write the output {str(output)!r}: cannot create a folder in {str(parent)!r} "
+                          f"({error.strerror or error}); choose a folder you can write to") from None
 
 
 def has_training_state(output: Path) -> bool:
@@ -257,6 +273,16 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
+def _apply_umask(folder: Path) -> None:
+    """Give the folder and its files the modes the user's umask gives new ones: `mkdtemp` makes 0700 folders
+    and some writers 0600 files, which would keep a shared checkpoint from its readers."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def _move_into_place(scratch: Path, output: Path) -> None:
     """Rename the finished `scratch` to `output`; an existing `output` is moved aside first and restored if
     the rename fails, then deleted."""
@@ -317,11 +343,19 @@ def _in_model_order(model: nn.Module, masks: dict[str, Tensor]) -> dict[str, Ten
     return dict(sorted(masks.items(), key=lambda item: order[item[0]]))
 
 
-def summarize(repo_or_dir: str | Path, revision: str | None = None) -> str:
-    """A human summary of a sparse checkpoint, for `hf-px inspect` (reads only hf_px.json and the masks)."""
-    folder = _resolve(repo_or_dir, revision, [PROVENANCE_FILE, MASKS_FILE])
+def inspect_checkpoint(repo_or_dir: str | Path, revision: str | None = None) -> tuple[dict, dict[str, Tensor]]:
+    """(provenance record, masks) of a sparse checkpoint, verified as `load_sparse` verifies it (the record's
+    field types, config.json, the model loading from its weights, every masked-out weight zero)."""
+    folder = _resolve(repo_or_dir, revision, _HUB_PATTERNS)
     record = _read_provenance(folder)
     masks = _read_masks(folder)
+    _check_loaded(_load_native(folder), masks, folder)
+    return record, masks
+
+
+def summarize(repo_or_dir: str | Path, revision: str | None = None) -> str:
+    """A human summary of a sparse checkpoint, for `hf-px inspect`, verified by `inspect_checkpoint`."""
+    record, masks = inspect_checkpoint(repo_or_dir, revision)
     densities = layer_densities(masks)
     kept = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
@@ -389,6 +423,9 @@ def _resolve(repo_or_dir: str | Path, revision: str | None, patterns: list[str])
 def _download(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
     from huggingface_hub import snapshot_download
 
+    from .hub import require_hub
+
+    require_hub(f"download {repo_id!r}")
     with _hub_errors(repo_id, revision):
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
 
@@ -411,7 +448,7 @@ def _hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
     except RevisionNotFoundError:
         raise ModelError(f"Hub repo {repo_id!r} has no revision {revision!r}") from None
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
-        raise ModelError(f"Hub repo {repo_id!r} is not in the local cache and the Hub cannot be reached (offline "
+        raise HubError(f"Hub repo {repo_id!r} is not in the local cache and the Hub cannot be reached (offline "
                          "mode HF_HUB_OFFLINE, or no network); download it once online, or give a local folder"
                          ) from None
     except HFValidationError:
@@ -436,7 +473,41 @@ def _read_provenance(folder: Path) -> dict:
     if version > FORMAT_VERSION:
         raise ModelError(f"{str(folder)!r} uses checkpoint format {version}, newer than this hf_px reads "
                          f"({FORMAT_VERSION}); upgrade hf_px")
+    check_provenance(record, path)
     return record
+
+
+_NUMBER, _TEXT, _INT = (int, float), (str,), (int,)
+# the type of every field hf_px reads back from hf_px.json (None is always allowed: unknown)
+_FIELDS = {"method": _TEXT, "method_options": (dict,), "sparsity": _NUMBER, "rounds": _INT, "seed": _INT,
+           "base_model": _TEXT, "base_revision": _TEXT, "source": _TEXT, "library": _TEXT, "license": _TEXT,
+           "task": _TEXT, "dataset": _TEXT, "split": _TEXT, "image_column": _TEXT, "label_column": _TEXT,
+           "examples_per_class": _INT, "label_names": (list,), "targets": (list,), "probe": (dict,),
+           "finetune": (dict,), "counts": (dict,), "layer_densities": (dict,), "global_density": _NUMBER}
+_NESTED = {"probe": {"dense": _NUMBER, "sparse": _NUMBER, "sparse_same_head": _NUMBER, "eval_examples": _INT,
+                     "eval_split": _TEXT},
+           "finetune": {"eval_accuracy": _NUMBER, "eval_examples": _INT, "steps": _INT, "history": (list,),
+                        "eval_split": _TEXT, "task": _TEXT},
+           "counts": {"parameters": _INT, "nonzero": _INT, "targets": _INT, "kept": _INT}}
+
+
+def check_provenance(record: dict, where: str | Path = PROVENANCE_FILE) -> None:
+    """Raise `ModelError` naming the first field of an hf_px.json record whose value has the wrong type (what
+    `load_sparse`, `open_sparse` and `hf-px inspect` read; a hand-edited or damaged file fails here)."""
+    def check(name: str, value, kinds: tuple) -> None:
+        wrong = value is not None and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds))
+        if wrong:
+            expected = " or ".join(sorted({"a number" if k in (int, float) and kinds == _NUMBER else
+                                           {int: "an integer", str: "a string", dict: "a mapping",
+                                            list: "a list"}[k] for k in kinds}))
+            raise ModelError(f"{str(where)!r}: {name} is {value!r:.40} ({type(value).__name__}), not {expected}; "
+                             "the file was edited or damaged: restore it or write the checkpoint again")
+
+    for name, kinds in _FIELDS.items():
+        check(name, record.get(name), kinds)
+    for name, fields in _NESTED.items():
+        for key, kinds in fields.items():
+            check(f"{name}.{key}", (record.get(name) or {}).get(key), kinds)
 
 
 def _read_masks(folder: Path) -> dict[str, Tensor]:

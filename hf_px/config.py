@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from .criteria import list_methods
 from .errors import ConfigError
-from .pruning import AUTO, check_method
+from .pruning import AUTO, check_method, layer_density_floor
 
 
 @dataclass
@@ -28,6 +28,8 @@ class PruneConfig:
     method_options: dict = field(default_factory=dict)   # e.g. {"gate_only": "dense"}
     sparsity: float = 0.9
     rounds: int | None = None                   # None: the method's default (100 for px)
+    min_layer_density: float | None = None      # per-tensor floor; None: 0, or a tenth of the density for "auto"
+    allow_empty_layers: bool = False            # accept a target tensor pruned to zero density (else an error)
     examples_per_class: int = 10
     eval_examples: int = 200                    # 0: no probe accuracy
     batch_size: int = 32
@@ -76,6 +78,7 @@ class PruneConfig:
             raise ConfigError(f"method_options={self.method_options!r} must be a mapping of option names to values")
         if self.method == AUTO:
             check_method(self.method, self.method_options)   # "auto" takes no method options
+        layer_density_floor(self.method, self.sparsity, self.min_layer_density)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -13,6 +13,7 @@ nothing is downloaded at run time.
 
 import dataclasses
 import difflib
+import functools
 import gzip
 import io
 import random
@@ -134,6 +135,12 @@ class Task:
     label_names: tuple[str, ...] | None = None
     streaming: bool = False
     gated: bool = False
+    # bare ids the Hub no longer resolves (`--dataset cifar10`), read as this task
+    aliases: tuple[str, ...] = ()
+    # quirks of the Hub's class names, fixed for display: (name on the Hub, name shown)
+    rename_labels: tuple[tuple[str, str], ...] = ()
+    # a folder of the original IDX files (Fashion-MNIST layout) used instead of the Hub when present
+    idx_folder: str | None = None
 
     def __post_init__(self):
         for name in ("name", "dataset_id", "image_column", "label_column", "train_split"):
@@ -150,13 +157,21 @@ class Task:
 # Each entry was checked against the dataset's card on the Hub (features and splits), cited beside it.
 TASKS: dict[str, Task] = {task.name: task for task in (
     # huggingface.co/datasets/uoft-cs/cifar10: img (Image 32x32), label (ClassLabel, 10); train 50,000 / test 10,000
-    Task("cifar10", "uoft-cs/cifar10", "img", "label", "train", "test"),
-    # huggingface.co/datasets/uoft-cs/cifar100: img, fine_label (100), coarse_label (20); train 50,000 / test 10,000
-    Task("cifar100", "uoft-cs/cifar100", "img", "fine_label", "train", "test"),
-    # huggingface.co/datasets/zalando-datasets/fashion_mnist: image (28x28 grey), label (10); train 60,000 / test 10,000
-    Task("fashion-mnist", "zalando-datasets/fashion_mnist", "image", "label", "train", "test"),
+    Task("cifar10", "uoft-cs/cifar10", "img", "label", "train", "test", aliases=("cifar10",)),
+    # huggingface.co/datasets/uoft-cs/cifar100: img, fine_label (100), coarse_label (20); train 50,000 / test 10,000.
+    # Its fine_label names truncate class 26, 'crab', to 'cra'.
+    Task("cifar100", "uoft-cs/cifar100", "img", "fine_label", "train", "test", aliases=("cifar100",),
+         rename_labels=(("cra", "crab"),)),
+    # huggingface.co/datasets/zalando-datasets/fashion_mnist: image (28x28 grey), label (10); train 60,000 / test 10,000.
+    # Its class 0 is 'T - shirt / top'. Debian's dataset-fashion-mnist (scripts/setup.sh) installs the original
+    # IDX files, read instead when present: same images, labels and order as the dataset's source files.
+    Task("fashion-mnist", "zalando-datasets/fashion_mnist", "image", "label", "train", "test",
+         aliases=("fashion_mnist",), rename_labels=(("T - shirt / top", "T-shirt/top"),),
+         idx_folder=str(FASHION_MNIST_ROOT)),
+    # huggingface.co/datasets/ylecun/mnist: image (28x28 grey), label (10); train 60,000 / test 10,000
+    Task("mnist", "ylecun/mnist", "image", "label", "train", "test", aliases=("mnist",)),
     # huggingface.co/datasets/ethz/food101: image, label (101); train 75,750 / validation 25,250
-    Task("food101", "ethz/food101", "image", "label", "train", "validation"),
+    Task("food101", "ethz/food101", "image", "label", "train", "validation", aliases=("food101",)),
     # huggingface.co/datasets/nelorth/oxford-flowers: image, label (102); train 7,169 / test 1,020. Its class
     # names are the original category numbers as text ('1', '10', '100', ...). dpdl-benchmark/oxford_flowers102
     # has the flower names but only 10 train images per class (the official split), too few to carve from.
@@ -168,8 +183,11 @@ TASKS: dict[str, Task] = {task.name: task for task in (
     Task("eurosat", "timm/eurosat-rgb", "image", "label", "train", "validation"),
     # huggingface.co/datasets/ILSVRC/imagenet-1k: image, label (1000); train 1,281,167 / validation 50,000 /
     # test 100,000 (unlabelled: label -1). Gated: accept its terms on the Hub, then `hf auth login`.
-    Task("imagenet-1k", "ILSVRC/imagenet-1k", "image", "label", "train", "validation", streaming=True, gated=True),
+    # It is a loading-script dataset, which datasets >= 4 refuses to run (see `_script_refused`).
+    Task("imagenet-1k", "ILSVRC/imagenet-1k", "image", "label", "train", "validation", streaming=True, gated=True,
+         aliases=("imagenet-1k", "imagenet")),
 )}
+_ALIASES = {alias: task for task in TASKS.values() for alias in task.aliases}
 
 
 def resolve_task(task: str | None = None, dataset: str | None = None, image_column: str | None = None,
@@ -185,6 +203,7 @@ def resolve_task(task: str | None = None, dataset: str | None = None, image_colu
         raise ConfigError("give exactly one of --task NAME or --dataset ID_OR_FOLDER "
                           f"(got task={task!r}, dataset={dataset!r})")
     if task is not None:
+        task = _ALIASES[task].name if task not in TASKS and task in _ALIASES else task
         if task not in TASKS:
             close = difflib.get_close_matches(str(task), list(TASKS), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
@@ -215,15 +234,21 @@ def _task_for_dataset(dataset: Any) -> Task:
                           "(one sub-folder per class) or a Hub dataset id")
     if not _HUB_ID.fullmatch(text):
         raise ConfigError(f"--dataset {text!r} is neither an existing folder nor a Hub dataset id (org/name)")
+    if text in _ALIASES:              # a legacy bare id (`cifar10`): the task that reads it today
+        return _ALIASES[text]
     registered = next((t for t in TASKS.values() if t.dataset_id == text), None)
     if registered is not None:        # a registered dataset keeps its known columns and splits
         return dataclasses.replace(registered, name=text)
     return Task(text, text, "image", "label", "train", None)
 
 
-def _local_kind(dataset_id: str) -> str | None:
-    """"disk" for a `save_to_disk` folder, "imagefolder" for any other folder, None for a Hub id."""
+def _local_kind(dataset_id: str, task: Task | None = None) -> str | None:
+    """"disk" for a `save_to_disk` folder, "imagefolder" for any other folder, "idx" for a Hub id whose task
+    has its IDX files installed locally, None for a Hub id."""
     path = Path(dataset_id)
+    if task is not None and task.idx_folder and task.dataset_id == dataset_id and all(
+            (Path(task.idx_folder) / name).is_file() for files in _FILES.values() for name in files):
+        return "idx"
     if not path.is_dir():
         return None
     if (path / "dataset_dict.json").is_file() or ((path / "state.json").is_file()
@@ -236,7 +261,9 @@ def list_splits(task: Task, revision: str | None = None) -> list[str]:
     """The split names of the task's data; a dataset saved without splits has just "train"."""
     import datasets
 
-    kind = _local_kind(task.dataset_id)
+    kind = _local_kind(task.dataset_id, task)
+    if kind == "idx":
+        return list(_FILES)
     if kind == "disk":
         stored = _load_from_disk(task)
         return ["train"] if isinstance(stored, datasets.Dataset) else list(stored)
@@ -247,10 +274,18 @@ def list_splits(task: Task, revision: str | None = None) -> list[str]:
             raise DataError(f"cannot read {task.dataset_id} as an image folder ({error}); it should hold one "
                             "sub-folder of images per class, optionally under train/ and test/") from error
         return [str(split) for split in builder.config.data_files]
+    from .hub import require_hub
+
+    require_hub(f"load dataset {task.dataset_id!r}")
     try:
-        return list(datasets.get_dataset_split_names(task.dataset_id, task.config_name, revision=revision))
+        return list(datasets.get_dataset_split_names(task.dataset_id, task.config_name, revision=revision,
+                                                     **_no_scripts()))
     except (datasets.exceptions.DatasetsError, OSError) as error:
         raise DataError(_hub_failure(task, error)) from error
+    except (RuntimeError, ValueError) as error:
+        if not _script_refused(error):
+            raise
+        raise DataError(_script_message(task)) from None
 
 
 def open_split(task: Task, split: str, streaming: bool = False,
@@ -263,10 +298,15 @@ def open_split(task: Task, split: str, streaming: bool = False,
     import datasets
 
     _check_text("split", split)
-    kind = _local_kind(task.dataset_id)
-    if kind is not None and revision is not None:
+    kind = _local_kind(task.dataset_id, task)
+    if kind not in (None, "idx") and revision is not None:
         raise ConfigError(f"revision={revision!r} applies to Hub datasets only; {task.dataset_id} is a local folder")
-    if kind == "disk":
+    if kind == "idx":
+        if split not in _FILES:
+            raise _no_split(task, split, list(_FILES))
+        dataset = _idx_dataset(task.idx_folder, split, task.image_column, task.label_column)
+        dataset = dataset.to_iterable_dataset() if streaming else dataset
+    elif kind == "disk":
         stored = _load_from_disk(task)
         splits = {"train": stored} if isinstance(stored, datasets.Dataset) else dict(stored)
         if split not in splits:
@@ -277,12 +317,21 @@ def open_split(task: Task, split: str, streaming: bool = False,
         if split not in available:
             raise _no_split(task, split, available)
         dataset = datasets.load_dataset("imagefolder", data_dir=task.dataset_id, split=split, streaming=streaming)
+        if task.label_column not in (dataset.column_names or []) and task.label_column == "label":
+            # the imagefolder loader adds labels only when there are several class folders
+            raise DataError(f"the image folder {task.dataset_id} has no classes to tell apart: it needs one "
+                            "sub-folder of images per class, and at least 2 classes")
     else:
+        from .hub import require_hub
+
+        require_hub(f"load dataset {task.dataset_id!r}")
         try:
             dataset = datasets.load_dataset(task.dataset_id, task.config_name, split=split, streaming=streaming,
-                                            revision=revision)
-        except ValueError as error:
-            if "split" not in str(error).lower():
+                                            revision=revision, **_no_scripts())
+        except (RuntimeError, ValueError) as error:
+            if _script_refused(error):
+                raise DataError(_script_message(task)) from None
+            if not isinstance(error, ValueError) or "split" not in str(error).lower():
                 raise
             raise DataError(f"dataset {task.dataset_id!r} has no split {split!r} ({error}); pass --split or "
                             "--eval-split with one of its splits") from error
@@ -290,6 +339,43 @@ def open_split(task: Task, split: str, streaming: bool = False,
             raise DataError(_hub_failure(task, error)) from error
     _check_columns(dataset.column_names, task, split)
     return dataset
+
+
+@functools.lru_cache(maxsize=2)
+def _idx_dataset(folder: str, split: str, image_column: str, label_column: str) -> "datasets.Dataset":
+    """A Fashion-MNIST split read from its IDX files, as a `datasets.Dataset` (28x28 uint8 arrays, ClassLabel)."""
+    import datasets
+
+    images, labels = load_fashion_mnist(split, root=folder)
+    features = datasets.Features({image_column: datasets.Array2D((28, 28), "uint8"),
+                                  label_column: datasets.ClassLabel(names=list(FASHION_MNIST_CLASSES))})
+    return datasets.Dataset.from_dict({image_column: images.numpy(), label_column: labels.numpy()},
+                                      features=features)
+
+
+def _datasets_major() -> int:
+    import datasets
+
+    return int(datasets.__version__.split(".")[0])
+
+
+def _no_scripts() -> dict:
+    """datasets 3.x asks interactively before running a loading script: refuse instead (4.x no longer runs them)."""
+    return {"trust_remote_code": False} if _datasets_major() < 4 else {}
+
+
+def _script_refused(error: Exception) -> bool:
+    text = str(error)
+    return "scripts are no longer supported" in text or "trust_remote_code" in text
+
+
+def _script_message(task: Task) -> str:
+    import datasets
+
+    return (f"{task.dataset_id} is a loading-script dataset, which datasets {datasets.__version__} does not run "
+            "(\"Dataset scripts are no longer supported\"); give a copy stored as data files instead: --dataset "
+            "DIR with a save_to_disk folder or an image folder (one sub-folder per class) made where you have the "
+            "data, or --dataset ORG/NAME with a parquet copy on the Hub (plus --image-column/--label-column)")
 
 
 def _load_from_disk(task: Task):
@@ -460,6 +546,7 @@ def sample_task(task: Task, per_class: int = 10, eval_examples: int = 0, seed: i
 
     train = open_split(task, task.train_split, revision=revision)
     names = label_names_of(train, task.label_column)
+    _check_classes(names, task)
     codes = _codes(train, task, names, task.train_split)
     score = _score_indices(codes, names, per_class, seed, task)
     eval_source, eval_codes, eval_indices = train, codes, []
@@ -467,12 +554,12 @@ def sample_task(task: Task, per_class: int = 10, eval_examples: int = 0, seed: i
         if eval_split is None:
             eval_indices = _spread_indices(codes, eval_examples, len(names), seed, set(score),
                                            f"train split {task.train_split!r} of {task.dataset_id} less the scoring "
-                                           "sample")
+                                           "sample", use_fewer=True)
         else:
             eval_source = open_split(task, eval_split, revision=revision)
             eval_codes = _codes(eval_source, task, names, eval_split)
             eval_indices = _spread_indices(eval_codes, eval_examples, len(names), seed, set(),
-                                           f"split {eval_split!r} of {task.dataset_id}")
+                                           f"split {eval_split!r} of {task.dataset_id}", use_fewer=True)
     return TaskSample(
         task=task, label_names=_display_names(task, names),
         score_images=_images_at(train, task, score), score_labels=[int(codes[i]) for i in score],
@@ -505,6 +592,15 @@ def sample_calibration(sample: TaskSample, count: int, revision: str | None = No
             sample.score_indices + more)
 
 
+def _check_classes(names: list[str], task: Task) -> None:
+    """Fewer than 2 classes leave nothing to classify: every probe scores 100% and label-based scores vanish."""
+    if len(names) < 2:
+        raise DataError(f"{task.dataset_id} has {len(names)} class{'' if len(names) == 1 else 'es'} "
+                        f"({', '.join(map(repr, names)) or 'none'}) in column {task.label_column!r}; pruning and the "
+                        "probe need at least 2: give data with several classes, or pass --label-column with the "
+                        "column that holds them")
+
+
 def _eval_split_of(task: Task, revision: str | None) -> str | None:
     """The split to draw the eval sample from; None: carve it out of train."""
     available = list_splits(task, revision)
@@ -521,7 +617,8 @@ def _eval_split_of(task: Task, revision: str | None) -> str | None:
 
 def _display_names(task: Task, names: list[str]) -> list[str]:
     if task.label_names is None:
-        return names
+        renamed = dict(task.rename_labels)
+        return [renamed.get(name, name) for name in names]
     if len(task.label_names) != len(names):
         raise DataError(f"task {task.name!r} gives {len(task.label_names)} label names but {task.dataset_id} has "
                         f"{len(names)} classes ({', '.join(names[:5])}, ...)")
@@ -548,8 +645,10 @@ def _short_classes(short: list[tuple[int, int]], names: list[str], per_class: in
 
 
 def _spread_indices(codes: np.ndarray, count: int, num_classes: int, seed: int, exclude: set[int],
-                    where: str, flag: str = "eval_examples") -> list[int]:
-    """`count` random indices spread over the classes as evenly as their sizes allow, sorted by class then index."""
+                    where: str, flag: str = "eval_examples", use_fewer: bool = False) -> list[int]:
+    """`count` random indices spread over the classes as evenly as their sizes allow, sorted by class then index.
+
+    Fewer available than `count`: all of them with a warning if `use_fewer`, else a `DataError`."""
     generator = torch.Generator().manual_seed(seed)
     excluded = np.fromiter(exclude, dtype=np.int64, count=len(exclude))
     pools = []
@@ -558,6 +657,11 @@ def _spread_indices(codes: np.ndarray, count: int, num_classes: int, seed: int, 
         members = members[~np.isin(members, excluded)]
         pools.append(members[torch.randperm(len(members), generator=generator).numpy()])
     available = sum(len(pool) for pool in pools)
+    if available < count and use_fewer and available > 0:
+        import warnings
+        warnings.warn(f"{where} has {available} labelled examples, fewer than the {count} asked by "
+                      f"--{flag.replace('_', '-')}: all {available} are used", stacklevel=3)
+        count = available
     if available < count:
         raise DataError(f"{flag}={count} but {where} has only {available} labelled examples; "
                         f"lower --{flag.replace('_', '-')} or name a larger split")
@@ -595,6 +699,7 @@ def _sample_streamed(task: Task, per_class: int, eval_examples: int, seed: int, 
                      revision: str | None) -> TaskSample:
     stream = open_split(task, task.train_split, streaming=True, revision=revision)
     names = label_names_of(stream, task.label_column)
+    _check_classes(names, task)
     carve = eval_examples > 0 and eval_split is None
     eval_quotas = _fill_quotas([eval_examples] * len(names), eval_examples)
     quotas = [[per_class] * len(names)] + ([eval_quotas] if carve else [])
@@ -769,6 +874,7 @@ def training_splits(task: Task, train_examples: int | None = None, eval_examples
             _check_count(name, value, 1, error=ConfigError)
     train = open_split(task, task.train_split, revision=revision)
     names = label_names_of(train, task.label_column)
+    _check_classes(names, task)
     codes = _codes(train, task, names, task.train_split)
     where = f"split {task.train_split!r} of {task.dataset_id}"
     eval_split = _eval_split_of(task, revision)

@@ -93,6 +93,16 @@ def start_from_launcher(device_name: str) -> torch.device:
 
 def _parse_device(name: str) -> torch.device:
     try:
-        return torch.device(name)
-    except RuntimeError as error:
-        raise ConfigError(f"--device {name!r} is not a torch device ({error}); use cpu, cuda or cuda:N") from error
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as error:
+        raise ConfigError(f"--device {name!r} is not a torch device ({error}); use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {name} but torch sees no GPU; use --device cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {name} but torch sees {count} GPU(s) (cuda:0 to cuda:{count - 1}); "
+                              "choose one of those")
+    elif device.type not in ("cpu", "mps"):
+        raise ConfigError(f"--device {name!r}: hf-px runs on cpu, cuda or cuda:N")
+    return device

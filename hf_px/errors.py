@@ -47,5 +47,8 @@ class StaleStructure(ModelError):
     """The model's op sequence no longer matches the trace its cuts were found on."""
 
 
-class PushError(HfPxError, OSError):
-    """The Hub could not be reached, refused the credentials, or rejected the upload."""
+class HubError(HfPxError, OSError):
+    """The Hugging Face Hub cannot be reached (no network, offline mode), or refused a request or a push."""
+
+
+PushError = HubError   # what a failed push raises (the name callers of push_folder know)

@@ -41,6 +41,9 @@ _RESUMABLE = {"epochs", "resume", "overwrite", "push_to_hub", "private", "num_wo
               "model", "revision", "description", "expected"}
 
 
+OVERWRITE_STATE_DIR = ".resume.overwrite"   # an --overwrite run's state, until it replaces the old one
+
+
 @dataclass
 class FinetuneConfig:
     """A fine-tuning run as data: a recipe file's keys and `hf-px finetune`'s flags (dashes for underscores).
@@ -158,14 +161,26 @@ def _check_number(name: str, value: Any, kind: type, minimum: float, strict: boo
         raise ConfigError(f"{name} {value!r} must be {'an integer' if kind is int else 'a number'} {bound}")
 
 
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"   # the shipped recipes (a source checkout)
+
+
+def shipped_recipes() -> list[str]:
+    """File names of the shipped recipes (none when hf_px is installed without its recipes folder)."""
+    return sorted(p.name for p in RECIPES.glob("*.yaml")) if RECIPES.is_dir() else []
+
+
 def load_recipe(path: str | Path, overrides: dict | None = None) -> FinetuneConfig:
     """A recipe YAML file, with `overrides` (e.g. command-line flags) on top, as a validated `FinetuneConfig`."""
     import yaml
 
     path = Path(path).expanduser()
+    if not path.is_file():   # a shipped recipe's name: "tiny.yaml" or "tiny"
+        for candidate in (RECIPES / path.name, RECIPES / f"{path.name}.yaml"):
+            if path.parent == Path(".") and candidate.is_file():
+                path = candidate
+                break
     if not path.is_file():
-        shipped = Path(__file__).resolve().parent.parent / "recipes"
-        names = sorted(p.name for p in shipped.glob("*.yaml")) if shipped.is_dir() else []
+        names = shipped_recipes()
         raise ConfigError(f"recipe {str(path)!r} does not exist" + (f"; shipped recipes: {', '.join(names)}"
                                                                      if names else ""))
     try:
@@ -355,6 +370,11 @@ def run_finetune(config: FinetuneConfig, command: str | None = None, progress: b
     output = Path(config.output).expanduser()
     state_dir = output / checkpoint.STATE_DIR
     _check_output_for_training(output, state_dir, config)
+    # --overwrite keeps the old checkpoint and its resume state until the new run completes: the new state
+    # is written to a hidden folder (never pushed, never resumed) and swapped in with the new checkpoint
+    final_state_dir = state_dir
+    if config.overwrite and output.exists():
+        state_dir = output / OVERWRITE_STATE_DIR
 
     if config.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device {config.device!r}: use auto, cpu or cuda (Accelerate gives each process its GPU; "
@@ -492,6 +512,11 @@ def run_finetune(config: FinetuneConfig, command: str | None = None, progress: b
     result = FinetuneResult(final, masks, history, provenance)
     if main:
         loaded.model = final.eval()
+        if state_dir != final_state_dir:   # the new run's state replaces the old one, then save_sparse carries it
+            if final_state_dir.exists():
+                os.replace(final_state_dir, output / f".{checkpoint.STATE_DIR}.replaced")
+            os.replace(state_dir, final_state_dir)
+            state_dir = final_state_dir
         result.output = checkpoint.save_with_card(loaded, {n: m.cpu() for n, m in masks.items()}, provenance,
                                                   output, overwrite=True)
         log(f"saved {result.output} (resume state in {state_dir})")
@@ -514,8 +539,12 @@ def _stop_if_diverged(accelerator, reason: str | None, step: int, epoch: int, co
         reason = reason or "another process's loss diverged"
     elif reason is None:
         return
-    kept = (f"the last good state (after epoch {history[-1]['epoch']}) stays in {str(state_dir)!r}" if history
-            else "no epoch completed, so nothing was saved")
+    if state_dir.name == OVERWRITE_STATE_DIR:   # an --overwrite run replaces the old one only when it completes
+        shutil.rmtree(state_dir, ignore_errors=True)
+        kept = f"{str(state_dir.parent)!r} is unchanged"
+    else:
+        kept = (f"the last good state (after epoch {history[-1]['epoch']}) stays in {str(state_dir)!r}" if history
+                else "no epoch completed, so nothing was saved")
     raise TrainingDiverged(f"training diverged at step {step + 1} (epoch {epoch + 1}): {reason}; {kept}. Lower --lr "
                            f"(now {config.lr:g}), add --warmup-epochs 1 or --max-grad-norm 1, and start over with "
                            "--overwrite")
@@ -600,8 +629,7 @@ def _check_output_for_training(output: Path, state_dir: Path, config: FinetuneCo
         raise ConfigError(f"output {str(output)!r} exists; {hint}pass --overwrite to start over, or choose another folder")
     if output.exists():
         checkpoint.check_output(output, overwrite=True)     # only ever replace an hf_px folder
-        if saved:                                           # a stale state must not be resumed later
-            shutil.rmtree(state_dir, ignore_errors=True)
+        shutil.rmtree(output / OVERWRITE_STATE_DIR, ignore_errors=True)   # left by an interrupted --overwrite
 
 
 def _save_training_state(accelerator, state_dir: Path, progress: dict) -> None:
@@ -617,6 +645,7 @@ def _save_training_state(accelerator, state_dir: Path, progress: dict) -> None:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             (scratch / checkpoint.PROGRESS_FILE).write_text(json.dumps(progress, indent=2) + "\n")
+            checkpoint._apply_umask(scratch)   # safetensors writes 0600 files whatever the umask
             aside = state_dir.parent / f".{state_dir.name}.old"
             shutil.rmtree(aside, ignore_errors=True)
             if state_dir.exists():

@@ -1,16 +1,81 @@
-"""Push a sparse checkpoint folder to the Hugging Face Hub as one commit."""
+"""The Hugging Face Hub boundary: fail fast without a network, check push access before the work, and push
+a sparse checkpoint folder as one commit. Network failures become one error class, `HubError` (an OSError).
+"""
 
 import json
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
 from .checkpoint import PROVENANCE_FILE, STATE_DIR, load_sparse
-from .errors import ConfigError, HfPxError, PushError
+from .errors import ConfigError, HfPxError, HubError, PushError
 
 # never uploaded: resumable-run state and hidden files (editor/OS droppings, temporary folders)
 IGNORE_PATTERNS = [f"{STATE_DIR}/*", ".*", "*/.*"]   # the resume state and hidden scratch folders
 _LOGIN = "run `hf auth login`, or set HF_TOKEN to a token with write access"
+_OFFLINE_HINT = "check the network, or set HF_HUB_OFFLINE=1 to use only local folders and the local cache"
+_PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+_PROBED: dict[str, str | None] = {}   # endpoint -> why it cannot be reached (None: reachable), once per process
+
+
+
+def offline() -> bool:
+    """True when offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE): the libraries read only the cache."""
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return bool(constants.HF_HUB_OFFLINE) or flag.strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def require_hub(what: str) -> None:
+    """Raise `HubError` at once when the Hub's host cannot be reached, before a request would spend half a
+    minute in retries. Skipped in offline mode (the libraries answer from the cache at once) and behind a
+    proxy (a direct connection proves nothing there). One TCP connection per process, remembered."""
+    if offline() or any(os.environ.get(name) for name in _PROXIES):
+        return
+    from huggingface_hub import constants
+
+    endpoint = constants.ENDPOINT
+    if endpoint not in _PROBED:
+        url = urlparse(endpoint)
+        host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+        try:
+            socket.create_connection((host, port), timeout=5).close()
+            _PROBED[endpoint] = None
+        except OSError as error:
+            _PROBED[endpoint] = f"{host}:{port}: {error.strerror or error}"
+    if _PROBED[endpoint] is not None:
+        raise HubError(f"cannot reach the Hugging Face Hub ({_PROBED[endpoint]}) to {what}; {_OFFLINE_HINT}")
+
+
+def check_push_access(repo_id: str, token: str | None = None) -> None:
+    """Before any work: `repo_id` is a valid id, a token is there, and (where the Hub answers) it may write to
+    the repo's namespace. Raises `ConfigError` for a bad id and `HubError` for everything else."""
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.utils import validate_repo_id
+
+    with _push_errors(repo_id):
+        validate_repo_id(repo_id)
+    if offline():
+        raise HubError(f"cannot push to {repo_id!r}: offline mode is on (HF_HUB_OFFLINE); unset it, or save with "
+                       "--output and push later with `hf-px push DIR REPO`")
+    if not (token or get_token()):
+        raise HubError(f"cannot push to {repo_id!r}: no Hugging Face token found; {_LOGIN}")
+    require_hub(f"push to {repo_id!r}")
+    with _push_errors(repo_id):
+        me = HfApi(token=token).whoami()
+    name = me.get("name")
+    namespace = repo_id.partition("/")[0] if "/" in repo_id else name
+    orgs = {org.get("name"): org.get("roleInOrg") for org in me.get("orgs") or []}
+    role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read" or (namespace in orgs and orgs[namespace] == "read"):
+        raise HubError(f"cannot push to {repo_id!r}: the token of {name!r} is read-only there; {_LOGIN}")
+    if namespace != name and namespace not in orgs:
+        raise HubError(f"cannot push to {repo_id!r}: {name!r} is not a member of {namespace!r} (its namespaces: "
+                       f"{', '.join([name, *orgs])}); push to one of those, or {_LOGIN}")
 
 
 def push_folder(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None,
@@ -29,6 +94,7 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, token: 
     if not isinstance(repo_id, str) or not repo_id.strip():
         raise ConfigError(f"repo_id={repo_id!r}: give the Hub repo to push to as ORG/NAME")
     load_sparse(folder)   # a complete, consistent checkpoint, or a ModelError saying what is wrong
+    require_hub(f"push to {repo_id!r}")
     if commit_message is None:
         commit_message = _default_message(folder)
     api = HfApi(token=token)

@@ -5,20 +5,23 @@ Each step is one call into its own module; this file only wires them together an
 shard of the scoring images, the others score all of them; only the main process logs and writes.
 """
 
+import shutil
 import tempfile
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from . import checkpoint, data, distributed, head, hub, models
+from . import card, checkpoint, data, distributed, head, hub, models
 from .batchnorm import batchnorm_layers, recalibrate_batchnorm_
 from .config import PruneConfig
 from .criteria import make_criterion
-from .errors import ConfigError
+from .errors import ConfigError, HfPxError, HubError, ModelError
 from .masks import global_density, layer_densities
-from .pruning import check_method, prune, recommended_method
+from .pruning import check_method, layer_density_floor, prune, recommended_method
 from .targets import find_head, resolve_targets
 
 
@@ -45,17 +48,17 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
         quiet_library_progress_bars()
     # bad method options fail before any loading ("auto" is resolved once the model has run)
     criterion = check_method(config.method, config.method_options)
-    if config.output and not config.dry_run:    # an existing output fails now, not after hours of pruning
-        checkpoint.check_output(Path(config.output).expanduser(), config.overwrite)
+    preflight(config)
+    # the data before the model: a bad --task/--dataset fails before any download
+    task = data.resolve_task(config.task, config.dataset, config.image_column, config.label_column,
+                             config.split, config.eval_split)
+    with notes(log):
+        sample = data.sample_task(task, per_class=config.examples_per_class, eval_examples=config.eval_examples,
+                                  seed=config.seed)
 
     log(f"loading {config.model}" + (f" @ {config.revision}" if config.revision else ""))
     loaded = models.load_model(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code)
     loaded.model.to(device).eval()
-
-    task = data.resolve_task(config.task, config.dataset, config.image_column, config.label_column,
-                             config.split, config.eval_split)
-    sample = data.sample_task(task, per_class=config.examples_per_class, eval_examples=config.eval_examples,
-                              seed=config.seed)
     score_batches = _to(data.make_batches(sample.score_images, sample.score_labels, loaded.preprocess,
                                           config.batch_size), device)
     eval_batches = _to(data.make_batches(sample.eval_images, sample.eval_labels, loaded.preprocess,
@@ -64,6 +67,7 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
     if criterion is None:
         criterion = make_criterion(recommended_method(loaded.model, example))
     method, rounds = criterion.name, config.rounds or criterion.default_rounds
+    floor = layer_density_floor(config.method, config.sparsity, config.min_layer_density)
     shard = criterion.data_parallel and processes > 1
     if shard and len(sample.score_labels) < processes:
         raise ConfigError(f"{len(sample.score_labels)} scoring images for {processes} processes; raise "
@@ -92,7 +96,7 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
         f"({1 - config.sparsity:.2%})",
         f"method    {method}{' ' + str(config.method_options) if config.method_options else ''}"
         f"{' (auto)' if config.method == 'auto' else ''}, "
-        f"rounds {rounds}, seed {config.seed}",
+        f"rounds {rounds}, seed {config.seed}" + (f", min layer density {floor:.4g}" if floor else ""),
         f"device    {device}",
     ]
     if processes > 1:
@@ -118,10 +122,11 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
         images, labels, calibration_indices = data.sample_calibration(
             sample, config.calibration_examples or len(sample.score_labels))
         calibration_batches = _to(data.make_batches(images, labels, loaded.preprocess, config.batch_size), device)
-    masks = prune(loaded.model, prune_batches, method, sparsity=config.sparsity, rounds=config.rounds,
-                  targets=targets, seed=config.seed, progress=progress,
-                  calibration=calibration_batches if config.recalibrate_every_round else None,
-                  **config.method_options)
+    with notes(log):   # a tensor at zero density is reported by the summary and refused below
+        masks = prune(loaded.model, prune_batches, method, sparsity=config.sparsity, rounds=config.rounds,
+                      targets=targets, seed=config.seed, progress=progress, min_layer_density=floor,
+                      calibration=calibration_batches if config.recalibrate_every_round else None,
+                      **config.method_options)
     distributed.check_same_masks(masks)   # every rank must be about to report and save the same ticket
     batchnorm = {"layers": len(batchnorm_layers(loaded.model)), "recalibrated": bool(bn_layers),
                  "every_round": bool(bn_layers) and config.recalibrate_every_round}
@@ -148,7 +153,7 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
         "base_model": loaded.hub_id, "base_revision": config.revision, "source": config.model,
         "library": loaded.library, "license": loaded.license,
         "method": method, "method_options": config.method_options, "sparsity": config.sparsity,
-        "rounds": rounds, "seed": config.seed, "targets": targets,
+        "rounds": rounds, "seed": config.seed, "min_layer_density": floor, "targets": targets,
         "task": task.name, "dataset": task.dataset_id, "dataset_config": task.config_name,
         "image_column": task.image_column, "label_column": task.label_column, "split": task.train_split,
         "examples_per_class": config.examples_per_class, "score_indices": sample.score_indices,
@@ -161,20 +166,71 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
     result.lines = summary_lines(masks, densities, probe, provenance["time_s"], batchnorm)
     for line in result.lines:
         log(line)
+    empty = [name for name, density in densities.items() if density == 0.0]
+    if empty and not config.allow_empty_layers:
+        raise ModelError(f"{len(empty)} target tensor(s) were pruned to zero density ({', '.join(empty[:3])}"
+                         f"{', ...' if len(empty) > 3 else ''}), which cuts their layers; nothing was saved. Lower "
+                         "--sparsity, keep a floor with --min-layer-density (--method auto keeps a tenth of the "
+                         "density), or pass --allow-empty-layers to keep this result")
+    for name in ("base_model", "license", "dataset"):   # the card will say so too
+        if not (provenance.get(name) and (name != "dataset" or card.is_hub_dataset(provenance[name]))):
+            log(f"note: the {name.replace('_', ' ')} is unknown (a local source); the card will say so, and "
+                "can be edited before pushing")
 
     if (config.output or config.push_to_hub) and rank == 0:
-        with tempfile.TemporaryDirectory(prefix="hf-px-") as scratch:
-            destination = Path(config.output) if config.output else Path(scratch) / "checkpoint"
+        # without --output a push's checkpoint is written to a temporary folder, deleted once pushed and kept
+        # (and named) if the push fails: a finished result is never lost
+        kept = None if config.output else Path(tempfile.mkdtemp(prefix="hf-px-"))
+        destination = Path(config.output).expanduser() if config.output else kept / config.push_to_hub.rpartition("/")[2]
+        try:
             result.output = checkpoint.save_with_card(loaded, masks, provenance, destination, config.overwrite)
-            log(f"saved {result.output}")
-            if config.push_to_hub:
+        except BaseException:
+            if kept is not None:
+                shutil.rmtree(kept, ignore_errors=True)
+            raise
+        log(f"saved {result.output}")
+        if config.push_to_hub:
+            try:
                 result.pushed_to = hub.push_folder(result.output, config.push_to_hub, private=config.private)
-                log(f"pushed to {result.pushed_to}")
-            if not config.output:
-                result.output = None
+            except (HfPxError, OSError) as error:
+                raise HubError(f"{error}; the checkpoint is saved in {result.output}: push it later with "
+                               f"`hf-px push {result.output} {config.push_to_hub}`") from None
+            except KeyboardInterrupt:
+                log(f"interrupted during the push; the checkpoint is saved in {result.output}")
+                raise
+            log(f"pushed to {result.pushed_to}")
+        if kept is not None:
+            shutil.rmtree(kept, ignore_errors=True)
+            result.output = None
     if processes > 1:   # the others wait for the main process's save and push, then all exit together
         torch.distributed.barrier()
     return result
+
+
+def preflight(config: PruneConfig) -> None:
+    """What would fail after the work is checked before it (the device already was): the output folder (free,
+    or replaceable, and writable) and the push (token, access). A bad one raises a one-line error now."""
+    if config.dry_run:
+        return
+    if config.output:
+        output = Path(config.output).expanduser()
+        checkpoint.check_output(output, config.overwrite)
+        checkpoint.check_writable(output)
+    if config.push_to_hub and distributed.is_main():   # only the main process pushes
+        hub.check_push_access(config.push_to_hub)
+
+
+@contextmanager
+def notes(log):
+    """Library warnings raised inside, logged as one `note:` line each (not a `UserWarning` with a file and
+    line); those about zero-density tensors are left out: the summary lists them."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        yield
+    for warning in caught:
+        text = str(warning.message)
+        if issubclass(warning.category, UserWarning) and "zero density" not in text:
+            log(f"note: {text}")
 
 
 def summary_lines(masks, densities, probe, seconds, batchnorm=None) -> list[str]:

@@ -1,5 +1,7 @@
 """From scores to boolean masks: the exponential schedule and one exact global threshold (docs/px.md section 8)."""
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -24,14 +26,18 @@ def kept_count(density: float, total: int) -> int:
 
 
 def masks_from_scores(scores: dict[str, Tensor], density: float,
-                      masks: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+                      masks: dict[str, Tensor] | None = None, min_density: float = 0.0) -> dict[str, Tensor]:
     """Keep the `kept_count(density, N)` highest scores over all tensors; masks only shrink.
 
     Entries already pruned in `masks` are never revived. Ties at the threshold are broken
     deterministically: the earlier tensor (in `scores` order) and the lower flat index win.
+    min_density: every tensor first keeps its own `ceil(min_density * size)` best alive entries (a floor,
+    so that no tensor is emptied by a global threshold); the rest of the count goes by the global threshold.
     """
     if not 0.0 < density <= 1.0:
         raise ConfigError(f"density {density} must lie in (0, 1]")
+    if not 0.0 <= min_density <= density:
+        raise ConfigError(f"min_density {min_density} must lie in [0, density={density}]")
     names = list(scores)
     # compare in the scores' own precision (float32 scores stay float32: exact, and half the memory traffic)
     dtype = torch.float64 if any(s.dtype == torch.float64 for s in scores.values()) else torch.float32
@@ -42,10 +48,19 @@ def masks_from_scores(scores: dict[str, Tensor], density: float,
             raise ModelError(f"scores of {name} hold NaN or inf; cannot threshold them")
         if masks is not None:
             score = score.masked_fill(~masks[name].flatten().to(score.device), -torch.inf)
+        if min_density > 0:   # the floor: the tensor's best alive entries rank above every other score
+            floor = min(math.ceil(min_density * score.numel()), int((score > -torch.inf).sum()))
+            order = torch.sort(score, descending=True, stable=True).indices[:floor]   # ties: lower index
+            score = score.clone()
+            score[order] = torch.inf
         flat.append(score.cpu())
     values = torch.cat(flat)
     alive = sum(int(masks[n].sum()) for n in names) if masks is not None else values.numel()
     keep_count = min(kept_count(density, values.numel()), alive)
+    floors = int((values == torch.inf).sum())
+    if floors > keep_count:
+        raise ConfigError(f"min_density {min_density} keeps {floors} weights but density {density:.4g} keeps only "
+                          f"{keep_count}; lower min_density")
     keep = torch.zeros(values.numel(), dtype=torch.bool)
     if keep_count > 0:
         # the threshold is the keep_count-th largest alive score: select among the alive ones only (pruned

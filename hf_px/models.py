@@ -17,7 +17,6 @@ What `load_model` accepts (the first rule that matches wins):
 
 import difflib
 import json
-import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .errors import ModelError
+from .errors import HubError, ModelError
 
 
 @dataclass
@@ -64,6 +63,10 @@ def load_model(name_or_path: str, revision: str | None = None, trust_remote_code
             f"load_model needs a Hub id, a timm model name or a folder; got {name_or_path!r}"
         )
     source = name_or_path.strip()
+    local = source.startswith("local-dir:") or Path(source).expanduser().exists()
+    if local and revision is not None:   # a folder has no branches: recording one would be false provenance
+        raise ModelError(f"revision={revision!r} only applies to Hub models, and {source!r} is a local folder; "
+                         "drop --revision")
     if source.startswith("local-dir:"):
         return _load_folder(source, Path(source.partition(":")[2]).expanduser(), trust_remote_code)
     if source.startswith(("hf-hub:", "hf_hub:")):
@@ -118,7 +121,12 @@ def save_model(loaded: LoadedModel, folder: str | Path) -> None:
             _set_transformers_labels(loaded.model, loaded.label_names)
         loaded.model.save_pretrained(folder, safe_serialization=True)
         if loaded.image_processor is not None:
-            loaded.image_processor.save_pretrained(folder)
+            processor = loaded.image_processor
+            if getattr(loaded.model.config, "num_channels", 3) == 3 and hasattr(processor, "do_convert_rgb"):
+                # grey, RGBA and palette images then work in plain transformers too (as they do in hf-px)
+                processor = deepcopy(processor)
+                processor.do_convert_rgb = True
+            processor.save_pretrained(folder)
     elif loaded.library == "timm":
         from timm.models import save_for_hf
 
@@ -208,6 +216,9 @@ def _load_hub(source: str, repo_id: str, revision: str | None, trust_remote_code
     """A Hub repo of either library: its config.json says which."""
     from huggingface_hub import hf_hub_download
 
+    from .hub import require_hub
+
+    require_hub(f"fetch {source!r}")
     with _hub_errors(source, repo_id, revision):
         config = _read_json(hf_hub_download(repo_id, "config.json", revision=revision))
     library = _library_of(config) if config is not None else None
@@ -261,6 +272,10 @@ def _load_timm(source: str, model_id: str, hub_id: str | None, revision: str | N
                pretrained: bool = True) -> LoadedModel:
     import timm
 
+    from .hub import require_hub
+
+    if pretrained and not model_id.startswith("local-dir:"):   # weights come from the Hub (or its cache)
+        require_hub(f"fetch {source!r}")
     with _hub_errors(source, hub_id or model_id, revision):
         try:
             model = timm.create_model(model_id, pretrained=pretrained)
@@ -458,10 +473,9 @@ def _timm_cfg_to_save(loaded: LoadedModel) -> dict:
 
 
 def _offline() -> bool:
-    from huggingface_hub import constants
+    from .hub import offline
 
-    flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return bool(constants.HF_HUB_OFFLINE) or flag.strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return offline()
 
 
 @contextmanager
@@ -491,11 +505,11 @@ def _hub_errors(source: str, repo_id: str, revision: str | None) -> Iterator[Non
         ) from None
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
         if _offline():
-            raise ModelError(
+            raise HubError(
                 f"{source!r} is not in the local Hugging Face cache and offline mode is on (HF_HUB_OFFLINE); "
                 "download it once online, unset HF_HUB_OFFLINE, or give a local folder"
             ) from None
-        raise ModelError(
+        raise HubError(
             f"cannot reach the Hugging Face Hub to fetch {source!r} and it is not cached; check the network "
             "connection, or give a local folder"
         ) from None
@@ -507,7 +521,7 @@ def _hub_errors(source: str, repo_id: str, revision: str | None) -> Iterator[Non
         status = getattr(getattr(error, "response", None), "status_code", None)
         if status in (401, 403):
             raise ModelError(f"access to Hub repo {repo_id!r} was refused (HTTP {status}); {login}") from None
-        raise ModelError(f"the Hub request for {source!r} failed (HTTP {status}); try again later") from None
+        raise HubError(f"the Hub request for {source!r} failed (HTTP {status}); try again later") from None
     except OSError as error:   # transformers wraps most download failures in OSError
         hint = ("offline mode is on (HF_HUB_OFFLINE) and it is not cached" if _offline()
                 else "check the id, the revision and the network")

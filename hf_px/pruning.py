@@ -8,19 +8,24 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ._dtypes import model_dtype
 from .apply import apply_masks_
 from .batches import first_images, iter_batches, reiterable
 from .batchnorm import recalibrate_batchnorm_
 from .criteria import Criterion, make_criterion
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, DataError, ModelError
 from .masks import check_masks, density_schedule, masks_from_scores
 from .targets import find_head, resolve_targets
-
 
 AUTO = "auto"
 # The methods docs/results.md supports ("Defaults, and what supports them"), chosen by `method="auto"`.
 METHOD_FOR_CNNS = "magnitude"
 METHOD_FOR_TRANSFORMERS = "px-exact"
+# "auto" also keeps every target tensor at >= this fraction of the target density: a global threshold
+# otherwise empties whole tensors whose scores sit on another scale. On a randomly initialised ViT the
+# attention is near uniform, so px-exact's W_Q/W_K scores (second order in the small weights) fall far
+# below every other tensor's and 90% sparsity empties all of them (tests/test_errors.py).
+AUTO_MIN_LAYER_DENSITY = 0.1
 
 
 def recommended_method(model: nn.Module, example: Tensor) -> str:
@@ -54,6 +59,18 @@ def check_method(method: "str | Criterion", options: dict) -> Criterion | None:
     return None
 
 
+def layer_density_floor(method: str, sparsity: float, value: float | None = None) -> float:
+    """The per-tensor density floor `prune` applies: `value` if given (checked), else for method "auto"
+    `AUTO_MIN_LAYER_DENSITY` times the target density, else 0 (a named method runs as published)."""
+    density = 1.0 - sparsity
+    if value is None:
+        return AUTO_MIN_LAYER_DENSITY * density if method == AUTO else 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= density:
+        raise ConfigError(f"min_layer_density={value!r} must be a number in [0, {density:.4g}] (at most the target "
+                          f"density 1 - sparsity); e.g. {AUTO_MIN_LAYER_DENSITY * density:.3g}")
+    return float(value)
+
+
 def score(model: nn.Module, batches: Iterable, method: "str | Criterion" = "px", targets: list[str] | None = None,
           seed: int = 0, masks: dict[str, Tensor] | None = None, *, include: list[str] | None = None,
           exclude: list[str] | None = None, **options) -> dict[str, Tensor]:
@@ -68,6 +85,11 @@ def score(model: nn.Module, batches: Iterable, method: "str | Criterion" = "px",
     options: the method's own options when `method` is a name (see each criterion's docstring).
     The model is left exactly as found, also when this raises.
     """
+    misplaced = sorted(set(options) & {"sparsity", "rounds", "progress", "min_layer_density", "allow_empty_layers"})
+    if misplaced:
+        raise ConfigError(f"score takes no {', '.join(misplaced)}: it returns one round of scores; "
+                          f"hf_px.prune(model, batches, method={method!r}, sparsity=...) prunes")
+    _check_model_and_seed(model, seed)
     criterion = check_method(method, options)
     with preserved(model):
         batches, targets, head = _prepare(model, batches, targets, include, exclude)
@@ -79,7 +101,8 @@ def score(model: nn.Module, batches: Iterable, method: "str | Criterion" = "px",
 def prune(model: nn.Module, batches: Iterable, method: "str | Criterion" = "px", sparsity: float = 0.9,
           rounds: int | None = None, targets: list[str] | None = None, seed: int = 0, *,
           include: list[str] | None = None, exclude: list[str] | None = None,
-          calibration: Iterable | None = None, progress: bool = False, **options) -> dict[str, Tensor]:
+          calibration: Iterable | None = None, progress: bool = False, min_layer_density: float | None = None,
+          allow_empty_layers: bool = True, **options) -> dict[str, Tensor]:
     """Prune `model` in place to `sparsity` over the targets; return boolean masks keyed by name.
 
     method: a name from `hf_px.list_methods()`, "auto" (`recommended_method`), or a configured
@@ -87,7 +110,10 @@ def prune(model: nn.Module, batches: Iterable, method: "str | Criterion" = "px",
     Round r of `rounds` (None: the method's default, 100 for px) keeps density d ** ((r+1)/rounds) with
     one global threshold; each round re-scores the masked network, and masks only shrink. Exactly
     `masks.kept_count(1 - sparsity, N)` target weights are kept (the authors' count; ties at the threshold
-    broken by position). Pruned weights are zeroed in place at the end; a tensor left at zero density warns.
+    broken by position). Pruned weights are zeroed in place at the end.
+    min_layer_density: every target tensor keeps at least this fraction of its weights (None: 0 for a
+    named method, a tenth of the target density for "auto"; see `layer_density_floor`).
+    allow_empty_layers: a tensor left at zero density warns (True) or raises `ModelError` (False).
     calibration: batches on which every BatchNorm layer's running statistics are re-estimated after each
     round (`recalibrate_batchnorm_`, weights masked first), so that later rounds score the pruned network
     with its own statistics rather than the dense network's; the returned model is then recalibrated too.
@@ -96,6 +122,8 @@ def prune(model: nn.Module, batches: Iterable, method: "str | Criterion" = "px",
     all get the same masks. Other methods are not data-parallel: give them all the batches on every process.
     """
     sparsity = _fraction(sparsity)
+    _check_model_and_seed(model, seed)
+    floor = layer_density_floor(method, sparsity, min_layer_density)
     criterion = check_method(method, options)
     calibration = reiterable(calibration) if calibration is not None else None
     if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1):
@@ -108,17 +136,19 @@ def prune(model: nn.Module, batches: Iterable, method: "str | Criterion" = "px",
         for density in tqdm(density_schedule(1.0 - sparsity, rounds), desc=f"{criterion.name} rounds",
                             disable=not progress):
             scores = _score_round(criterion, model, batches, targets, masks, head, seed)
-            masks = masks_from_scores(scores, density, masks)
+            masks = masks_from_scores(scores, density, masks, min_density=floor)
             if calibration is not None:
                 apply_masks_(model, masks)
                 recalibrate_batchnorm_(model, calibration)
-    apply_masks_(model, masks)
     collapsed = [name for name, mask in masks.items() if not mask.any()]
     if collapsed:   # docs/px.md section 8: never hide a tensor pruned away (it cuts every path through its layer)
-        warnings.warn(f"{len(collapsed)} of {len(masks)} target tensors are pruned to zero density "
-                      f"({', '.join(collapsed[:4])}{', ...' if len(collapsed) > 4 else ''}); lower the sparsity, "
-                      "or check for weights that score exactly 0 (e.g. a zero-initialised last norm per block)",
-                      stacklevel=2)
+        message = (f"{len(collapsed)} of {len(masks)} target tensors are pruned to zero density "
+                   f"({', '.join(collapsed[:4])}{', ...' if len(collapsed) > 4 else ''}); lower the sparsity, "
+                   "or pass min_layer_density (e.g. method='auto' keeps a tenth of the target density per tensor)")
+        if not allow_empty_layers:
+            raise ModelError(message + ", or allow_empty_layers=True to accept them")
+        warnings.warn(message, stacklevel=2)
+    apply_masks_(model, masks)
     return masks
 
 
@@ -133,19 +163,46 @@ def _fraction(sparsity) -> float:
     return value
 
 
+def _check_model_and_seed(model, seed) -> None:
+    if not isinstance(model, nn.Module):
+        hint = (" (a name: load it first, e.g. hf_px.models.load_model(name).model)" if isinstance(model, str)
+                else "")
+        raise ModelError(f"model must be a torch.nn.Module, got a {type(model).__name__}{hint}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed={seed!r} must be an integer >= 0")
+
+
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+_CONSTANT = 1e-6   # an image whose pixels spread less than this (relative to its scale) carries no signal
 
 
 def _prepare(model, batches, targets, include, exclude):
     if not any(True for _ in model.parameters()):
         raise ModelError(f"{type(model).__name__} has no parameters to prune")
     batches = reiterable(batches)
-    for _ in iter_batches(batches):   # every batch's layout and values, once: not all methods read them all
-        pass
+    dtype, spread, scale = model_dtype(model), 0.0, 0.0
+    # every batch's layout and values, once: not all methods read them all
+    for index, (images, _) in enumerate(iter_batches(batches)):
+        if images.dtype != dtype:
+            raise DataError(f"batch {index} holds {images.dtype} images but the model's weights are {dtype}; "
+                            f"convert them (images.to({dtype}))")
+        spread = max(spread, float(images.flatten(1).double().std(dim=1, correction=0).max()))
+        scale = max(scale, float(images.abs().max()))
+    if spread <= _CONSTANT * max(1.0, scale):
+        raise DataError("every scoring image is constant (e.g. all black): no method can tell weights apart on "
+                        "them; score on real images of the task")
     model.eval()   # gates are recorded in eval mode: no dropout, BN running statistics
     example = first_images(batches, next(model.parameters()).device)
-    head = find_head(model, example[:2])
+    try:
+        head = find_head(model, example[:2])
+    except RuntimeError as error:   # e.g. 3-channel images for a 1-channel model
+        text = str(error).strip().splitlines()
+        raise DataError(f"the model cannot run on the scoring images (batch 0 has shape {tuple(example.shape)}): "
+                        f"{text[0] if text else type(error).__name__}; give images of the model's channels and "
+                        "size") from None
     return batches, resolve_targets(model, targets, head, include, exclude), head
 
 

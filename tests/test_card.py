@@ -96,3 +96,34 @@ def test_density_plot_without_matplotlib_writes_nothing(tmp_path, monkeypatch):
     path = tmp_path / "density.png"
     assert density_plot(DENSITIES, path) is False
     assert not path.exists()
+
+
+def _has_red(path) -> bool:
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3).astype(int)
+    return bool((np.abs(pixels - [0xC4, 0x4E, 0x52]).sum(axis=1) < 30).any())
+
+
+def test_density_plot_marks_zero_density_layers_in_red(tmp_path):
+    pytest.importorskip("matplotlib")
+    assert density_plot(DENSITIES, tmp_path / "zero.png") and _has_red(tmp_path / "zero.png")
+    alive = {name: max(density, 0.2) for name, density in DENSITIES.items()}
+    assert density_plot(alive, tmp_path / "alive.png") and not _has_red(tmp_path / "alive.png")
+
+
+def test_pruned_card_reports_its_probe_in_the_model_index_and_names_what_is_unknown(tmp_path):
+    text = render_card(_provenance(), DENSITIES, PROBE, COUNTS, None)
+    (tmp_path / "README.md").write_text(text)
+    results = ModelCard.load(tmp_path / "README.md").data.eval_results
+    assert len(results) == 1 and results[0].metric_value == 0.875 and results[0].dataset_type == "uoft-cs/cifar10"
+    assert results[0].metric_name == "linear-probe accuracy (no fine-tuning)" and results[0].dataset_split == "test"
+    assert "**Unknown:**" not in text
+    local = render_card(_provenance(base_model=None, license=None, source="/home/me/models/tiny-vit",
+                                    dataset="/home/me/data/shoes",
+                                    command="hf-px prune /home/me/models/tiny-vit --dataset /home/me/data/shoes"),
+                        DENSITIES, PROBE, COUNTS, None)
+    assert "/home/me" not in local and "`tiny-vit`" in local and "hf-px prune tiny-vit --dataset shoes" in local
+    assert "**Unknown:** the base model, the licence, the dataset of this checkpoint" in local
+    assert "check the base model's licence" in local

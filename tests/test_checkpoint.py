@@ -325,8 +325,8 @@ def test_nonzero_masked_weight_is_a_mask_error(saved, tmp_path):
         load_sparse(str(folder))
 
 
-def test_missing_folder_and_offline_hub_id_are_model_errors(tmp_path):
+def test_missing_folder_is_a_model_error_and_an_offline_hub_id_a_hub_error(tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         load_sparse(str(tmp_path / "nowhere"))
-    with pytest.raises(ModelError, match="offline|cache"):
+    with pytest.raises(hf_px.HubError, match="offline|cache"):
         load_sparse("someone/not-cached-anywhere")

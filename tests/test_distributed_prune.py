@@ -125,7 +125,8 @@ def test_accelerate_launch_two_processes_writes_one_checkpoint_with_the_one_proc
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     args = ["prune", str(vit_folder), "--dataset", str(dataset), "--sparsity", "0.9", "--rounds", "5",
             "--examples-per-class", "2", "--batch-size", "8", "--no-progress", "--device", "cpu",
-            "--eval-examples", "20", "--method", "px", "--option", f"head={head}"]
+            "--eval-examples", "20", "--method", "px", "--option", f"head={head}",
+            "--allow-empty-layers"]   # PX empties the random tiny ViT's MLPs at 90%: not what this test is about
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

@@ -117,3 +117,93 @@ def test_bad_rounds_and_masks(model):
         hf_px.prune(model, random_batches(), rounds=0)
     with pytest.raises(hf_px.ConfigError, match="masks lack"):
         hf_px.score(model, random_batches(), method="magnitude", masks={})
+
+
+# ----------------------------------------------------------------- issue 13: the Python API's bad input, in its words
+
+
+@pytest.mark.parametrize("batches, match", [
+    (lambda: [(torch.zeros(0, 3, 32, 32), torch.zeros(0, dtype=torch.long))], "batch 0 holds no images"),
+    (lambda: torch.randn(4, 3, 32, 32), "one tensor of shape \\(4, 3, 32, 32\\), not a list of batches"),
+    (lambda: [(torch.randn(4, 3, 32, 32, dtype=torch.float64), torch.zeros(4, dtype=torch.long))],
+     "torch.float64 images but the model's weights are torch.float32"),
+    (lambda: [(torch.randn(4, 3, 32, 32).half(), torch.zeros(4, dtype=torch.long))], "torch.float16 images"),
+    (lambda: [(torch.randn(4, 3, 32, 32), torch.zeros(4))], "torch.float32 labels; give integer class indices"),
+    (lambda: [(torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8), torch.zeros(4, dtype=torch.long))],
+     "torch.uint8 images; convert them to float and normalise"),
+    (lambda: [(torch.randn(4, 1, 32, 32), torch.zeros(4, dtype=torch.long))],
+     "cannot run on the scoring images \\(batch 0 has shape \\(4, 1, 32, 32\\)\\)"),
+    (lambda: [(torch.full((4, 3, 32, 32), -2.1), torch.arange(4))], "every scoring image is constant"),
+])
+@pytest.mark.parametrize("entry", ["score", "prune"])
+def test_bad_batches_are_data_errors_naming_the_fix(model, batches, match, entry):
+    call = hf_px.score if entry == "score" else hf_px.prune
+    with pytest.raises(hf_px.DataError, match=match) as info:
+        call(model, batches(), method="magnitude")
+    assert "\n" not in str(info.value)
+
+
+def test_a_model_name_instead_of_a_model():
+    with pytest.raises(hf_px.ModelError, match="model must be a torch.nn.Module, got a str.*load_model"):
+        hf_px.prune("google/vit-base-patch16-224", random_batches())
+
+
+def test_score_takes_no_sparsity_and_seed_follows_the_cli_rule(model):
+    with pytest.raises(hf_px.ConfigError, match="score takes no sparsity.*hf_px.prune\\(.*sparsity=...\\) prunes"):
+        hf_px.score(model, random_batches(), method="px", sparsity=0.9)
+    for seed in (-1, 1.5, True):
+        with pytest.raises(hf_px.ConfigError, match="seed=.* must be an integer >= 0"):
+            hf_px.prune(model, random_batches(), method="random", seed=seed)
+    from hf_px.config import PruneConfig
+
+    with pytest.raises(hf_px.ConfigError, match="--seed -1 must be an integer >= 0"):
+        PruneConfig(model="m", task="cifar10", seed=-1, output="out")
+
+
+def test_min_layer_density_floor_is_exact_against_a_hand_count():
+    """Tensor b's scores all lie below a's: a global threshold at density 0.5 keeps only a's 6 entries, and the
+    floor 0.25 makes b keep its own best ceil(0.25 * 4) = 1 entry (the first of its tied best), a the next 5."""
+    scores = {"a": torch.tensor([9.0, 8, 7, 6, 5, 4, 3, 2]), "b": torch.tensor([0.5, 0.7, 0.7, 0.1])}
+    plain = hf_px.masks_from_scores(scores, 0.5)
+    assert plain["a"].tolist() == [True] * 6 + [False] * 2 and not plain["b"].any()
+    floored = hf_px.masks_from_scores(scores, 0.5, min_density=0.25)
+    assert floored["a"].tolist() == [True] * 5 + [False] * 3
+    assert floored["b"].tolist() == [False, True, False, False]
+    # masks only shrink: an entry pruned earlier is never chosen by the floor
+    shrunk = hf_px.masks_from_scores(scores, 0.5, masks={"a": torch.ones(8, dtype=torch.bool),
+                                                         "b": torch.tensor([True, False, False, True])},
+                                     min_density=0.25)
+    assert shrunk["b"].tolist() == [True, False, False, False]
+    with pytest.raises(hf_px.ConfigError, match="min_density"):
+        hf_px.masks_from_scores(scores, 0.5, min_density=0.6)
+
+
+def test_prune_floor_and_empty_layer_arguments(model):
+    import warnings
+
+    batches = random_batches()
+    with pytest.raises(hf_px.ConfigError, match="min_layer_density=0.2 must be a number in \\[0, 0.1\\]"):
+        hf_px.prune(model, batches, method="magnitude", sparsity=0.9, min_layer_density=0.2)
+    # every tensor of PlainCNN keeps >= 5% when asked, whatever magnitude's global ranking prefers
+    masks = hf_px.prune(PlainCNN(in_channels=3), batches, method="magnitude", sparsity=0.95, min_layer_density=0.05)
+    assert min(hf_px.layer_densities(masks).values()) >= 0.05
+    assert hf_px.global_density(masks) == pytest.approx(0.05, abs=1e-3)
+
+    class Tiny(nn.Module):   # a small tensor of tiny weights after a big one: a global threshold empties it
+        def __init__(self):
+            super().__init__()
+            self.big = nn.Linear(3 * 32 * 32, 16)
+            self.small = nn.Linear(16, 10)
+            with torch.no_grad():
+                self.small.weight.mul_(1e-3)
+
+        def forward(self, x):
+            return self.small(self.big(x.flatten(1)))
+
+    with pytest.raises(hf_px.ModelError, match="pruned to zero density.*allow_empty_layers=True"):
+        hf_px.prune(Tiny(), batches, method="magnitude", sparsity=0.9, targets=["small.weight", "big.weight"],
+                    allow_empty_layers=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        masks = hf_px.prune(Tiny(), batches, method="magnitude", sparsity=0.9, targets=["small.weight", "big.weight"])
+    assert not masks["small.weight"].any() and any("zero density" in str(w.message) for w in caught)

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -405,3 +406,57 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_state(pruned, dataset,
     assert progress["epoch"] == 1 and "after epoch 1" in err[0]
     # the kept state is complete: the run continues from it (here with the schedule it was started with)
     assert hf_px.finetune.checkpoint.has_training_state(out)
+
+
+def _files(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and not str(p.relative_to(folder)).startswith(".")}
+
+
+def test_overwrite_replaces_the_old_run_only_when_the_new_one_completes(pruned, dataset, tmp_path, monkeypatch,
+                                                                         capsys):
+    output = tmp_path / "out"
+    ft.run_finetune(_config(pruned, output, epochs=1), progress=False, log=_quiet)
+    before = _files(output)
+    assert "resume/progress.json" in before
+    real_evaluate, calls = ft.evaluate, []
+
+    def evaluate_then_interrupt(*args):   # epoch 1 of the new run completes and saves its state, epoch 2 stops
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args)
+
+    monkeypatch.setattr(ft, "evaluate", evaluate_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        ft.run_finetune(_config(pruned, output, epochs=3, seed=1, overwrite=True), progress=False, log=_quiet)
+    assert _files(output) == before          # the old checkpoint and its resume state, byte for byte
+    calls.clear()
+    calls.append(1)                          # the CLI: interrupted after its first epoch, says what it kept
+    code = main(["finetune", str(RECIPES / "tiny.yaml"), "--model", str(pruned), "--dataset", str(dataset),
+                 "--output", str(output), "--overwrite", "--seed", "1", "--no-progress"])
+    assert code == 130 and f"{output} is unchanged" in capsys.readouterr().err
+    assert _files(output) == before
+
+    monkeypatch.setattr(ft, "evaluate", real_evaluate)
+    ft.run_finetune(_config(pruned, output, epochs=2, seed=1, overwrite=True), progress=False, log=_quiet)
+    progress = json.loads((output / "resume" / "progress.json").read_text())
+    assert progress["epoch"] == 2 and progress["config"]["seed"] == 1      # the new run's state, swapped in
+    assert sorted(p.name for p in output.iterdir() if p.name.startswith(".")) == []
+    hf_px.load_sparse(str(output))
+
+
+def test_fine_tuned_card_wording(pruned, tmp_path):
+    ft.run_finetune(_config(pruned, tmp_path / "out", epochs=1), progress=False, log=_quiet)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "unchanged" not in card and "| Head | trained with the rest of the model |" in card
+    assert "(1 process)" in card and "precision fp32" in card and "process(es)" not in card
+    assert str(tmp_path) not in card
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert modes == {0o666 & ~_umask()}, modes      # the resume state's safetensors too
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

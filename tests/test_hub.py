@@ -191,3 +191,87 @@ def test_real_push_to_the_hub(folder):
         assert masks
     finally:
         api.delete_repo(repo_id, missing_ok=True)
+
+
+# ------------------------------------------------------------- issue 13: fail fast without a network, check before work
+
+
+@pytest.fixture
+def online_without_network(monkeypatch):
+    """Offline mode off, no proxy, and every connection refused as DNS would refuse it; counts the attempts."""
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    for name in hub._PROXIES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "_PROBED", {})
+    attempts = []
+
+    def no_dns(address, *args, **kwargs):
+        attempts.append(address)
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", no_dns)
+    monkeypatch.setattr(socket.socket, "connect", _refuse)
+    return attempts
+
+
+def test_no_network_fails_at_once_with_the_offline_hint(online_without_network, monkeypatch):
+    import huggingface_hub
+
+    from hf_px.models import load_model
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda *a, **k: pytest.fail("a Hub request was made (and would retry for half a minute)"))
+    for _ in range(2):
+        with pytest.raises(hf_px.HubError, match="cannot reach the Hugging Face Hub .*set HF_HUB_OFFLINE=1") as info:
+            load_model("some-org/some-model")
+        assert isinstance(info.value, OSError) and "\n" not in str(info.value)
+    with pytest.raises(hf_px.HubError, match="HF_HUB_OFFLINE=1"):
+        hf_px.load_sparse("some-org/some-checkpoint")
+    from hf_px.data import open_split, resolve_task
+
+    with pytest.raises(hf_px.HubError, match="load dataset 'uoft-cs/cifar10'"):
+        open_split(resolve_task("cifar10"), "train")
+    assert online_without_network == [("huggingface.co", 443)]      # probed once per process
+
+
+def test_offline_mode_and_proxies_skip_the_probe(offline, monkeypatch):
+    monkeypatch.setattr(hub, "_PROBED", {})
+    hub.require_hub("fetch x")          # offline: the libraries answer from the cache, no probe (no connection)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    hub.require_hub("fetch x")          # behind a proxy a direct connection proves nothing: not tried
+    assert hub._PROBED == {}
+
+
+def test_push_access_is_checked_before_any_work(online_without_network, monkeypatch):
+    from huggingface_hub import HfApi
+
+    monkeypatch.setattr(hub, "require_hub", lambda what: None)     # the Hub answers (recorded below)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_never_shown")
+    me = {"name": "me", "orgs": [{"name": "team", "roleInOrg": "write"}, {"name": "readers", "roleInOrg": "read"}],
+          "auth": {"accessToken": {"role": "write"}}}
+    monkeypatch.setattr(HfApi, "whoami", lambda self, *a, **k: me)
+    hub.check_push_access("me/x")
+    hub.check_push_access("team/x")
+    with pytest.raises(hf_px.HubError, match="'me' is not a member of 'other'.*me, team, readers"):
+        hub.check_push_access("other/x")
+    with pytest.raises(hf_px.HubError, match="read-only"):
+        hub.check_push_access("readers/x")
+    me["auth"]["accessToken"]["role"] = "read"
+    with pytest.raises(hf_px.HubError, match="read-only") as info:
+        hub.check_push_access("me/x")
+    assert "hf_secret_never_shown" not in str(info.value)
+    with pytest.raises(ConfigError, match="not a valid Hub repo id"):
+        hub.check_push_access("not a repo")
+    monkeypatch.delenv("HF_TOKEN")
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    with pytest.raises(hf_px.HubError, match="no Hugging Face token found.*hf auth login"):
+        hub.check_push_access("me/x")

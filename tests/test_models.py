@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+import hf_px
 from hf_px.errors import ModelError
 from hf_px.head import replace_head_
 from hf_px.models import load_model, save_model, set_label_names_
@@ -64,7 +65,9 @@ def _assert_same_model(a: torch.nn.Module, b: torch.nn.Module, images: torch.Ten
 
 def test_load_transformers_folder(vit_folder):
     folder, original = vit_folder
-    loaded = load_model(str(folder), revision="main", trust_remote_code=False)
+    with pytest.raises(ModelError, match="only applies to Hub models.*drop --revision"):
+        load_model(str(folder), revision="main")   # a folder has no branches: never recorded as provenance
+    loaded = load_model(str(folder), trust_remote_code=False)
     assert loaded.library == "transformers" and not loaded.model.training
     assert loaded.source == str(folder) and loaded.hub_id is None and loaded.revision is None
     assert loaded.label_names == LABELS and loaded.license == "mit"
@@ -78,7 +81,9 @@ def test_load_transformers_folder(vit_folder):
 def test_load_timm_folder(timm_folder):
     folder, original = timm_folder
     for source in (str(folder), f"local-dir:{folder}"):
-        loaded = load_model(source, revision="main", trust_remote_code=False)
+        with pytest.raises(ModelError, match="local folder"):
+            load_model(source, revision="main")
+        loaded = load_model(source, trust_remote_code=False)
         assert loaded.library == "timm" and not loaded.model.training and loaded.source == source
         assert loaded.hub_id is None and loaded.label_names == LABELS
         assert loaded.license == "apache-2.0"   # resnet18's default pretrained_cfg, kept by save_for_hf
@@ -128,7 +133,7 @@ def test_hub_ids_pass_the_revision(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     for source, revision in (("some-org/some-model", "v2"), ("some-org/some-model@v3", None)):
-        with pytest.raises(ModelError, match="offline"):
+        with pytest.raises(hf_px.HubError, match="offline"):
             load_model(source, revision=revision)
     assert asked == [("some-org/some-model", "config.json", "v2"), ("some-org/some-model", "config.json", "v3")]
     with pytest.raises(ModelError, match="give only one"):
@@ -176,7 +181,7 @@ def test_unknown_hub_id_offline(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.HfApi, "list_models", no_search)
     for source in ("nonexistent-org-hfpx/nonexistent-model", "hf-hub:nonexistent-org-hfpx/nonexistent-model"):
-        with pytest.raises(ModelError, match="offline") as error:
+        with pytest.raises(hf_px.HubError, match="offline") as error:
             load_model(source)
         assert source in str(error.value)
 

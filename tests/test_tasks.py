@@ -60,6 +60,7 @@ def test_registry_records_the_chosen_columns_and_the_large_gated_dataset():
         "cifar10": ("uoft-cs/cifar10", "img", "label", "test"),
         "cifar100": ("uoft-cs/cifar100", "img", "fine_label", "test"),
         "fashion-mnist": ("zalando-datasets/fashion_mnist", "image", "label", "test"),
+        "mnist": ("ylecun/mnist", "image", "label", "test"),
         "food101": ("ethz/food101", "image", "label", "validation"),
         "flowers102": ("nelorth/oxford-flowers", "image", "label", "test"),
         "oxford-pets": ("timm/oxford-iiit-pet", "image", "label", "test"),
@@ -220,9 +221,10 @@ def test_carved_eval_sample_is_disjoint_from_the_scoring_sample_and_balanced(fol
     assert len(counts) == 10 and max(counts.values()) - min(counts.values()) <= 1
     train = open_split(task, "train")
     assert [train[i]["label"] for i in sample.eval_indices] == sample.eval_labels
-    # every class has 20 images and 10 are scored: asking for more than the other 100 cannot be met
-    with pytest.raises(hf_px.DataError, match="eval_examples=101 but .* has only 100 labelled examples"):
-        sample_task(task, per_class=10, eval_examples=101)
+    # every class has 20 images and 10 are scored: asking for more than the other 100 gets those 100, with a note
+    with pytest.warns(UserWarning, match="has 100 labelled examples, fewer than the 101 asked by --eval-examples"):
+        fewer = sample_task(task, per_class=10, eval_examples=101)
+    assert len(fewer.eval_indices) == 100 and not set(fewer.eval_indices) & set(fewer.score_indices)
 
 
 @pytest.mark.needs_fashion_mnist
@@ -455,3 +457,54 @@ def test_make_batches_shapes_order_and_errors():
     sizes = iter([(6, 5), (4, 4)])
     with pytest.raises(hf_px.DataError, match="one fixed size"):
         make_batches(images[:2], [0, 1], lambda image: torch.zeros(1, *next(sizes)), 2)
+
+
+# ------------------------------------------------------------------ issue 13: legacy ids, loading scripts, label quirks
+
+
+def test_legacy_bare_ids_resolve_to_the_registered_tasks():
+    for legacy, task in (("cifar10", "cifar10"), ("cifar100", "cifar100"), ("mnist", "mnist"),
+                         ("fashion_mnist", "fashion-mnist"), ("imagenet-1k", "imagenet-1k"), ("food101", "food101")):
+        resolved = resolve_task(dataset=legacy)
+        assert resolved == TASKS[task] and resolved.dataset_id != legacy, legacy
+    assert resolve_task("fashion_mnist") == TASKS["fashion-mnist"]       # as a --task name too
+
+
+def test_a_loading_script_dataset_is_explained(monkeypatch):
+    def refuse(path, *args, **kwargs):
+        raise RuntimeError(f"Dataset scripts are no longer supported, but found {path.split('/')[-1]}.py")
+
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
+    monkeypatch.setattr(datasets, "get_dataset_split_names", refuse)
+    for call in (lambda: open_split(resolve_task("imagenet-1k"), "train", streaming=True),
+                 lambda: list_splits(resolve_task("imagenet-1k"))):
+        with pytest.raises(hf_px.DataError) as info:
+            call()
+        message = str(info.value)
+        assert "ILSVRC/imagenet-1k is a loading-script dataset" in message and "\n" not in message
+        assert "save_to_disk folder or an image folder" in message and "parquet" in message
+
+
+def test_a_task_fixes_the_hubs_label_quirks(tmp_path, monkeypatch):
+    """CIFAR-100's class 26 is 'cra' on the Hub; Fashion-MNIST's class 0 is 'T - shirt / top'."""
+    names = ["apple", "cra", "dolphin"]
+    stored = _tiny([0, 1, 2] * 3, datasets.ClassLabel(names=names))
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: stored.rename_column("label", "fine_label")
+                        .rename_column("image", "img"))
+    monkeypatch.setattr(datasets, "get_dataset_split_names", lambda *a, **k: ["train"])
+    sample = sample_task(resolve_task("cifar100"), per_class=1)
+    assert sample.label_names == ["apple", "crab", "dolphin"]
+    assert data._display_names(TASKS["fashion-mnist"], ["T - shirt / top", "Trouser"]) == ["T-shirt/top", "Trouser"]
+
+
+@pytest.mark.needs_fashion_mnist
+def test_the_named_fashion_mnist_task_reads_the_installed_idx_files(monkeypatch):
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("went to the Hub"))
+    task = resolve_task("fashion-mnist")
+    assert list_splits(task) == ["train", "test"]
+    sample = sample_task(task, per_class=1, eval_examples=10, seed=0)
+    assert sample.label_names == FASHION and sample.eval_split == "test"
+    images, labels = data.load_fashion_mnist("train")
+    assert sample.score_labels == [int(labels[i]) for i in sample.score_indices] == list(range(10))
+    assert all(np.array_equal(_pixels(image), images[i].numpy())
+               for image, i in zip(sample.score_images, sample.score_indices))

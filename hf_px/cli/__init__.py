@@ -14,11 +14,15 @@ VERBS = {"prune": prune, "finetune": finetune, "inspect": inspect, "push": push}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = argparse.ArgumentParser(prog="hf-px", description="Find lottery tickets in vision models with PX.")
+    parser.add_argument("--version", action="version", version=f"hf-px {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="{" + ",".join(VERBS) + "}")
     for name, module in VERBS.items():
         module.add_arguments(verbs.add_parser(name, help=module.__doc__.splitlines()[0],
-                                              description=module.__doc__))
+                                              description=module.__doc__,
+                                              formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
 
 
@@ -33,5 +37,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hf-px {args.verb}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"hf-px {args.verb}: interrupted; nothing was written", file=sys.stderr)
+        print(f"hf-px {args.verb}: interrupted; nothing half-written was left behind", file=sys.stderr)
         return 130

@@ -2,7 +2,8 @@
 
 Example: hf-px finetune recipes/vit-base-cifar100-px.yaml --model vit-b-px90-c100 --output vit-b-px90-c100-ft
 Under several processes: accelerate launch --num_processes 8 -m hf_px finetune RECIPE ...
-Every recipe key is also a flag (--lr 0.05, --epochs 3, --precision bf16, --milestones 80 120, ...).
+Every recipe key is also a flag (--lr 0.05, --epochs 3, --precision bf16, --milestones 80 120, ...); a flag
+overrides the recipe, and the defaults below apply where neither sets a key.
 """
 
 import argparse
@@ -13,37 +14,88 @@ import typing
 from pathlib import Path
 
 from ..checkpoint import STATE_DIR, has_training_state
-from ..finetune import FinetuneConfig, load_recipe, run_finetune
+from ..data import TASKS
+from ..finetune import (
+    AUGMENTATIONS,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    FinetuneConfig,
+    load_recipe,
+    run_finetune,
+    shipped_recipes,
+)
 
 _HELP = {
     "model": "the sparse checkpoint: an `hf-px prune --output` folder or a Hub repo",
-    "task": "a named task (default: the one the checkpoint was pruned on)",
-    "dataset": "a Hub dataset id, a save_to_disk folder or an image folder",
+    "revision": "branch, tag or commit of --model (Hub repos only)",
+    "task": f"a named task: {', '.join(TASKS)} (default: the one the checkpoint was pruned on)",
+    "dataset": "a Hub dataset id, a save_to_disk folder or an image folder (instead of --task)",
+    "image_column": "the dataset's image column (default: the task's, or 'image')",
+    "label_column": "the dataset's label column (default: the task's, or 'label')",
+    "split": "the train split (default: the task's)",
+    "eval_split": "the eval split (default: the task's, else rows held out of train)",
     "output": "folder for the fine-tuned checkpoint; its resume/ subfolder holds the training state",
-    "batch_size": "effective batch of one optimizer step, over all processes and accumulation steps",
+    "optimizer": "the optimizer (required in the recipe)",
+    "lr": "peak learning rate (required in the recipe)",
+    "epochs": "epochs to train (required in the recipe)",
+    "batch_size": "effective batch of one optimizer step, over all processes and accumulation steps (required)",
+    "momentum": "SGD momentum",
+    "nesterov": "SGD with Nesterov momentum",
+    "betas": "AdamW betas, two numbers",
+    "weight_decay": "weight decay of every parameter",
+    "schedule": "learning-rate schedule after the warm-up: constant, step (x gamma at each milestone) or cosine",
+    "milestones": "epochs at which the step schedule multiplies the lr by gamma",
+    "gamma": "factor of the step schedule",
+    "warmup_epochs": "linear warm-up from 0, in epochs (may be fractional)",
+    "label_smoothing": "label smoothing of the cross-entropy, in [0, 1)",
+    "max_grad_norm": "clip the gradient norm to this (default: no clipping)",
+    "gradient_accumulation_steps": "micro-batches per optimizer step",
+    "precision": "no (fp32), bf16 (autocast; also on CPU) or fp16 (GPU only)",
+    "augmentation": "standard: random crop (padding 4, or resized crop for large images) and flip; none",
     "from_scratch": "re-initialise every weight before training, keeping the masks",
+    "train_examples": "a class-balanced subset of train of this size (default: all)",
+    "eval_examples": "a class-balanced subset of the eval split of this size (default: all)",
+    "num_workers": "DataLoader worker processes",
+    "seed": "seeds the subsets, the shuffling, augmentation and dropout",
+    "device": "auto (a GPU if any), cpu or cuda",
     "resume": "continue the run saved in --output (same recipe; --epochs may grow)",
-    "overwrite": "start over in an existing --output",
+    "overwrite": "start over in an existing --output; it is replaced only when the new run completes",
     "push_to_hub": "push the result to this Hub repo (one commit; the resume state is not pushed)",
+    "private": "create the Hub repo as private",
 }
+_CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS, "augmentation": AUGMENTATIONS,
+            "device": ("auto", "cpu", "cuda")}
+_METAVARS = {"model": "DIR_OR_REPO", "revision": "REV", "task": "NAME", "dataset": "ID_OR_PATH",
+             "image_column": "COLUMN", "label_column": "COLUMN", "split": "NAME", "eval_split": "NAME",
+             "output": "DIR", "push_to_hub": "REPO", "betas": "BETA", "milestones": "EPOCH", "lr": "LR", "momentum": "M", "weight_decay": "WD",
+             "gamma": "G", "warmup_epochs": "EPOCHS", "label_smoothing": "EPS", "max_grad_norm": "NORM"}
 _NOT_FLAGS = ("description", "expected")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="a recipe YAML file (see recipes/); flags override its keys")
+    parser.add_argument("recipe", help=f"a recipe YAML file, or the name of a shipped one ({', '.join(shipped_recipes())}); "
+                                       "flags override its keys")
     hints = typing.get_type_hints(FinetuneConfig)
     for item in dataclasses.fields(FinetuneConfig):
         if item.name in _NOT_FLAGS:
             continue
         flag, kind = "--" + item.name.replace("_", "-"), hints[item.name]
-        text = _HELP.get(item.name, "recipe key " + item.name)
+        text = _HELP[item.name]
+        default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+        if default is not None and default is not dataclasses.MISSING and default != [] and "default" not in text:
+            shown = ("off" if default is False else " ".join(map(str, default)) if isinstance(default, list)
+                     else default)
+            text += f" (default {shown})"
         if kind is bool:   # --from-scratch / --no-from-scratch: a recipe's true can be turned off too
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         elif typing.get_origin(kind) is list:
-            parser.add_argument(flag, nargs="+", type=typing.get_args(kind)[0], default=argparse.SUPPRESS, help=text)
+            parser.add_argument(flag, nargs="+", type=typing.get_args(kind)[0], default=argparse.SUPPRESS, help=text,
+                                metavar="N")
         else:
             base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-            parser.add_argument(flag, type=base, default=argparse.SUPPRESS, help=text)
+            parser.add_argument(flag, type=base, default=argparse.SUPPRESS, help=text, choices=_CHOICES.get(item.name),
+                                metavar=None if item.name in _CHOICES else _METAVARS.get(item.name, "N"))
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -55,11 +107,16 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if "task" in overrides:
         overrides.setdefault("dataset", None)
     config = load_recipe(args.recipe, overrides)
+    replacing = bool(config.output and config.overwrite and Path(config.output).expanduser().exists())
     try:
         run_finetune(config, command="hf-px " + shlex.join(argv), progress=not args.no_progress)
     except KeyboardInterrupt:
         output = Path(config.output or "")
         saved = has_training_state(output) if config.output else False
+        if replacing:
+            print(f"hf-px finetune: interrupted; {output} is unchanged (the earlier checkpoint and its resume state); "
+                  "this run is discarded", file=sys.stderr)
+            return 130
         print("hf-px finetune: interrupted; " + (
             f"the last complete training state is in {output / STATE_DIR} (continue with --resume)" if saved
             else "no epoch had finished, so there is no training state to resume"), file=sys.stderr)
