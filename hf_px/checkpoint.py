@@ -346,10 +346,7 @@ def _in_model_order(model: nn.Module, masks: dict[str, Tensor]) -> dict[str, Ten
 def inspect_checkpoint(repo_or_dir: str | Path, revision: str | None = None) -> tuple[dict, dict[str, Tensor]]:
     """(provenance record, masks) of a sparse checkpoint, verified as `load_sparse` verifies it (the record's
     field types, config.json, the model loading from its weights, every masked-out weight zero)."""
-    folder = _resolve(repo_or_dir, revision, _HUB_PATTERNS)
-    record = _read_provenance(folder)
-    masks = _read_masks(folder)
-    _check_loaded(_load_native(folder), masks, folder)
+    _, masks, record = open_sparse(repo_or_dir, revision)
     return record, masks
 
 
