@@ -20,7 +20,8 @@ import common  # noqa: E402
 import study_pai  # noqa: E402
 import study_transformers  # noqa: E402
 
-STUDIES = [("pai", "study_pai"), ("transformers", "study_transformers"), ("cost", "study_cost")]
+STUDIES = [("pai", "study_pai"), ("transformers", "study_transformers"), ("cost", "study_cost"),
+           ("batchnorm", "study_batchnorm")]
 
 
 def load_results(directory: Path = common.RESULTS) -> dict[str, dict]:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from . import checkpoint, data, head
 from .batches import logits_of
+from .batchnorm import batchnorm_layers, recalibrate_batchnorm_
 from .distributed import masks_digest
 from .errors import ConfigError, DataError, MaskError, MaskViolation, ModelError, TrainingDiverged
 from .masks import check_masks
@@ -81,6 +82,8 @@ class FinetuneConfig:
     precision: str = "no"               # "no" (float32), "bf16" (autocast; also on CPU) or "fp16" (GPU)
     augmentation: str = "standard"      # "standard": random crop (padding 4, or resized crop for large images) + flip
     from_scratch: bool = False          # re-initialise every weight, keep the masks (prune at init, then train)
+    recalibrate_bn: bool = True         # BatchNorm statistics re-estimated with the current weights before each eval/save
+    calibration_examples: int = 512     # train images (no augmentation, a fixed seeded subset) for that
     train_examples: int | None = None   # a class-balanced subset of train (None: all)
     eval_examples: int | None = None    # a class-balanced subset of the eval split (None: all)
     num_workers: int = 0
@@ -109,6 +112,7 @@ class FinetuneConfig:
             if getattr(self, name) is not None:
                 _check_number(name, getattr(self, name), int, minimum=1)
         _check_number("num_workers", self.num_workers, int, minimum=0)
+        _check_number("calibration_examples", self.calibration_examples, int, minimum=1)
         _check_number("seed", self.seed, int, minimum=0)
         _check_number("lr", self.lr, float, minimum=0, strict=True)
         for name in ("momentum", "weight_decay", "gamma", "warmup_epochs", "label_smoothing"):
@@ -414,6 +418,8 @@ def run_finetune(config: FinetuneConfig, command: str | None = None, progress: b
     train_set = data.ImageDataset(splits.train, task, splits.train_indices, splits.train_codes,
                                   TrainAugmentation(config.augmentation, loaded.preprocess))
     eval_set = data.ImageDataset(splits.eval, task, splits.eval_indices, splits.eval_codes, loaded.preprocess)
+    calibration = _calibration_batches(splits, task, loaded.preprocess, config, per_device) if (
+        config.recalibrate_bn and batchnorm_layers(model)) else None
     _check_labels(loaded, splits.label_names, eval_set[0][0].unsqueeze(0), config.model)
     loader = dict(num_workers=config.num_workers, collate_fn=_collate)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=per_device, shuffle=True, **loader)
@@ -478,6 +484,12 @@ def run_finetune(config: FinetuneConfig, command: str | None = None, progress: b
         _stop_if_diverged(accelerator, guard.check_epoch(running / max(1, batches)), step, epoch, config,
                           state_dir, history)
         check_masks_hold(unwrapped, masks, optimizer, when=f"after epoch {epoch + 1}")
+        if calibration is not None:
+            # precise BatchNorm: the running averages mix statistics of the weights of many past steps, which
+            # in a short fine-tuning run are far from the current ones (docs/results.md, "BatchNorm
+            # recalibration"); training itself uses batch statistics and is unaffected
+            recalibrate_batchnorm_(unwrapped, [(images.to(accelerator.device), None) for images in calibration])
+            _same_batchnorm_everywhere(accelerator, unwrapped)
         metrics = evaluate(model, eval_loader, accelerator)
         if not math.isfinite(metrics["eval_loss"]):
             _stop_if_diverged(accelerator, f"the eval loss is {metrics['eval_loss']}", step, epoch, config,
@@ -527,6 +539,28 @@ def run_finetune(config: FinetuneConfig, command: str | None = None, progress: b
             log(f"pushed to {result.pushed_to}")
     accelerator.wait_for_everyone()
     return result
+
+
+def _calibration_batches(splits, task, preprocess, config: FinetuneConfig, batch_size: int) -> list[Tensor]:
+    """Image batches for BatchNorm recalibration: `calibration_examples` train rows drawn with the run's seed,
+    with the eval-time preprocessing (the statistics are those eval mode will meet). Every process gets the
+    same images, so every process computes the same statistics."""
+    generator = torch.Generator().manual_seed(config.seed)
+    order = torch.randperm(len(splits.train_indices), generator=generator)[:config.calibration_examples]
+    rows = [splits.train_indices[i] for i in sorted(order.tolist())]
+    dataset = data.ImageDataset(splits.train, task, rows, splits.train_codes, preprocess)
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    return list(images.split(batch_size))
+
+
+def _same_batchnorm_everywhere(accelerator, model: nn.Module) -> None:
+    """Processes may differ in the last bits of their statistics (GPU reductions): take the main process's."""
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast
+
+        for layer in batchnorm_layers(model).values():
+            for buffer in (layer.running_mean, layer.running_var):
+                buffer.copy_(broadcast(buffer.clone(), from_process=0))
 
 
 def _stop_if_diverged(accelerator, reason: str | None, step: int, epoch: int, config: FinetuneConfig,

@@ -178,14 +178,14 @@ def test_cli_inspect_of_a_corrupt_checkpoint_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.needs_fashion_mnist   # see conftest.py
-def test_readme_quickstart_runs(tmp_path, capsys):
-    """The README's first command (examples/quickstart.py): prune at init with PX and random, train, print both;
+def test_prune_at_init_example_runs(tmp_path, capsys):
+    """examples/prune_at_init.py: prune at init with PX and random, train, print both;
     here with a shorter training."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
-    spec = importlib.util.spec_from_file_location("quickstart", path)
+    path = Path(__file__).resolve().parents[1] / "examples" / "prune_at_init.py"
+    spec = importlib.util.spec_from_file_location("prune_at_init", path)
     quickstart = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(quickstart)
     assert quickstart.main(["--workdir", str(tmp_path), "--epochs", "1", "--train-examples", "200"]) == 0

