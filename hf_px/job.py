@@ -99,6 +99,12 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
         f"rounds {rounds}, seed {config.seed}" + (f", min layer density {floor:.4g}" if floor else ""),
         f"device    {device}",
     ]
+    bn_count = len(batchnorm_layers(loaded.model))
+    if bn_count:
+        plan.insert(-1, f"batchnorm {bn_count} layers, " + (
+            f"recalibrated after pruning{' and every round' if config.recalibrate_every_round else ''} on "
+            f"{max(config.calibration_examples or 0, len(sample.score_labels))} images" if config.recalibrate_bn
+            else "dense statistics kept (--no-recalibrate-bn)"))
     if processes > 1:
         plan.append(f"processes {processes}, " + ("each scoring its shard of the images" if shard else
                                                   f"each scoring all images ({method} is not data-parallel)"))

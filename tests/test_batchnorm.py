@@ -134,3 +134,64 @@ def test_prune_recalibrates_between_rounds():
     plain = _trained_bn_net()
     hf_px.prune(plain, _calibration(), method="magnitude", sparsity=0.8, rounds=3)
     assert not torch.allclose(plain[1].running_var, model[1].running_var)   # without it: the dense statistics
+
+
+# ---------------------------------------------------------------------------------------------- hf-px prune
+
+
+@pytest.fixture(scope="module")
+def resnet_folder(tmp_path_factory):
+    """A tiny transformers BatchNorm ResNet with unnamed classes, saved as a local folder."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = tf.ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                             layer_type="basic", num_labels=10)
+    folder = tmp_path_factory.mktemp("resnet") / "dense"
+    tf.ResNetForImageClassification(config).save_pretrained(folder)
+    tf.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.286] * 3,
+                         image_std=[0.353] * 3).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.needs_fashion_mnist
+def test_prune_recalibrates_and_records_it(resnet_folder, dataset, tmp_path):
+    import json
+
+    from hf_px.cli import main
+
+    common = [str(resnet_folder), "--dataset", str(dataset), "--method", "magnitude", "--sparsity", "0.6",
+              "--examples-per-class", "2", "--eval-examples", "10", "--no-progress"]
+    assert main(["prune", *common, "--output", str(tmp_path / "on"), "--calibration-examples", "40"]) == 0
+    assert main(["prune", *common, "--output", str(tmp_path / "off"), "--no-recalibrate-bn"]) == 0
+    on = json.loads((tmp_path / "on" / "hf_px.json").read_text())
+    off = json.loads((tmp_path / "off" / "hf_px.json").read_text())
+    assert on["batchnorm"]["recalibrated"] and on["batchnorm"]["layers"] == 6 and on["batchnorm"]["images"] == 40
+    indices = on["batchnorm"]["calibration_indices"]
+    assert indices[:20] == on["score_indices"] and len(set(indices)) == 40   # the scoring sample, then 20 more
+    assert on["probe"]["sparse_stale_batchnorm"] is not None
+    assert not off["batchnorm"]["recalibrated"] and off["probe"]["sparse_stale_batchnorm"] is None
+    assert "BatchNorm | running statistics of all 6 layers re-estimated on 40" in (tmp_path / "on" / "README.md").read_text()
+    # the saved statistics are those of the pruned model on the calibration images
+    from hf_px import checkpoint, data
+
+    loaded, _, _ = checkpoint.open_sparse(str(tmp_path / "on"))
+    task = data.resolve_task(None, str(dataset))
+    train = data.open_split(task, "train")
+    images = [data._to_pil(row, "") for row in train.select(indices)["image"]]
+    labels = [0] * len(images)
+    oracle = copy.deepcopy(loaded.model)
+    recalibrate_batchnorm_(oracle, data.make_batches(images, labels, loaded.preprocess, 32))
+    for name, layer in batchnorm_layers(loaded.model).items():
+        torch.testing.assert_close(layer.running_var, batchnorm_layers(oracle)[name].running_var)
+
+
+@pytest.mark.needs_fashion_mnist
+def test_calibration_examples_beyond_the_train_split_fail_before_saving(resnet_folder, dataset, tmp_path, capsys):
+    from hf_px.cli import main
+
+    code = main(["prune", str(resnet_folder), "--dataset", str(dataset), "--method", "magnitude",
+                 "--examples-per-class", "2", "--eval-examples", "10", "--calibration-examples", "500",
+                 "--output", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "calibration" in err[0] and not (tmp_path / "out").exists()

