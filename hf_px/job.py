@@ -122,9 +122,9 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
     dense_fit = head.fit_ridge_head_(loaded.model, score_batches) if fit_head else None
     dense_accuracy = head.probe_accuracy(loaded.model, eval_batches) if eval_batches else None
 
-    bn_layers = len(batchnorm_layers(loaded.model)) if config.recalibrate_bn else 0
+    recalibrate = config.recalibrate_bn and bn_count > 0
     calibration_batches = None
-    if bn_layers:
+    if recalibrate:
         images, labels, calibration_indices = data.sample_calibration(
             sample, config.calibration_examples or len(sample.score_labels))
         calibration_batches = _to(data.make_batches(images, labels, loaded.preprocess, config.batch_size), device)
@@ -134,10 +134,10 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
                       calibration=calibration_batches if config.recalibrate_every_round else None,
                       **config.method_options)
     distributed.check_same_masks(masks)   # every rank must be about to report and save the same ticket
-    batchnorm = {"layers": len(batchnorm_layers(loaded.model)), "recalibrated": bool(bn_layers),
-                 "every_round": bool(bn_layers) and config.recalibrate_every_round}
+    batchnorm = {"layers": bn_count, "recalibrated": recalibrate,
+                 "every_round": recalibrate and config.recalibrate_every_round}
     stale_accuracy = None
-    if bn_layers:
+    if recalibrate:
         # the dense network's statistics no longer describe the pruned one (docs/results.md, "BatchNorm
         # recalibration"): re-estimate them before the head is fitted on the pruned features
         if eval_batches and not config.recalibrate_every_round:
