@@ -59,7 +59,7 @@ def score(model: nn.Module, batches: Iterable, method: str = "px", targets: list
         batches, targets, head = _prepare(model, batches, targets)
         criterion = criterion or make_criterion(recommended_method(model, first_images(batches, _device(model))))
         masks = _check_masks(model, targets, masks)
-        return _score_round(criterion, model, batches, targets, masks, head, seed)
+        return _checked(criterion, criterion.score(model, batches, targets, masks, head, seed), targets, masks)
 
 
 def prune(model: nn.Module, batches: Iterable, method: str = "px", sparsity: float = 0.9,
@@ -84,9 +84,10 @@ def prune(model: nn.Module, batches: Iterable, method: str = "px", sparsity: flo
         criterion = criterion or make_criterion(recommended_method(model, first_images(batches, _device(model))))
         rounds = criterion.default_rounds if rounds is None else rounds
         masks = _check_masks(model, targets, None)
+        score_round = criterion.scorer(model, batches, targets, head, seed)   # the model's structure, once
         for density in tqdm(density_schedule(1.0 - sparsity, rounds), desc=f"{criterion.name} rounds",
                             disable=not progress):
-            scores = _score_round(criterion, model, batches, targets, masks, head, seed)
+            scores = _checked(criterion, score_round(masks), targets, masks)
             masks = masks_from_scores(scores, density, masks)
     apply_masks_(model, masks)
     collapsed = [name for name, mask in masks.items() if not mask.any()]
@@ -139,13 +140,12 @@ def _check_masks(model, targets, masks):
     return {n: masks[n].to(device=params[n].device, dtype=torch.bool) for n in targets}
 
 
-def _score_round(criterion: Criterion, model, batches, targets, masks, head, seed) -> dict[str, Tensor]:
-    scores = criterion.score(model, batches, targets, masks, head, seed)
-    params = dict(model.named_parameters())
+def _checked(criterion: Criterion, scores: dict[str, Tensor], targets, masks) -> dict[str, Tensor]:
+    """The scores of every target, finite, and 0 at pruned entries; a criterion that breaks this raises."""
     checked = {}
     for name in targets:
-        if name not in scores or scores[name].shape != params[name].shape:
-            raise ModelError(f"method {criterion.name!r} returned no score of shape {tuple(params[name].shape)} "
+        if name not in scores or scores[name].shape != masks[name].shape:
+            raise ModelError(f"method {criterion.name!r} returned no score of shape {tuple(masks[name].shape)} "
                              f"for {name}; a registered method must score every target it is given")
         value = scores[name].detach()
         if not torch.isfinite(value).all():
