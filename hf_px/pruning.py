@@ -12,7 +12,7 @@ from .apply import apply_masks_
 from .batches import first_images, iter_batches, reiterable
 from .criteria import Criterion, make_criterion
 from .errors import ConfigError, ModelError
-from .masks import density_schedule, masks_from_scores
+from .masks import all_finite, density_schedule, masks_from_scores
 from .targets import find_head, resolve_targets
 
 
@@ -141,14 +141,15 @@ def _check_masks(model, targets, masks):
 
 
 def _checked(criterion: Criterion, scores: dict[str, Tensor], targets, masks) -> dict[str, Tensor]:
-    """The scores of every target, finite, and 0 at pruned entries; a criterion that breaks this raises."""
+    """The scores of every target, finite, and 0 at pruned entries; a criterion that breaks this raises.
+    Takes the scores out of `scores` as it goes, so that one score tensor is held twice at most."""
     checked = {}
     for name in targets:
         if name not in scores or scores[name].shape != masks[name].shape:
             raise ModelError(f"method {criterion.name!r} returned no score of shape {tuple(masks[name].shape)} "
                              f"for {name}; a registered method must score every target it is given")
-        value = scores[name].detach()
-        if not torch.isfinite(value).all():
+        value = scores.pop(name).detach()
+        if not all_finite(value):
             raise ModelError(f"{criterion.name} scores of {name} are not finite; the model may already hold "
                              "NaN/inf weights, or it uses an op the method cannot handle")
         checked[name] = torch.where(masks[name], value, torch.zeros((), dtype=value.dtype, device=value.device))

@@ -335,7 +335,10 @@ def _is_constant(weight, check_values: bool = False) -> bool:
         return False
     if not any(weight.stride()):
         return True
-    return check_values and bool((weight == weight.reshape(-1)[0]).all())
+    if not check_values:
+        return False
+    flat = weight.reshape(-1)   # 64 spread-out entries first: a masked or trained weight fails there, cheaply
+    return bool((flat[::max(1, flat.numel() // 64)] == flat[0]).all()) and bool((flat == flat[0]).all())
 
 
 def _constant_weight_layer(func, args, kwargs) -> Tensor:
@@ -575,7 +578,7 @@ def pass_parameters(model: nn.Module, kind: str, roles: dict[str, str], masks: d
         elif kind == "activation" or (power == 0 and role != "target"):
             value = _constant(theta, 1.0)
         else:
-            value = torch.ones_like(theta) if power == 0 else theta.abs() ** power
+            value = torch.ones_like(theta) if power == 0 else theta.square() if power == 2 else theta.abs() ** power
             if role == "target":
                 # the leaf is |theta|^p with the mask already applied: one weight-sized tensor less, and the
                 # same scores (leaf * |grad| is 0 at a pruned entry either way)
@@ -584,8 +587,10 @@ def pass_parameters(model: nn.Module, kind: str, roles: dict[str, str], masks: d
                 params[name] = leaves[name] = value.requires_grad_(True)
                 continue
         mask = masks.get(name)
-        if mask is not None and (name in leaves or not bool(mask.all())):
+        if name in leaves:   # the head among the targets: its mask is part of the differentiated graph
             value = value * mask.to(dtype)
+        elif mask is not None and not bool(mask.all()):
+            value = torch.where(mask, value, 0.0)   # one pass over the weight (a product would take two)
         params[name] = value
     if dtype != model_dtype(model):
         for name, buffer in model.named_buffers():

@@ -175,7 +175,9 @@ def _magnitude_order(model: nn.Module, gate_only: dict[str, Tensor]) -> dict[str
     for name, entries in gate_only.items():
         positions = entries.flatten().nonzero().squeeze(1)
         magnitude = params[name].detach().flatten()[positions].abs()
-        order[name] = positions[magnitude.argsort(stable=True)]
+        # non-negative floats order like their bit patterns read as integers, which sort several times faster
+        as_int = {2: torch.int16, 4: torch.int32, 8: torch.int64}[magnitude.element_size()]
+        order[name] = positions[magnitude.view(as_int).argsort(stable=True)]
     return order
 
 
