@@ -22,9 +22,10 @@ Calls, each on the same images:
     px-masked   the same round with every target 90% pruned, as every round of `prune` after the first
     score       one stand-alone `hf_px.score(method="px")` call: a round plus finding the structure
 
-Time: one warm-up of each call, then `--repeats` rounds of all calls alternated; a ratio is the median of
-the per-repeat ratios. Memory: the peak of each call over the memory in use just before it (allocator
-caches released first): on CPU the process's resident-set high-water mark (reset through
+Time: the first call of each (also its memory measurement and warm-up), then `--repeats` rounds of
+forward, px and px-masked alternated; a ratio is the median of the per-repeat ratios (score: its one
+call over the median forward). Memory: the peak of each call over the memory in use just before it
+(allocator caches released first): on CPU the process's resident-set high-water mark (reset through
 /proc/self/clear_refs), on CUDA torch.cuda.max_memory_allocated. Targets (TARGETS): a round <= 3.0x a
 forward pass for ViTs and 2.3x for the CNN, first and masked rounds alike; a round's peak <= 1.5x a
 training step's on ViT-B; hf_px >= 2.2x faster than the authors' procedure.
@@ -209,16 +210,23 @@ def worker(name: str, repeats: int, device: str, images: int | None, batch_size:
         sync()
         return time.perf_counter() - start
 
-    memory, warm_up = {}, {}
+    # the first call of each is also its warm-up: memory is measured on it (one-time allocations included)
+    memory, first = {}, {}
     for call_name, call in calls.items():
-        warm_up[call_name] = timed(call)
-        memory[call_name] = peak_increase(call, device)
-    times = {call_name: [] for call_name in calls}
+        start = time.perf_counter()
+        memory[call_name] = peak_increase(lambda: (call(), sync()), device)
+        first[call_name] = time.perf_counter() - start
+    # the training step and the stand-alone score are measured once; the rest alternate `repeats` times
+    repeated = [k for k in calls if k not in ("train", "score")]
+    times = {call_name: [] for call_name in repeated}
     for _ in range(repeats):
-        for call_name, call in calls.items():
-            times[call_name].append(timed(call))
+        for call_name in repeated:
+            times[call_name].append(timed(calls[call_name]))
     median = {k: statistics.median(v) for k, v in times.items()}
-    ratios = {k: statistics.median(a / b for a, b in zip(times[k], times["forward"])) for k in calls if k != "forward"}
+    ratios = {k: statistics.median(a / b for a, b in zip(times[k], times["forward"])) for k in repeated if k != "forward"}
+    if "score" in calls:   # one call, against the median forward pass
+        median["score"] = first["score"]
+        ratios["score"] = first["score"] / median["forward"]
     if authors:
         ratios["authors_over_px"] = statistics.median(a / b for a, b in zip(times["authors"], times["px"]))
     return {
@@ -226,7 +234,7 @@ def worker(name: str, repeats: int, device: str, images: int | None, batch_size:
         "images": sum(len(x) for x, _ in batches), "batch_size": len(batches[0][0]), "targets": len(targets),
         "params": sum(p.numel() for p in model.parameters()),
         "param_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
-        "threads": torch.get_num_threads(), "warm_up_s": warm_up, "times_s": times, "median_s": median,
+        "threads": torch.get_num_threads(), "first_call_s": first, "times_s": times, "median_s": median,
         "ratio_to_forward": ratios, "peak_mb": memory,
         "memory_ratio_to_train": {k: memory[k] / memory["train"] for k in memory if k in ("px", "px-masked", "score")
                                   and memory["train"] > 0},
@@ -296,18 +304,19 @@ def main(argv=None) -> dict:
     print(f"\nPX cost benchmark: torch {torch.__version__}, device {args.device}"
           f"{' (' + torch.cuda.get_device_name(0) + ')' if cuda else ''}, {os.cpu_count()} CPUs "
           f"[{platform.processor() or platform.machine()}], {next(iter(results.values()))['threads']} torch threads; "
-          f"1 warm-up + {args.repeats} interleaved repeats per call; load average {load_before[0]:.2f} before, "
+          f"first call + {args.repeats} interleaved repeats; load average {load_before[0]:.2f} before, "
           f"{load_after[0]:.2f} after; code {_code_version()}\n")
     header = (f"{'model':<34} {'images':>6} {'call':<10} {'median s':>9} {'/ forward':>9} {'peak +MiB':>10} "
               f"{'/ train':>8}")
     print(header)
     print("-" * len(header))
     for result in results.values():
-        for call, seconds in result["median_s"].items():
+        for call, memory_mb in result["peak_mb"].items():
+            seconds = result["median_s"].get(call, result["first_call_s"][call])
             ratio = result["ratio_to_forward"].get(call)
             memory = result["memory_ratio_to_train"].get(call)
             print(f"{result['label']:<34} {result['images']:>6} {call:<10} {seconds:>9.3f} "
-                  f"{'' if ratio is None else f'{ratio:.2f}x':>9} {result['peak_mb'][call]:>10.1f} "
+                  f"{'' if ratio is None else f'{ratio:.2f}x':>9} {memory_mb:>10.1f} "
                   f"{'' if memory is None else f'{memory:.2f}x':>8}")
         for line in verdicts(result):
             print(f"{'':<34} {line}")
