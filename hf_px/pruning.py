@@ -1,6 +1,7 @@
 """The two entry points: `score` (one round of saliencies) and `prune` (the iterative schedule)."""
 
 import contextlib
+import time
 import warnings
 from collections.abc import Iterable
 
@@ -64,7 +65,7 @@ def score(model: nn.Module, batches: Iterable, method: str = "px", targets: list
 
 def prune(model: nn.Module, batches: Iterable, method: str = "px", sparsity: float = 0.9,
           rounds: int | None = None, targets: list[str] | None = None, seed: int = 0, *,
-          progress: bool = False, **options) -> dict[str, Tensor]:
+          progress: bool = False, on_round=None, **options) -> dict[str, Tensor]:
     """Prune `model` in place to `sparsity` over the targets; return boolean masks keyed by name.
 
     method: a name from `hf_px.list_methods()`, or "auto" (`recommended_method`).
@@ -74,6 +75,8 @@ def prune(model: nn.Module, batches: Iterable, method: str = "px", sparsity: flo
     broken by position). Pruned weights are zeroed in place at the end; a tensor left at zero density warns.
     Under torch.distributed, give each process its own shard; PX sums its data term across processes, so
     all get the same masks. Other methods are not data-parallel: give them all the batches on every process.
+    progress: a progress bar over the rounds (with an ETA); on_round: called as on_round(rounds_done,
+    seconds_so_far) after every round (`hf-px prune` refines its time estimate with it).
     """
     sparsity = _fraction(sparsity)
     criterion = check_method(method, options)
@@ -84,11 +87,14 @@ def prune(model: nn.Module, batches: Iterable, method: str = "px", sparsity: flo
         criterion = criterion or make_criterion(recommended_method(model, first_images(batches, _device(model))))
         rounds = criterion.default_rounds if rounds is None else rounds
         masks = _check_masks(model, targets, None)
+        started = time.perf_counter()
         score_round = criterion.scorer(model, batches, targets, head, seed)   # the model's structure, once
-        for density in tqdm(density_schedule(1.0 - sparsity, rounds), desc=f"{criterion.name} rounds",
-                            disable=not progress):
+        for done, density in enumerate(tqdm(density_schedule(1.0 - sparsity, rounds), desc=f"{criterion.name} rounds",
+                                            unit="round", disable=not progress), start=1):
             scores = _checked(criterion, score_round(masks), targets, masks)
             masks = masks_from_scores(scores, density, masks)
+            if on_round is not None:
+                on_round(done, time.perf_counter() - started)
     apply_masks_(model, masks)
     collapsed = [name for name, mask in masks.items() if not mask.any()]
     if collapsed:   # PX_SPEC §5: never hide a tensor pruned away (it cuts every path through its layer)
