@@ -289,6 +289,43 @@ def verdicts(result: dict) -> list[str]:
     return lines
 
 
+def report(bench: dict) -> str:
+    """The markdown section of docs/results.md for a bench_px JSON (benchmarks/report.py)."""
+    settings, results = bench["settings"], bench["results"]
+    lines = ["## Engine cost: a PX round against a forward pass and a training step (bench_px)", "",
+             f"Command: `{settings['command']}` (device {settings['device_name']}, {settings['cpus']} CPUs, torch "
+             f"{settings['torch']}, code {settings['code']}, load average {settings['loadavg_before'][0]:.1f} before "
+             f"and {settings['loadavg_after'][0]:.1f} after). Ratios are medians of per-repeat ratios with the calls "
+             "alternated in one process; memory is each call's peak over the memory in use before it. A round is "
+             "one round of `hf_px.prune` (the model's structure is found once per call); *masked*: every target "
+             "90% pruned, as in every round after the first; *score*: one stand-alone `hf_px.score` call, "
+             "structure included. Targets: a round <= "
+             f"{TARGETS['vit_round']}x a forward pass for ViTs (goal {TARGETS['vit_round_goal']}x) and "
+             f"{TARGETS['cnn_round']}x for the CNN; a round's peak <= {TARGETS['memory']}x a training step's at "
+             "224 px.", "",
+             "| model | images (batch) | forward s | round / forward | masked round / forward | score / forward "
+             "| round peak / training step | masked round peak / training step |",
+             "|---|---|---|---|---|---|---|---|"]
+    for result in results.values():
+        if result["model"] == "resnet20-authors":
+            continue
+        ratio, memory = result["ratio_to_forward"], result["memory_ratio_to_train"]
+        lines.append(f"| {result['label']} | {result['images']} ({result['batch_size']}) | "
+                     f"{result['median_s']['forward']:.3f} | {ratio['px']:.2f}x | {ratio['px-masked']:.2f}x | "
+                     f"{ratio['score']:.2f}x | {memory['px']:.2f}x ({result['peak_mb']['px']:.0f} / "
+                     f"{result['peak_mb']['train']:.0f} MiB) | {memory['px-masked']:.2f}x |")
+    authors = results.get("resnet20-authors")
+    if authors:
+        lines += ["", f"On ResNet-20 in the authors' layer style (every Conv/Linear weight a target), one round of "
+                      f"the authors' procedure (`benchmarks/authors_px.py`) takes "
+                      f"{authors['ratio_to_forward']['authors_over_px']:.2f}x as long as `hf_px.score` "
+                      f"(target >= {TARGETS['speedup']}x)."]
+    lines += ["", "Verdicts, computed from these numbers:", ""]
+    for result in results.values():
+        lines += [f"- {result['label']}: {line}" for line in verdicts(result)]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch

@@ -306,6 +306,22 @@ def part_bench(device: str, smoke: bool, out: Path, timeout: float) -> dict:
     return result
 
 
+# --- docs/results.md -----------------------------------------------------------------------------------------
+
+def report(record: dict | None) -> str:
+    """The GPU section of docs/results.md (benchmarks/report.py); says so plainly when no GPU run exists."""
+    title = "## GPU check (benchmarks/gpu_check.py)"
+    if record is None or record.get("smoke"):
+        return (f"{title}\n\nNot run on a GPU yet: no session has been lent one. On one GPU, "
+                "`python benchmarks/gpu_check.py --out benchmarks/results` (about 6 minutes) writes "
+                "`gpu_check.json` here and this section is rendered from it.\n")
+    lines = [title, "", f"Command: `{record['command']}` on {record['device_name']} (torch {record['torch']}, CUDA "
+                        f"{record['cuda']}), {record.get('seconds', 0):.0f} s.", ""]
+    for name, part in record["parts"].items():
+        lines.append(f"- {summary_line(name, part)}")
+    return "\n".join(lines) + "\n"
+
+
 # --- driver --------------------------------------------------------------------------------------------------
 
 RECORD: dict = {}
