@@ -1,36 +1,47 @@
-"""Cost of one PX round against one plain forward pass, and against the authors' procedure.
+"""What a PX round costs against one plain forward pass and one training step: time and peak memory.
 
-Default (CPU-sized): (a) hf_px.testing.resnet20() on 3x32x32 and (b) a transformers ViT (6 layers,
-hidden 192, 3 heads, MLP 768, patch 4, 32 px, 10 labels, sdpa attention), each on 100 random images in
-2 batches of 50. `--full` (for a GPU): timm resnet50 and vit_base_patch16_224 at 224 px on 1000 images.
+One process per model (fresh, so that models do not share allocator state), and inside it every measured
+call alternated with the others (interleaved), so that a ratio is not skewed by load that drifts on a
+shared machine. Models (`--models`, default resnet20,vit6,vitb):
 
-For each model: median wall time of one `hf_px.score(model, batches, method="px")` round, median wall time
-of one `torch.no_grad()` forward pass over the same images, their ratio (targets: <= 2.3 CNN, <= 3.0 ViT),
-and for the CNN the authors' procedure (`hf_px.testing.authors_px_round`) against `hf_px.score` with the same
-targets (every Conv/Linear weight, head included: the authors' convention; target speed-up >= 2.2x), both
-on ResNet-20 built from layers in the style of the authors' (`resnet20(masked=True)`: a weight_mask buffer
-multiplied into each weight in forward, per-channel identity shortcuts).
-Also reported, not judged: the same round with every target 90% masked, as in `prune` after its first
-round (unpruned layers run surrogate A as one sum per group; masked layers need the full product).
-Every measurement runs in a fresh subprocess; memory is that process's peak RSS (resource.getrusage)
-and its increase over the RSS just before the measured calls (on CUDA also the peak allocated memory).
-After the memory figures, each process also alternates its call with the calls it is compared with
-("interleaved" ratios), which is robust to load that drifts between processes on a shared machine.
-Cases run with glibc malloc settings that keep freed memory (STEADY_MALLOC); --default-malloc turns
-that off.
+    resnet20        hf_px.testing.resnet20() (CIFAR, BN), 3x32x32
+    resnet20-authors  the same in the authors' layer style (weight_mask buffers): hf_px against the authors'
+                    procedure (`hf_px.testing.authors_px_round`), every Conv/Linear weight a target
+    vit6            transformers ViT, 6 layers, hidden 192, 3 heads, patch 4, 32 px, sdpa attention
+    vitb            timm vit_base_patch16_224 (pretrained=False), 224 px
+    hf-vitb-sdpa, hf-vitb-eager   transformers ViTForImageClassification (ViT-B/16 config), 224 px
 
-    python benchmarks/bench_px.py [--repeats 5] [--device cpu|cuda] [--full] [--json PATH]
-                                  [--images N] [--batch-size 50] [--default-malloc]
+Images per model: 100 in batches of 50 at 32 px and 8 in one batch at 224 px on CPU; 1000 in batches of
+250 (32 px) or 100 (224 px) on CUDA; `--images`/`--batch-size` override both.
+
+Calls, each on the same images:
+    forward     one `torch.no_grad()` forward pass over all batches
+    train       one training step's forward and backward on the first batch (the "same batch" of memory)
+    px          a round of px as `hf_px.prune` runs it: `criterion.scorer(...)` is built once (the model's
+                structure), then a round = score with the current masks + the global threshold
+    px-masked   the same round with every target 90% pruned, as every round of `prune` after the first
+    score       one stand-alone `hf_px.score(method="px")` call: a round plus finding the structure
+
+Time: the first call of each (also its memory measurement and warm-up), then `--repeats` rounds of
+forward, px and px-masked alternated; a ratio is the median of the per-repeat ratios (score: its one
+call over the median forward). Memory: the peak of each call over the memory in use just before it
+(allocator caches released first): on CPU the process's resident-set high-water mark (reset through
+/proc/self/clear_refs), on CUDA torch.cuda.max_memory_allocated. Targets (TARGETS): a round <= 3.0x a
+forward pass for ViTs and 2.3x for the CNN, first and masked rounds alike; a round's peak <= 1.5x a
+training step's on ViT-B; hf_px >= 2.2x faster than the authors' procedure.
+
+    python benchmarks/bench_px.py [--models resnet20,vit6,vitb] [--repeats 3] [--device cpu|cuda]
+                                  [--images N] [--batch-size B] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -38,56 +49,57 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TARGET_RATIO = {"cnn": 2.3, "vit": 3.0}
-TARGET_SPEEDUP = 2.2
+MODELS = ["resnet20", "resnet20-authors", "vit6", "vitb", "hf-vitb-sdpa", "hf-vitb-eager"]
+DEFAULT_MODELS = ["resnet20", "resnet20-authors", "vit6", "vitb"]
+TARGETS = {"cnn_round": 2.3, "vit_round": 3.0, "vit_round_goal": 2.5, "memory": 1.5, "speedup": 2.2}
 # glibc returns large freed blocks to the OS (munmap / trim), so every pass re-faults its activation
 # memory; on small VMs that page-faulting can double a plain forward pass and blurs every ratio. These
-# settings keep freed memory in the process for all cases alike; --default-malloc measures without them.
+# settings keep freed memory in the process for all calls alike (memory is measured after malloc_trim).
 STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**40)}
 
 
 # --- models and data -------------------------------------------------------------------------------------
 
-def _model_and_data(family: str, full: bool, device: str, images: int | None, batch_size: int):
+def build(name: str, device: str, images: int | None = None, batch_size: int | None = None):
+    """(model, batches, label, resolution) for one of MODELS, in eval mode on `device`."""
     import torch
-    from hf_px.testing import random_batches
+    from hf_px.testing import random_batches, resnet20
 
     torch.manual_seed(0)
-    if full:
-        import timm
-        name = {"cnn": "resnet50", "styled": "resnet50", "vit": "vit_base_patch16_224"}[family]
-        model, shape, classes = timm.create_model(name, pretrained=False), (3, 224, 224), 1000
-        label = f"timm {name}"
-        images = images or 1000
-    elif family == "cnn":
-        from hf_px.testing import resnet20
-        model, shape, classes, label = resnet20(), (3, 32, 32), 10, "ResNet-20 (CIFAR, BN)"
-        images = images or 100
-    elif family == "styled":
-        from hf_px.testing import resnet20
-        model, shape, classes, label = resnet20(masked=True), (3, 32, 32), 10, "ResNet-20, authors' layers"
-        images = images or 100
-    else:
+    if name in ("resnet20", "resnet20-authors"):
+        model, resolution, classes = resnet20(masked=name == "resnet20-authors"), 32, 10
+        label = "ResNet-20 (CIFAR, BN)" + (", authors' layers" if name == "resnet20-authors" else "")
+    elif name == "vit6":
         import transformers as tf
         config = tf.ViTConfig(num_hidden_layers=6, hidden_size=192, num_attention_heads=3, intermediate_size=768,
                               patch_size=4, image_size=32, num_labels=10)
         config._attn_implementation = "sdpa"
-        model, shape, classes, label = tf.ViTForImageClassification(config), (3, 32, 32), 10, "HF ViT 6x192 (sdpa)"
-        images = images or 100
+        model, resolution, classes, label = tf.ViTForImageClassification(config), 32, 10, "HF ViT 6x192 (sdpa), 32 px"
+    elif name == "vitb":
+        import timm
+        model = timm.create_model("vit_base_patch16_224", pretrained=False)
+        resolution, classes, label = 224, 1000, "timm ViT-B/16, 224 px"
+    elif name in ("hf-vitb-sdpa", "hf-vitb-eager"):
+        import transformers as tf
+        config = tf.ViTConfig(num_labels=1000)
+        config._attn_implementation = name.rsplit("-", 1)[1]
+        model, resolution, classes = tf.ViTForImageClassification(config), 224, 1000
+        label = f"HF ViT-B/16 ({config._attn_implementation}), 224 px"
+    else:
+        raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    cuda = device.startswith("cuda")
+    default = (8, 8) if resolution == 224 else (100, 50)
+    if cuda:
+        default = (1000, 100) if resolution == 224 else (1000, 250)
+    images, batch_size = images or default[0], batch_size or min(default[1], images or default[0])
     if images % batch_size:
         raise SystemExit(f"--images {images} is not a multiple of --batch-size {batch_size}")
-    batches = random_batches(images // batch_size, batch_size, shape, classes, seed=0)
+    batches = random_batches(images // batch_size, batch_size, (3, resolution, resolution), classes, seed=0)
     model = model.to(device).eval()
-    batches = [(x.to(device), y.to(device)) for x, y in batches]
-    return model, batches, label, images
+    return model, [(x.to(device), y.to(device)) for x, y in batches], label, resolution
 
 
-def _all_linear_weights(model):
-    import hf_px
-    return hf_px.prunable_weights(model)   # every Conv/Linear weight, the head included
-
-
-# --- one measurement (runs in its own subprocess) ------------------------------------------------------------
+# --- measuring ------------------------------------------------------------------------------------------------
 
 def _current_rss() -> int:
     with open("/proc/self/statm") as f:
@@ -96,106 +108,151 @@ def _current_rss() -> int:
 
 def _peak_rss() -> int:
     """Peak resident set size of this process so far, in bytes (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    import resource
+
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 
 
-def worker(case: str, repeats: int, device: str, full: bool, images: int | None, batch_size: int) -> dict:
+def _reset_high_water_mark() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _high_water_mark() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")
+
+
+def peak_increase(call, device: str) -> float:
+    """MiB that `call()` adds at its peak to the memory in use just before it (see the module docstring)."""
     import torch
 
-    sys.path.insert(0, str(HERE))
-    import hf_px
-    from hf_px.testing import authors_px_round
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        call()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    try:   # hand freed heap memory back first, so that `before` is what is really in use
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    before = _current_rss()
+    if not _reset_high_water_mark():
+        raise SystemExit("cannot reset the peak RSS (/proc/self/clear_refs): memory needs Linux")
+    call()
+    return (_high_water_mark() - before) / 2**20
 
-    family, kind = case.split("/")
-    model, batches, label, n_images = _model_and_data(family, full, device, images, batch_size)
-    targets = _all_linear_weights(model)
+
+def worker(name: str, repeats: int, device: str, images: int | None, batch_size: int | None) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    import hf_px
+    from hf_px.batches import logits_of
+    from hf_px.criteria import make_criterion
+    from hf_px.masks import density_schedule, masks_from_scores
+
+    sys.path.insert(0, str(HERE))
+    model, batches, label, resolution = build(name, device, images, batch_size)
+    authors = name == "resnet20-authors"
+    head = hf_px.find_head(model, batches[0][0][:2])
+    # the authors' convention: every Conv/Linear weight, the head included; else hf_px's default targets
+    targets = hf_px.prunable_weights(model) if authors else [n for n in hf_px.prunable_weights(model) if n not in head]
+    params = dict(model.named_parameters())
+    generator = torch.Generator().manual_seed(0)
+    ones = {n: torch.ones_like(params[n], dtype=torch.bool) for n in targets}
+    pruned = {n: (torch.rand(params[n].shape, generator=generator) < 0.1).to(params[n].device) for n in targets}
+    score_round = make_criterion("px").scorer(model, batches, targets, head, 0)
+    first_density = density_schedule(0.1, 100)[0]
 
     def forward():
         with torch.no_grad():
             for x, _ in batches:
                 model(x)
 
-    if kind == "px-pruned":   # a later round of `prune`: every target masked, 90% of its entries pruned
-        generator = torch.Generator().manual_seed(0)
-        head = hf_px.find_head(model, batches[0][0][:2])
-        params = dict(model.named_parameters())
-        masks = {name: (torch.rand(params[name].shape, generator=generator) < 0.1).to(params[name].device)
-                 for name in hf_px.prunable_weights(model) if name not in head}
+    def train():
+        x, y = batches[0]
+        F.cross_entropy(logits_of(model(x)), y).backward()
+        model.zero_grad(set_to_none=True)
 
     calls = {
         "forward": forward,
-        "px": lambda: hf_px.score(model, batches, method="px"),
-        "px-pruned": lambda: hf_px.score(model, batches, method="px", masks=masks),
-        "px-all": lambda: hf_px.score(model, batches, method="px", targets=targets),
-        "authors": lambda: authors_px_round(model, batches, targets),
+        "train": train,
+        "px": lambda: masks_from_scores(score_round(ones), first_density, ones),
+        "px-masked": lambda: masks_from_scores(score_round(pruned), 0.09, pruned),
+        "score": lambda: hf_px.score(model, batches, method="px", targets=targets),
     }
-    if kind not in calls:
-        raise SystemExit(f"unknown case {case}")
-    call = calls[kind]
+    if authors:
+        from hf_px.testing import authors_px_round
+        calls = {"forward": forward, "train": train, "px": calls["score"],
+                 "authors": lambda: authors_px_round(model, batches, targets)}
 
     def sync():
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    gc.collect()
-    rss_before = _current_rss()
-    peak_before = _peak_rss()
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        cuda_before = torch.cuda.memory_allocated()
-    times = []
-    for i in range(1 + repeats):     # one warm-up, then `repeats` timed calls
+    def timed(call) -> float:
         sync()
         start = time.perf_counter()
         call()
         sync()
-        if i > 0:
-            times.append(time.perf_counter() - start)
-    peak = _peak_rss()
-    result = {
-        "case": case, "model": label, "images": n_images, "batch_size": batch_size, "device": device,
-        "median_s": statistics.median(times), "min_s": min(times), "times_s": times,
-        "peak_rss_mb": peak / 2**20, "rss_before_mb": rss_before / 2**20,
-        "rss_increase_mb": (peak - rss_before) / 2**20, "peak_rss_before_calls_mb": peak_before / 2**20,
-        "threads": torch.get_num_threads(),
+        return time.perf_counter() - start
+
+    # the first call of each is also its warm-up: memory is measured on it (one-time allocations included)
+    memory, first = {}, {}
+    for call_name, call in calls.items():
+        start = time.perf_counter()
+        memory[call_name] = peak_increase(lambda: (call(), sync()), device)
+        first[call_name] = time.perf_counter() - start
+    # the training step and the stand-alone score are measured once; the rest alternate `repeats` times
+    repeated = [k for k in calls if k not in ("train", "score")]
+    times = {call_name: [] for call_name in repeated}
+    for _ in range(repeats):
+        for call_name in repeated:
+            times[call_name].append(timed(calls[call_name]))
+    median = {k: statistics.median(v) for k, v in times.items()}
+    ratios = {k: statistics.median(a / b for a, b in zip(times[k], times["forward"])) for k in repeated if k != "forward"}
+    if "score" in calls:   # one call, against the median forward pass
+        median["score"] = first["score"]
+        ratios["score"] = first["score"] / median["forward"]
+    if authors:
+        ratios["authors_over_px"] = statistics.median(a / b for a, b in zip(times["authors"], times["px"]))
+    return {
+        "model": name, "label": label, "device": device, "resolution": resolution,
+        "images": sum(len(x) for x, _ in batches), "batch_size": len(batches[0][0]), "targets": len(targets),
+        "params": sum(p.numel() for p in model.parameters()),
+        "param_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
+        "threads": torch.get_num_threads(), "first_call_s": first, "times_s": times, "median_s": median,
+        "ratio_to_forward": ratios, "peak_mb": memory,
+        "memory_ratio_to_train": {k: memory[k] / memory["train"] for k in memory if k in ("px", "px-masked", "score")
+                                  and memory["train"] > 0},
     }
-    if device.startswith("cuda"):
-        result["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        result["cuda_increase_mb"] = (torch.cuda.max_memory_allocated() - cuda_before) / 2**20
-
-    # After the memory figures: the same calls interleaved with the references they are compared with,
-    # so that a ratio is not skewed by load that changes between processes (shared machines).
-    partners = {"px": ["forward"], "px-pruned": ["forward"], "px-all": ["forward"], "authors": ["px-all", "forward"]}.get(kind, [])
-    if partners:
-        paired = {name: [] for name in [kind] + partners}
-        for _ in range(repeats):
-            for name in paired:
-                sync()
-                start = time.perf_counter()
-                calls[name]()
-                sync()
-                paired[name].append(time.perf_counter() - start)
-        result["interleaved_s"] = {name: statistics.median(t) for name, t in paired.items()}
-        result["interleaved_ratios"] = {
-            partner: statistics.median(a / b for a, b in zip(paired[kind], paired[partner])) for partner in partners}
-    return result
 
 
-def run_case(case: str, args) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", case, "--repeats", str(args.repeats),
-               "--device", args.device, "--batch-size", str(args.batch_size)]
-    if args.full:
-        command.append("--full")
+def run_model(name: str, args) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--repeats", str(args.repeats),
+               "--device", args.device]
     if args.images:
         command += ["--images", str(args.images)]
-    env = dict(os.environ)
-    if not args.default_malloc:
-        env.update(STEADY_MALLOC)
+    if args.batch_size:
+        command += ["--batch-size", str(args.batch_size)]
+    env = {**os.environ, **(STEADY_MALLOC if not args.default_malloc else {})}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
-        sys.stderr.write(done.stdout + done.stderr)
-        raise SystemExit(f"case {case} failed (exit {done.returncode})")
+        sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
+        raise SystemExit(f"model {name} failed (exit {done.returncode})")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -211,77 +268,102 @@ def _code_version() -> str:
     return f"{commit}{' + uncommitted hf_px changes' if dirty else ''}"
 
 
-def main(args) -> dict:
+def verdicts(result: dict) -> list[str]:
+    """One line per target that applies to this model, with OK / ABOVE TARGET."""
+    ratios, lines = result["ratio_to_forward"], []
+    if result["model"] == "resnet20-authors":
+        speedup = ratios["authors_over_px"]
+        lines.append(f"authors / hf_px {speedup:.2f}x (target >= {TARGETS['speedup']}) "
+                     f"{'OK' if speedup >= TARGETS['speedup'] else 'BELOW TARGET'}")
+        return lines
+    vit = "vit" in result["model"]
+    limit = TARGETS["vit_round" if vit else "cnn_round"]
+    for call in ("px", "px-masked"):
+        lines.append(f"{call} round / forward {ratios[call]:.2f}x (target <= {limit}) "
+                     f"{'OK' if ratios[call] <= limit else 'ABOVE TARGET'}")
+    if result["resolution"] == 224:
+        for call in ("px", "px-masked"):
+            value = result["memory_ratio_to_train"][call]
+            lines.append(f"{call} round peak / training-step peak {value:.2f}x (target <= {TARGETS['memory']}) "
+                         f"{'OK' if value <= TARGETS['memory'] else 'ABOVE TARGET'}")
+    return lines
+
+
+def report(bench: dict) -> str:
+    """The markdown section of docs/results.md for a bench_px JSON (benchmarks/report.py)."""
+    settings, results = bench["settings"], bench["results"]
+    lines = ["## Engine cost: a PX round against a forward pass and a training step (bench_px)", "",
+             f"Command: `{settings['command']}` (device {settings['device_name']}, {settings['cpus']} CPUs, torch "
+             f"{settings['torch']}, code {settings['code']}, load average {settings['loadavg_before'][0]:.1f} before "
+             f"and {settings['loadavg_after'][0]:.1f} after). Ratios are medians of per-repeat ratios with the calls "
+             "alternated in one process; memory is each call's peak over the memory in use before it. A round is "
+             "one round of `hf_px.prune` (the model's structure is found once per call); *masked*: every target "
+             "90% pruned, as in every round after the first; *score*: one stand-alone `hf_px.score` call, "
+             "structure included. Targets: a round <= "
+             f"{TARGETS['vit_round']}x a forward pass for ViTs (goal {TARGETS['vit_round_goal']}x) and "
+             f"{TARGETS['cnn_round']}x for the CNN; a round's peak <= {TARGETS['memory']}x a training step's at "
+             "224 px.", "",
+             "| model | images (batch) | forward s | round / forward | masked round / forward | score / forward "
+             "| round peak / training step | masked round peak / training step |",
+             "|---|---|---|---|---|---|---|---|"]
+    for result in results.values():
+        if result["model"] == "resnet20-authors":
+            continue
+        ratio, memory = result["ratio_to_forward"], result["memory_ratio_to_train"]
+        lines.append(f"| {result['label']} | {result['images']} ({result['batch_size']}) | "
+                     f"{result['median_s']['forward']:.3f} | {ratio['px']:.2f}x | {ratio['px-masked']:.2f}x | "
+                     f"{ratio['score']:.2f}x | {memory['px']:.2f}x ({result['peak_mb']['px']:.0f} / "
+                     f"{result['peak_mb']['train']:.0f} MiB) | {memory['px-masked']:.2f}x |")
+    authors = results.get("resnet20-authors")
+    if authors:
+        lines += ["", f"On ResNet-20 in the authors' layer style (every Conv/Linear weight a target), one round of "
+                      f"the authors' procedure (`benchmarks/authors_px.py`) takes "
+                      f"{authors['ratio_to_forward']['authors_over_px']:.2f}x as long as `hf_px.score` "
+                      f"(target >= {TARGETS['speedup']}x)."]
+    lines += ["", "Verdicts, computed from these numbers:", ""]
+    for result in results.values():
+        lines += [f"- {result['label']}: {line}" for line in verdicts(result)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     import torch
 
-    cases = ["cnn/forward", "cnn/px", "cnn/px-pruned", "styled/forward", "styled/px-all", "styled/authors",
-             "vit/forward", "vit/px", "vit/px-pruned"]
+    models = args.models.split(",")
     load_before = os.getloadavg()
     results = {}
-    for case in cases:
-        print(f"  running {case} ...", file=sys.stderr, flush=True)
-        results[case] = run_case(case, args)
+    for name in models:
+        print(f"  running {name} ...", file=sys.stderr, flush=True)
+        results[name] = run_model(name, args)
     load_after = os.getloadavg()
-
     cuda = args.device.startswith("cuda")
-    cpu = platform.processor() or platform.machine()
-    print(f"\nPX cost benchmark: torch {torch.__version__}, device {args.device}, {os.cpu_count()} CPUs [{cpu}], "
-          f"{results['cnn/forward']['threads']} torch threads; 1 warm-up + {args.repeats} timed calls per case, "
-          f"each case in a fresh process; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; "
-          f"malloc {'default' if args.default_malloc else 'steady (see STEADY_MALLOC)'}; "
-          f"code {_code_version()}\n")
-    header = (f"{'model':<26} {'call':<34} {'median s':>9} {'min s':>8} {'peak RSS MB':>12} {'RSS +MB':>8}"
-              + (f" {'CUDA peak MB':>13}" if cuda else ""))
+    print(f"\nPX cost benchmark: torch {torch.__version__}, device {args.device}"
+          f"{' (' + torch.cuda.get_device_name(0) + ')' if cuda else ''}, {os.cpu_count()} CPUs "
+          f"[{platform.processor() or platform.machine()}], {next(iter(results.values()))['threads']} torch threads; "
+          f"first call + {args.repeats} interleaved repeats; load average {load_before[0]:.2f} before, "
+          f"{load_after[0]:.2f} after; code {_code_version()}\n")
+    header = (f"{'model':<34} {'images':>6} {'call':<10} {'median s':>9} {'/ forward':>9} {'peak +MiB':>10} "
+              f"{'/ train':>8}")
     print(header)
     print("-" * len(header))
-    rows = [("cnn/forward", "forward, no_grad"), ("cnn/px", "hf_px.score px (default targets)"),
-            ("cnn/px-pruned", "  same, targets 90% masked"),
-            ("styled/forward", "forward, no_grad"), ("styled/px-all", "hf_px.score px (all Conv/Linear)"),
-            ("styled/authors", "authors_px_round (all Conv/Linear)"),
-            ("vit/forward", "forward, no_grad"), ("vit/px", "hf_px.score px (default targets)"),
-            ("vit/px-pruned", "  same, targets 90% masked")]
-    for case, what in rows:
-        r = results[case]
-        print(f"{r['model']:<26} {what:<34} {r['median_s']:>9.4f} {r['min_s']:>8.4f} {r['peak_rss_mb']:>12.1f} "
-              f"{r['rss_increase_mb']:>8.1f}" + (f" {r['cuda_peak_mb']:>13.1f}" if cuda else ""))
-
-    summary = {}
-    print("\nratios (separate processes: medians of the rows above; interleaved: median of per-repeat ratios,"
-          " calls alternated in one process)")
-    for family in ("cnn", "vit"):
-        px, fwd = results[f"{family}/px"], results[f"{family}/forward"]
-        ratio = px["median_s"] / fwd["median_s"]
-        interleaved = px["interleaved_ratios"]["forward"]
-        summary[f"{family}_px_over_forward"] = ratio
-        summary[f"{family}_px_over_forward_interleaved"] = interleaved
-        verdict = "OK" if max(ratio, interleaved) <= TARGET_RATIO[family] else (
-            "ABOVE TARGET" if min(ratio, interleaved) > TARGET_RATIO[family] else "MIXED")
-        print(f"  {px['model']:<26} px round / forward      {ratio:6.2f}x  interleaved {interleaved:6.2f}x  "
-              f"(target <= {TARGET_RATIO[family]})  {verdict}")
-        # Unpruned layers run surrogate A as one sum per group (constant weight); masked ones cannot, so a
-        # round inside `prune` after the first costs more. Reported, not judged: the target is one round.
-        pruned = results[f"{family}/px-pruned"]
-        summary[f"{family}_pruned_px_over_forward"] = pruned["median_s"] / fwd["median_s"]
-        summary[f"{family}_pruned_px_over_forward_interleaved"] = pruned["interleaved_ratios"]["forward"]
-        print(f"  {px['model']:<26} same, targets masked    {summary[f'{family}_pruned_px_over_forward']:6.2f}x  "
-              f"interleaved {summary[f'{family}_pruned_px_over_forward_interleaved']:6.2f}x  (a later round of prune)")
-    authors, px_all = results["styled/authors"], results["styled/px-all"]
-    speedup = authors["median_s"] / px_all["median_s"]
-    speedup_interleaved = authors["interleaved_ratios"]["px-all"]
-    summary["cnn_authors_over_forward"] = authors["median_s"] / results["styled/forward"]["median_s"]
-    summary["cnn_authors_over_forward_interleaved"] = authors["interleaved_ratios"]["forward"]
-    summary["cnn_speedup_vs_authors"] = speedup
-    summary["cnn_speedup_vs_authors_interleaved"] = speedup_interleaved
-    print(f"  {authors['model']:<26} authors round / forward {summary['cnn_authors_over_forward']:6.2f}x  "
-          f"interleaved {summary['cnn_authors_over_forward_interleaved']:6.2f}x")
-    verdict = "OK" if min(speedup, speedup_interleaved) >= TARGET_SPEEDUP else (
-        "BELOW TARGET" if max(speedup, speedup_interleaved) < TARGET_SPEEDUP else "MIXED")
-    print(f"  {authors['model']:<26} authors / hf_px speed-up {speedup:5.2f}x  "
-          f"interleaved {speedup_interleaved:6.2f}x  (target >= {TARGET_SPEEDUP})  {verdict}")
-    report = {"settings": {"repeats": args.repeats, "device": args.device, "full": args.full,
-                           "torch": torch.__version__, "cpus": os.cpu_count(), "default_malloc": args.default_malloc,
-                           "loadavg_before": load_before, "loadavg_after": load_after, "code": _code_version()},
-              "results": results, "summary": summary}
+    for result in results.values():
+        for call, memory_mb in result["peak_mb"].items():
+            seconds = result["median_s"].get(call, result["first_call_s"][call])
+            ratio = result["ratio_to_forward"].get(call)
+            memory = result["memory_ratio_to_train"].get(call)
+            print(f"{result['label']:<34} {result['images']:>6} {call:<10} {seconds:>9.3f} "
+                  f"{'' if ratio is None else f'{ratio:.2f}x':>9} {memory_mb:>10.1f} "
+                  f"{'' if memory is None else f'{memory:.2f}x':>8}")
+        for line in verdicts(result):
+            print(f"{'':<34} {line}")
+    report = {"settings": {"models": models, "repeats": args.repeats, "device": args.device,
+                           "device_name": torch.cuda.get_device_name(0) if cuda else "cpu",
+                           "images": args.images, "batch_size": args.batch_size, "torch": torch.__version__,
+                           "cpus": os.cpu_count(), "default_malloc": args.default_malloc,
+                           "loadavg_before": load_before, "loadavg_after": load_after, "code": _code_version(),
+                           "targets": TARGETS, "command": "python benchmarks/bench_px.py " + " ".join(argv or sys.argv[1:])},
+              "results": results}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -291,25 +373,25 @@ def main(args) -> dict:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls after one warm-up (default 5)")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats after one warm-up (default 3)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--full", action="store_true",
-                        help="timm resnet50 and vit_base_patch16_224 at 224 px on 1000 images (for a GPU)")
-    parser.add_argument("--images", type=int, default=None, help="override the number of images")
-    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--images", type=int, default=None, help="override the number of images of every model")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the batch size of every model")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--default-malloc", action="store_true",
-                        help="run the cases with glibc's default malloc settings (see STEADY_MALLOC)")
+                        help="run with glibc's default malloc settings (see STEADY_MALLOC)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    return args
 
 
 if __name__ == "__main__":
     arguments = parse_args()
-    if arguments.repeats < 1:
-        raise SystemExit("--repeats must be at least 1")
     if arguments.worker:
-        print(json.dumps(worker(arguments.worker, arguments.repeats, arguments.device, arguments.full,
-                                arguments.images, arguments.batch_size)))
+        print(json.dumps(worker(arguments.worker, arguments.repeats, arguments.device, arguments.images,
+                                arguments.batch_size)))
     else:
-        main(arguments)
+        main()

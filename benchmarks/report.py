@@ -1,7 +1,9 @@
 """Write docs/results.md from the studies' JSON results: nothing in it is typed in by hand.
 
     python benchmarks/study_pai.py && python benchmarks/study_transformers.py && python benchmarks/study_cost.py
-    python benchmarks/report.py            # reads benchmarks/results/study_*.json, writes docs/results.md
+    python benchmarks/bench_px.py --models resnet20,resnet20-authors,vit6,vitb,hf-vitb-sdpa,hf-vitb-eager \\
+        --json benchmarks/results/bench_px_cpu.json
+    python benchmarks/report.py            # reads benchmarks/results/*.json, writes docs/results.md
 
 Each study module renders its own section (`report(results)`); this file adds the header, the machines,
 and "Defaults, and what supports them", computed from the same numbers.
@@ -16,7 +18,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_px  # noqa: E402
 import common  # noqa: E402
+import gpu_check  # noqa: E402
 import study_pai  # noqa: E402
 import study_transformers  # noqa: E402
 
@@ -24,9 +28,13 @@ STUDIES = [("pai", "study_pai"), ("transformers", "study_transformers"), ("cost"
            ("batchnorm", "study_batchnorm")]
 
 
+# the engine benchmarks: (key, JSON file); gpu_check.json exists only once a GPU session has run it
+BENCHMARKS = [("bench", "bench_px_cpu"), ("gpu", "gpu_check")]
+
+
 def load_results(directory: Path = common.RESULTS) -> dict[str, dict]:
     found = {}
-    for key, module in STUDIES:
+    for key, module in STUDIES + BENCHMARKS:
         path = directory / f"{module}.json"
         if path.is_file():
             found[key] = json.loads(path.read_text())
@@ -339,6 +347,9 @@ def render(results: dict[str, dict]) -> str:
             parts += [importlib.import_module(module).report(results[key]), ""]
         else:
             parts += [f"## {module}: not run yet", "", f"Run `python benchmarks/{module}.py`.", ""]
+    if "bench" in results:
+        parts += [bench_px.report(results["bench"]), ""]
+    parts += [gpu_check.report(results.get("gpu")), ""]
     return "\n".join(parts).rstrip() + "\n"
 
 

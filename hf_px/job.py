@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from . import card, checkpoint, data, distributed, head, hub, models
 from .batchnorm import batchnorm_layers, recalibrate_batchnorm_
 from .config import PruneConfig
 from .criteria import make_criterion
 from .errors import ConfigError, HfPxError, HubError, ModelError
+from .estimate import estimate_prune, measure_forward, refine
 from .masks import global_density, layer_densities
 from .pruning import check_method, layer_density_floor, prune, recommended_method
 from .targets import find_head, resolve_targets
@@ -88,7 +90,8 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
     total = sum(p.numel() for n, p in loaded.model.named_parameters() if n in targets)
     plan = [
         f"model     {config.model} ({loaded.library}, {sum(p.numel() for p in loaded.model.parameters()):,} parameters)",
-        f"task      {task.name} ({len(sample.label_names)} classes): {len(sample.score_labels)} scoring images, "
+        f"task      {task.name} ({len(sample.label_names)} classes): {len(sample.score_labels)} scoring images "
+        f"in batches of {config.batch_size} (--batch-size), "
         f"{len(sample.eval_labels)} eval images ({sample.eval_split})",
         f"head      {'replaced and fitted as a ridge probe' if differ else 'ridge probe refit' if fit_head else 'kept'}"
         f" ({', '.join(head_names) or 'none found'})",
@@ -108,7 +111,10 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
     if processes > 1:
         plan.append(f"processes {processes}, " + ("each scoring its shard of the images" if shard else
                                                   f"each scoring all images ({method} is not data-parallel)"))
-    for line in plan:
+    images = len(sample.score_labels[rank::processes]) if shard else len(sample.score_labels)
+    estimate = estimate_prune(criterion, rounds, measure_forward(loaded.model, prune_batches[0][0]), images,
+                              loaded.model, device)
+    for line in plan + estimate.lines():
         log(line)
     if config.dry_run:
         for name in targets:
@@ -122,6 +128,17 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
     dense_fit = head.fit_ridge_head_(loaded.model, score_batches) if fit_head else None
     dense_accuracy = head.probe_accuracy(loaded.model, eval_batches) if eval_batches else None
 
+    seen = [0.0]
+
+    def after_round(done, elapsed):   # round 2 is the first on a masked network: say what the run now looks like
+        if done == 2 and rounds > 2:
+            line = refine(estimate, done, elapsed, elapsed - seen[0]).lines()[0]
+            if progress:
+                tqdm.write(line)   # above the progress bar, not inside it
+            else:
+                log(line)
+        seen[0] = elapsed
+
     recalibrate = config.recalibrate_bn and bn_count > 0
     calibration_batches = None
     if recalibrate:
@@ -132,7 +149,7 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
         masks = prune(loaded.model, prune_batches, method, sparsity=config.sparsity, rounds=config.rounds,
                       targets=targets, seed=config.seed, progress=progress, min_layer_density=floor,
                       calibration=calibration_batches if config.recalibrate_every_round else None,
-                      **config.method_options)
+                      on_round=after_round, **config.method_options)
     distributed.check_same_masks(masks)   # every rank must be about to report and save the same ticket
     batchnorm = {"layers": bn_count, "recalibrated": recalibrate,
                  "every_round": recalibrate and config.recalibrate_every_round}

@@ -1,6 +1,7 @@
 """The two entry points: `score` (one round of saliencies) and `prune` (the iterative schedule)."""
 
 import contextlib
+import time
 import warnings
 from collections.abc import Iterable
 
@@ -14,7 +15,7 @@ from .batches import first_images, iter_batches, reiterable
 from .batchnorm import recalibrate_batchnorm_
 from .criteria import Criterion, make_criterion
 from .errors import ConfigError, DataError, ModelError
-from .masks import check_masks, density_schedule, masks_from_scores
+from .masks import all_finite, check_masks, density_schedule, masks_from_scores
 from .targets import find_head, resolve_targets
 
 AUTO = "auto"
@@ -95,14 +96,14 @@ def score(model: nn.Module, batches: Iterable, method: "str | Criterion" = "px",
         batches, targets, head = _prepare(model, batches, targets, include, exclude)
         criterion = criterion or make_criterion(recommended_method(model, first_images(batches, _device(model))))
         masks = _initial_masks(model, targets, masks)
-        return _score_round(criterion, model, batches, targets, masks, head, seed)
+        return _checked(criterion, criterion.score(model, batches, targets, masks, head, seed), targets, masks)
 
 
 def prune(model: nn.Module, batches: Iterable, method: "str | Criterion" = "px", sparsity: float = 0.9,
           rounds: int | None = None, targets: list[str] | None = None, seed: int = 0, *,
           include: list[str] | None = None, exclude: list[str] | None = None,
           calibration: Iterable | None = None, progress: bool = False, min_layer_density: float | None = None,
-          allow_empty_layers: bool = True, **options) -> dict[str, Tensor]:
+          allow_empty_layers: bool = True, on_round=None, **options) -> dict[str, Tensor]:
     """Prune `model` in place to `sparsity` over the targets; return boolean masks keyed by name.
 
     method: a name from `hf_px.list_methods()`, "auto" (`recommended_method`), or a configured
@@ -120,6 +121,8 @@ def prune(model: nn.Module, batches: Iterable, method: "str | Criterion" = "px",
     None (the default) leaves the statistics alone.
     Under torch.distributed, give each process its own shard; PX sums its data term across processes, so
     all get the same masks. Other methods are not data-parallel: give them all the batches on every process.
+    progress: a progress bar over the rounds (with an ETA); on_round: called as on_round(rounds_done,
+    seconds_so_far) after every round (`hf-px prune` refines its time estimate with it).
     """
     sparsity = _fraction(sparsity)
     _check_model_and_seed(model, seed)
@@ -133,13 +136,17 @@ def prune(model: nn.Module, batches: Iterable, method: "str | Criterion" = "px",
         criterion = criterion or make_criterion(recommended_method(model, first_images(batches, _device(model))))
         rounds = criterion.default_rounds if rounds is None else rounds
         masks = _initial_masks(model, targets, None)
-        for density in tqdm(density_schedule(1.0 - sparsity, rounds), desc=f"{criterion.name} rounds",
-                            disable=not progress):
-            scores = _score_round(criterion, model, batches, targets, masks, head, seed)
+        started = time.perf_counter()
+        score_round = criterion.scorer(model, batches, targets, head, seed)   # the model's structure, once
+        for done, density in enumerate(tqdm(density_schedule(1.0 - sparsity, rounds), desc=f"{criterion.name} rounds",
+                                            unit="round", disable=not progress), start=1):
+            scores = _checked(criterion, score_round(masks), targets, masks)
             masks = masks_from_scores(scores, density, masks, min_density=floor)
             if calibration is not None:
                 apply_masks_(model, masks)
                 recalibrate_batchnorm_(model, calibration)
+            if on_round is not None:
+                on_round(done, time.perf_counter() - started)
     collapsed = [name for name, mask in masks.items() if not mask.any()]
     if collapsed:   # docs/px.md section 8: never hide a tensor pruned away (it cuts every path through its layer)
         message = (f"{len(collapsed)} of {len(masks)} target tensors are pruned to zero density "
@@ -219,16 +226,16 @@ def _initial_masks(model, targets, masks):
     return {n: masks[n].to(params[n].device) for n in targets}
 
 
-def _score_round(criterion: Criterion, model, batches, targets, masks, head, seed) -> dict[str, Tensor]:
-    scores = criterion.score(model, batches, targets, masks, head, seed)
-    params = dict(model.named_parameters())
+def _checked(criterion: Criterion, scores: dict[str, Tensor], targets, masks) -> dict[str, Tensor]:
+    """The scores of every target, finite, and 0 at pruned entries; a criterion that breaks this raises.
+    Takes the scores out of `scores` as it goes, so that one score tensor is held twice at most."""
     checked = {}
     for name in targets:
-        if name not in scores or scores[name].shape != params[name].shape:
-            raise ModelError(f"method {criterion.name!r} returned no score of shape {tuple(params[name].shape)} "
+        if name not in scores or scores[name].shape != masks[name].shape:
+            raise ModelError(f"method {criterion.name!r} returned no score of shape {tuple(masks[name].shape)} "
                              f"for {name}; a registered method must score every target it is given")
-        value = scores[name].detach()
-        if not torch.isfinite(value).all():
+        value = scores.pop(name).detach()
+        if not all_finite(value):
             raise ModelError(f"{criterion.name} scores of {name} are not finite; the model may already hold "
                              "NaN/inf weights, or it uses an op the method cannot handle")
         checked[name] = torch.where(masks[name], value, torch.zeros((), dtype=value.dtype, device=value.device))

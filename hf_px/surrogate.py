@@ -20,7 +20,6 @@ output is scaled by the same factor and the ranking is untouched; the factor is 
 """
 
 import math
-import weakref
 from collections import deque
 from dataclasses import dataclass
 
@@ -33,7 +32,7 @@ from torch.overrides import TorchFunctionMode
 from ._dtypes import model_dtype
 from .batches import iter_batches, logits_of
 from .errors import ModelError, StaleStructure
-from .targets import NORM_MODULES, PRUNABLE_MODULES, structure_key
+from .targets import NORM_MODULES, PRUNABLE_MODULES
 
 _RELU = {F.relu, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_}
 _ACTIVATIONS = {
@@ -75,6 +74,9 @@ def _arg(args, kwargs, index, name, default=None):
 
 
 def _is_inplace(func, args, kwargs) -> bool:
+    """Whether an activation writes into its input: a trailing-underscore op (`relu_`), `inplace=True`, or
+    `inplace` passed positionally (`F.relu(x, True)`, `F.leaky_relu(x, 0.1, True)`): the only `True` an
+    activation takes after its input is its inplace flag."""
     return getattr(func, "__name__", "").endswith("_") or kwargs.get("inplace") is True or any(
         a is True for a in args[1:]
     )
@@ -86,7 +88,10 @@ def _secant_gate(u: Tensor, y: Tensor) -> Tensor:
 
 
 def _abs_centering(u: Tensor, dims: tuple[int, ...]) -> Tensor:
-    """|I - 11ᵀ/d| applied over `dims`: the centering map with its entries made non-negative."""
+    """|I - 11ᵀ/d| applied over `dims`: the centering map with its entries made non-negative.
+
+    I - 11ᵀ/d has 1 - 1/d on the diagonal and -1/d elsewhere, so its absolute value is 11ᵀ/d + (1 - 2/d) I:
+    u (1 - 2/d) + mean(u), computed without forming the d x d matrix."""
     d = math.prod(u.shape[i] for i in dims)
     return u * (1.0 - 2.0 / d) + u.mean(dims, keepdim=True)
 
@@ -107,7 +112,8 @@ class GatedPass(TorchFunctionMode):
         super().__init__()
         assert kind in ("record", "replay", "activation", "kernel")
         self.kind, self.gates, self.options = kind, gates, options or SurrogateOptions()
-        self.cuts = cuts or {} if kind in ("activation", "kernel") else {}
+        # `(cuts or {}) if ... else {}`: only the surrogates rescale; the real-network passes never do
+        self.cuts = (cuts or {}) if kind in ("activation", "kernel") else {}
         self.exponents = exponents if exponents is not None else {}
         self.exponent = 0      # total power of two applied along every path in this pass
         self.ops: list = []    # the op sequence, checked against the trace the cuts came from
@@ -202,7 +208,10 @@ class GatedPass(TorchFunctionMode):
 
     def _attention(self, func, args, kwargs):
         q, k, v = (_arg(args, kwargs, i, n) for i, n in enumerate(("query", "key", "value")))
-        if self.kind == "kernel":   # uniform attention: the mean of V over keys, for every query
+        # Uniform attention: the mean of V over *all* keys, for every query. attn_mask and is_causal are
+        # ignored on purpose: surrogate K's attention is the constant 1/T over every key (PX's kernel rule), as
+        # in `_softmax`; a masked key still gets its weights scored through the other passes.
+        if self.kind == "kernel":
             mean = v.mean(-2, keepdim=True)
             return mean.expand(*mean.shape[:-2], q.shape[-2], v.shape[-1]).clone()
         if kwargs.get("enable_gqa") and v.shape[-3] != q.shape[-3]:
@@ -326,7 +335,10 @@ def _is_constant(weight, check_values: bool = False) -> bool:
         return False
     if not any(weight.stride()):
         return True
-    return check_values and bool((weight == weight.reshape(-1)[0]).all())
+    if not check_values:
+        return False
+    flat = weight.reshape(-1)   # 64 spread-out entries first: a masked or trained weight fails there, cheaply
+    return bool((flat[::max(1, flat.numel() // 64)] == flat[0]).all()) and bool((flat == flat[0]).all())
 
 
 def _constant_weight_layer(func, args, kwargs) -> Tensor:
@@ -445,22 +457,11 @@ class Trace:
         return any(op in _SOFTMAX or op in _SDPA for op in self.ops)
 
 
-_TRACES: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
-
-
 def trace_of(model: nn.Module, example: Tensor) -> Trace:
-    """`find_cuts` on the real weights, memoised per model and input shape while the model's parameters
-    and modules keep their names, shapes and types. Every pass compares its op sequence with the
-    trace's and raises `StaleStructure` on a difference (call `forget_trace` and retry)."""
-    key = (tuple(example.shape[1:]), example.dtype, example.device, structure_key(model))
-    cached = _TRACES.get(model)
-    if cached is None or cached[0] != key:
-        cached = _TRACES[model] = (key, find_cuts(model, example[:1], {n: p.detach() for n, p in model.named_parameters()}))
-    return cached[1]
-
-
-def forget_trace(model: nn.Module) -> None:
-    _TRACES.pop(model, None)
+    """`find_cuts` on the model's real weights and one image of `example`. Computed once per `prune` or
+    `score` call (by the criterion's `scorer`) and passed down; every pass checks its op sequence against
+    it and raises `StaleStructure` on a difference."""
+    return find_cuts(model, example[:1], {n: p.detach() for n, p in model.named_parameters()})
 
 
 def find_cuts(model: nn.Module, x: Tensor, params: dict[str, Tensor]) -> Trace:
@@ -469,6 +470,10 @@ def find_cuts(model: nn.Module, x: Tensor, params: dict[str, Tensor]) -> Trace:
 
     In a topological order, a node is crossed by every path iff no edge between two path nodes jumps
     over it; the op order of one forward pass is such an order.
+
+    The sweep counts, for every node, the edges that jump over it with a difference array: an edge a -> b
+    adds 1 at a + 1 and removes it at b, so the running sum at a node is the number of edges spanning it,
+    in O(nodes + edges) instead of marking every node under every edge.
     """
     trace = _Tracer(x, params)
     with torch.no_grad(), trace:
@@ -568,12 +573,19 @@ def pass_parameters(model: nn.Module, kind: str, roles: dict[str, str], masks: d
         elif kind == "activation" or (power == 0 and role != "target"):
             value = _constant(theta, 1.0)
         else:
-            value = torch.ones_like(theta) if power == 0 else theta.abs() ** power
+            value = torch.ones_like(theta) if power == 0 else theta.square() if power == 2 else theta.abs() ** power
             if role == "target":
-                value = leaves[name] = value.requires_grad_(True)
+                # the leaf is |theta|^p with the mask already applied: one weight-sized tensor less, and the
+                # same scores (leaf * |grad| is 0 at a pruned entry either way)
+                if name in masks:
+                    value.masked_fill_(~masks[name], 0.0)
+                params[name] = leaves[name] = value.requires_grad_(True)
+                continue
         mask = masks.get(name)
-        if mask is not None and (name in leaves or not bool(mask.all())):
+        if name in leaves:   # the head among the targets: its mask is part of the differentiated graph
             value = value * mask.to(dtype)
+        elif mask is not None and not bool(mask.all()):
+            value = torch.where(mask, value, 0.0)   # one pass over the weight (a product would take two)
         params[name] = value
     if dtype != model_dtype(model):
         for name, buffer in model.named_buffers():
@@ -594,7 +606,8 @@ def run_pass(model: nn.Module, x: Tensor, params: dict[str, Tensor], mode: Gated
     with mode:
         logits = logits_of(functional_call(model, params, (x,), strict=False))
     if traced_ops is not None and mode.ops != traced_ops:
-        raise StaleStructure(f"{type(model).__name__}'s op sequence differs from the trace its cuts were found on")
+        raise StaleStructure(f"{type(model).__name__}'s op sequence differs from the trace its cuts were found on: "
+                             "its control flow depends on its weights or masks, which PX's surrogates cannot follow")
     return logits
 
 

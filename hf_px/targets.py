@@ -5,7 +5,6 @@ no name lists (`'fc'`, `'classifier'`) are needed.
 """
 
 import fnmatch
-import weakref
 
 import torch
 from torch import nn
@@ -26,26 +25,9 @@ def prunable_weights(model: nn.Module) -> list[str]:
     return names
 
 
-def structure_key(model: nn.Module) -> tuple:
-    """What structural facts found by running `model` (its head, its cuts) depend on, short of its code:
-    every parameter's name, shape, dtype and device, and every module's type."""
-    return (tuple((n, tuple(p.shape), p.dtype, p.device) for n, p in model.named_parameters()),
-            tuple(type(m) for m in model.modules()))
-
-
-_HEADS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
-
-
 def find_head(model: nn.Module, example: torch.Tensor) -> list[str]:
-    """Parameter names (weight, and bias if any) of the module producing the logits; [] if none does.
-
-    Memoised per model and input shape while `structure_key(model)` is unchanged.
-    """
-    key = (tuple(example.shape[1:]), example.dtype, example.device, structure_key(model))
-    cached = _HEADS.get(model)
-    if cached is None or cached[0] != key:
-        cached = _HEADS[model] = (key, _find_head(model, example))
-    return list(cached[1])
+    """Parameter names (weight, and bias if any) of the module producing the logits; [] if none does."""
+    return _find_head(model, example)
 
 
 @torch.no_grad()

@@ -197,21 +197,22 @@ def test_register_method_adds_a_usable_criterion(batches):
 
 
 @pytest.mark.parametrize("method", ["px", "synflow"])
-def test_cached_trace_follows_a_changed_code_path(method, batches):
-    """Traces are memoised per model; switching attention from sdpa to eager (same parameters and modules,
-    different ops) must be detected and give the scores of a fresh eager model."""
+def test_structure_follows_a_changed_code_path(method, batches):
+    """The model's structure is found anew by every call (nothing is cached between calls): switching
+    attention from sdpa to eager (same parameters and modules, different ops) between two calls gives the
+    scores of a fresh eager model."""
     import copy
 
     from hf_px import surrogate
 
     model = ZOO["hf_vit_sdpa"]()
     hf_px.score(model, batches, method=method)
-    assert torch.nn.functional.scaled_dot_product_attention in surrogate._TRACES[model][1].ops
+    assert torch.nn.functional.scaled_dot_product_attention in surrogate.trace_of(model, batches[0][0]).ops
     fresh = copy.deepcopy(model)
     for m in (model, fresh):
         m.set_attn_implementation("eager")
     switched = hf_px.score(model, batches, method=method)
-    assert torch.nn.functional.scaled_dot_product_attention not in surrogate._TRACES[model][1].ops
+    assert torch.nn.functional.scaled_dot_product_attention not in surrogate.trace_of(model, batches[0][0]).ops
     expected = hf_px.score(fresh, batches, method=method)
     for name, value in expected.items():
         torch.testing.assert_close(switched[name], value, rtol=1e-5, atol=0)

@@ -1,6 +1,7 @@
 """The criterion interface, the registry of methods by name, and helpers the criteria share."""
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -37,6 +38,14 @@ class Criterion:
     def score(self, model: nn.Module, batches, targets: list[str], masks: dict[str, Tensor],
               head: list[str], seed: int) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def scorer(self, model: nn.Module, batches, targets: list[str], head: list[str],
+               seed: int) -> Callable[[dict[str, Tensor]], dict[str, Tensor]]:
+        """`masks -> scores` for the rounds of one `prune` call, during which the model's code does not change
+        (between rounds `prune` may zero pruned weights and re-estimate BatchNorm statistics, so read weights
+        and buffers in each round, not here). A criterion whose rounds share work (PX: the traced op graph, the parameters'
+        roles) does it here, once, instead of caching it between calls; by default each round is `score`."""
+        return lambda masks: self.score(model, batches, targets, masks, head, seed)
 
     def _check_choice(self, option: str, choices: tuple[str, ...]) -> None:
         value = getattr(self, option)

@@ -32,14 +32,14 @@ class PXExact(Criterion):
         dtype = compute_dtype(model)
         device = next(model.parameters()).device
         params, leaves = effective_parameters(model, {n: masks[n] for n in targets}, dtype)
-        generator = torch.Generator(device).manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)   # probes drawn on the CPU: the same on every device
         names = list(targets)
         totals = {n: torch.zeros_like(leaves[n]) for n in names}
         for images, _ in iter_batches(batches, device):
             with torch.enable_grad():
                 logits = logits_of(functional_call(model, params, (images.to(dtype),), strict=False))
                 for probe in range(self.probes):
-                    signs = torch.randint(0, 2, logits.shape, generator=generator, device=device)
+                    signs = torch.randint(0, 2, logits.shape, generator=generator).to(device)
                     grads = torch.autograd.grad((logits * (2 * signs - 1)).sum(), [leaves[n] for n in names],
                                                 retain_graph=probe < self.probes - 1, allow_unused=True)
                     for name, grad in zip(names, grads):

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..batches import first_images
-from ..surrogate import (StaleStructure, SurrogateOptions, forget_trace, kernel_term, parameter_roles,
-                         pass_parameters, trace_of)
+from ..surrogate import SurrogateOptions, kernel_term, parameter_roles, pass_parameters, trace_of
 from .base import Criterion, register_method
 
 
@@ -21,17 +20,17 @@ class SynFlow(Criterion):
     default_rounds = 100
 
     def score(self, model, batches, targets, masks, head, seed):
-        example = first_images(batches, next(model.parameters()).device)[:1]
-        try:
-            return self._score(model, targets, masks, head, example)
-        except StaleStructure:    # the model's code path changed since it was traced: trace it again
-            forget_trace(model)
-            return self._score(model, targets, masks, head, example)
+        return self.scorer(model, batches, targets, head, seed)(masks)
 
-    def _score(self, model, targets, masks, head, example):
+    def scorer(self, model, batches, targets, head, seed):
+        """The traced op graph and the parameters' roles are found once per `prune` call."""
+        example = first_images(batches, next(model.parameters()).device)[:1]
         options = SurrogateOptions(power=1)
         trace = trace_of(model, example)
         roles = parameter_roles(model, targets, head, options, trace, head_is_path=True)
+        return lambda masks: self._score(model, targets, masks, example, options, trace, roles)
+
+    def _score(self, model, targets, masks, example, options, trace, roles):
         kernel, leaves = pass_parameters(model, "kernel", roles, masks, torch.float64, power=1)
         with torch.enable_grad():
             out, _ = kernel_term(model, example, kernel, options, trace)
