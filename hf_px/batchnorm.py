@@ -29,9 +29,9 @@ def recalibrate_batchnorm_(model: nn.Module, batches: Iterable) -> int:
     The model runs forward (no gradients) with its BatchNorm layers in train mode, so each layer normalises
     with the statistics of the batch it sees, as in training, and everything else in eval mode (no dropout,
     no stochastic depth). Each layer's running statistics become the pooled mean and unbiased variance of
-    all the values it received over all batches, accumulated in float64: exactly the batch statistics of one
-    pass over all the images when they come as one batch, and the pooled statistics (between-batch spread
-    included) when they come in several. Modes, momenta and `requires_grad` flags are unchanged afterwards,
+    all the values it received over all batches (per-batch moments, pooled in float64): exactly the batch
+    statistics of one pass over all the images when they come as one batch, and the pooled statistics
+    (between-batch spread included) when they come in several. Modes, momenta and `requires_grad` flags are unchanged afterwards,
     also on error. A model without BatchNorm is left untouched (returns 0).
     """
     layers = batchnorm_layers(model)
@@ -39,17 +39,15 @@ def recalibrate_batchnorm_(model: nn.Module, batches: Iterable) -> int:
         return 0
     batches = reiterable(batches)
     device = next(model.parameters()).device
-    sums = {name: None for name in layers}
+    sums = {name: [] for name in layers}   # per batch: (values per channel, mean, biased variance)
 
     def accumulate(name):
         def hook(module, args):
-            x = args[0].detach().to(torch.float64)
+            # per-batch mean and biased variance in one pass (no activation-sized float64 copy), pooled below
+            x = args[0].detach()
             dims = [d for d in range(x.dim()) if d != 1]      # every axis but the channels
-            count = x.numel() // x.shape[1]
-            total, squares = x.sum(dims), (x * x).sum(dims)
-            previous = sums[name]
-            sums[name] = (count, total, squares) if previous is None else (
-                previous[0] + count, previous[1] + total, previous[2] + squares)
+            variance, mean = torch.var_mean(x, dim=dims, correction=0)
+            sums[name].append((x.numel() // x.shape[1], mean.double(), variance.double()))
         return hook
 
     modes = [(module, module.training) for module in model.modules()]
@@ -68,11 +66,13 @@ def recalibrate_batchnorm_(model: nn.Module, batches: Iterable) -> int:
         for module, training in modes:
             module.training = training
     for name, layer in layers.items():
-        if sums[name] is None:      # a layer the forward pass never reached keeps its statistics
+        if not sums[name]:      # a layer the forward pass never reached keeps its statistics
             continue
-        count, total, squares = sums[name]
-        mean = total / count
-        variance = (squares / count - mean * mean).clamp_min(0) * (count / max(count - 1, 1))   # unbiased, as torch
+        # pooled over batches (Chan et al.): within-batch spread plus the spread of the batch means
+        count = sum(n for n, _, _ in sums[name])
+        mean = sum(n * m for n, m, _ in sums[name]) / count
+        spread = sum(n * (v + (m - mean) ** 2) for n, m, v in sums[name]) / count
+        variance = spread * (count / max(count - 1, 1))     # unbiased, as torch keeps it
         layer.running_mean.copy_(mean.to(layer.running_mean.dtype))
         layer.running_var.copy_(variance.to(layer.running_var.dtype))
         if layer.num_batches_tracked is not None:
