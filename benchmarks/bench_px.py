@@ -157,14 +157,13 @@ def peak_increase(call, device: str) -> float:
 
 def worker(name: str, repeats: int, device: str, images: int | None, batch_size: int | None) -> dict:
     import torch
-    import torch.nn.functional as F
-
     import hf_px
-    from hf_px.batches import logits_of
     from hf_px.criteria import make_criterion
     from hf_px.masks import density_schedule, masks_from_scores
 
     sys.path.insert(0, str(HERE))
+    import common
+
     model, batches, label, resolution = build(name, device, images, batch_size)
     authors = name == "resnet20-authors"
     head = hf_px.find_head(model, batches[0][0][:2])
@@ -177,44 +176,25 @@ def worker(name: str, repeats: int, device: str, images: int | None, batch_size:
     score_round = make_criterion("px").scorer(model, batches, targets, head, 0)
     first_density = density_schedule(0.1, 100)[0]
 
-    def forward():
-        with torch.no_grad():
-            for x, _ in batches:
-                model(x)
-
-    def train():
-        x, y = batches[0]
-        F.cross_entropy(logits_of(model(x)), y).backward()
-        model.zero_grad(set_to_none=True)
-
     calls = {
-        "forward": forward,
-        "train": train,
+        **common.forward_and_train_calls(model, batches),
         "px": lambda: masks_from_scores(score_round(ones), first_density, ones),
         "px-masked": lambda: masks_from_scores(score_round(pruned), 0.09, pruned),
         "score": lambda: hf_px.score(model, batches, method="px", targets=targets),
     }
     if authors:
         from hf_px.testing import authors_px_round
-        calls = {"forward": forward, "train": train, "px": calls["score"],
+        calls = {**common.forward_and_train_calls(model, batches), "px": calls["score"],
                  "authors": lambda: authors_px_round(model, batches, targets)}
 
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
     def timed(call) -> float:
-        sync()
-        start = time.perf_counter()
-        call()
-        sync()
-        return time.perf_counter() - start
+        return common.timed(call, device)
 
     # the first call of each is also its warm-up: memory is measured on it (one-time allocations included)
     memory, first = {}, {}
     for call_name, call in calls.items():
         start = time.perf_counter()
-        memory[call_name] = peak_increase(lambda: (call(), sync()), device)
+        memory[call_name] = peak_increase(lambda: (call(), common.sync(device)), device)
         first[call_name] = time.perf_counter() - start
     # the training step and the stand-alone score are measured once; the rest alternate `repeats` times
     repeated = [k for k in calls if k not in ("train", "score")]

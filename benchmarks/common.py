@@ -20,6 +20,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -59,6 +60,41 @@ def same_code(earlier: dict, now: dict) -> bool:
     """Whether two `machine()` records ran the same committed code (rows of one may join the other's)."""
     return earlier.get("commit") is not None and earlier.get("commit") == now.get("commit") \
         and not earlier.get("dirty", True) and not now.get("dirty", True)
+
+
+def sync(device: str) -> None:
+    """Wait for the GPU's queued work (a no-op on the CPU), so that a timing covers it."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(call, device: str) -> float:
+    """Wall seconds of `call()`, the device's queued work included."""
+    sync(device)
+    start = time.perf_counter()
+    call()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def forward_and_train_calls(model: nn.Module, batches) -> dict:
+    """The two references engine costs are measured against: one no-grad forward over all `batches`, and one
+    training step's forward + backward on the first batch."""
+    import torch.nn.functional as F
+
+    from hf_px.batches import logits_of
+
+    def forward():
+        with torch.no_grad():
+            for x, _ in batches:
+                model(x)
+
+    def train():
+        x, y = batches[0]
+        F.cross_entropy(logits_of(model(x)), y).backward()
+        model.zero_grad(set_to_none=True)
+
+    return {"forward": forward, "train": train}
 
 
 def device() -> torch.device:

@@ -41,22 +41,11 @@ import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import common  # noqa: E402
+
 BUDGET_S = {"a": 40, "c": 170, "d": 60, "b": 100}     # per part, on the GPU; the whole run stays under 6 min
 SMOKE_BUDGET_S = {"a": 60, "c": 120, "d": 120, "b": 120}
-
-
-def _sync(device: str) -> None:
-    import torch
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _timed(call, device: str) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    call()
-    _sync(device)
-    return time.perf_counter() - start
 
 
 def _agreement(first: dict, second: dict) -> float:
@@ -103,10 +92,8 @@ def part_parity(device: str, smoke: bool) -> dict:
 
 def part_vitb(device: str, smoke: bool, deadline: float) -> dict:
     import torch
-    import torch.nn.functional as F
 
     import hf_px
-    from hf_px.batches import logits_of
     from hf_px.criteria import make_criterion
     from hf_px.masks import density_schedule, masks_from_scores
 
@@ -131,28 +118,18 @@ def part_vitb(device: str, smoke: bool, deadline: float) -> dict:
     pruned = {n: (torch.rand(params[n].shape, generator=generator) < 0.1).to(device) for n in targets}
     score_round = make_criterion("px").scorer(model, batches, targets, head, 0)
 
-    def forward():
-        with torch.no_grad():
-            for x, _ in batches:
-                model(x)
-
-    def train():
-        x, y = batches[0]
-        F.cross_entropy(logits_of(model(x)), y).backward()
-        model.zero_grad(set_to_none=True)
-
-    calls = {"forward": forward, "train": train,
+    calls = {**common.forward_and_train_calls(model, batches),
              "px": lambda: masks_from_scores(score_round(ones), density_schedule(0.1, 100)[0], ones),
              "px-masked": lambda: masks_from_scores(score_round(pruned), 0.09, pruned)}
     result = {"model": name, "images": images, "batch_size": batch_size, "resolution": resolution,
               "params": sum(p.numel() for p in model.parameters()), "peak_mb": {}, "times_s": {}}
     for call_name, call in calls.items():
-        _timed(call, device)                                           # warm-up (cuDNN, allocator)
+        common.timed(call, device)                                    # warm-up (cuDNN, allocator)
         result["peak_mb"][call_name] = peak_increase(call, device)
     times = {k: [] for k in calls}
     for _ in range(3):
         for call_name, call in calls.items():
-            times[call_name].append(_timed(call, device))
+            times[call_name].append(common.timed(call, device))
     result["times_s"] = times
     result["round_over_forward"] = {k: statistics.median(a / b for a, b in zip(times[k], times["forward"]))
                                     for k in ("px", "px-masked")}
@@ -180,7 +157,7 @@ def part_vitb(device: str, smoke: bool, deadline: float) -> dict:
         try:
             start = time.perf_counter()
             masks = hf_px.prune(model, batches, method=method, sparsity=0.9, rounds=run_rounds, targets=targets)
-            _sync(device)
+            common.sync(device)
             seconds = time.perf_counter() - start
         finally:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
@@ -254,7 +231,9 @@ def _finetune(root: Path, device: str) -> dict:
     with contextlib.redirect_stdout(printed):
         code = cli(["prune", str(root / "dense"), "--dataset", str(data), "--sparsity", "0.8", "--method", "px",
                     "--rounds", "3", "--examples-per-class", "2", "--eval-examples", "10", "--device", device,
-                    "--output", str(root / "pruned"), "--no-progress"])
+                    "--allow-empty-layers", "--output", str(root / "pruned"), "--no-progress"])
+    if code:
+        raise RuntimeError(f"hf-px prune exited with {code}: {printed.getvalue()[-500:]}")
     _, masks = hf_px.load_sparse(str(root / "pruned"))
     result = {"data": source, "prune_exit": code, "prune_output": printed.getvalue()[-2000:], "runs": []}
     for precision in ("bf16", "fp16"):

