@@ -148,7 +148,8 @@ def test_every_error_class_lives_in_errors_and_is_exported():
     classes = {name for name, value in vars(errors).items() if isinstance(value, type)
                and issubclass(value, errors.HfPxError)}
     assert classes == {"HfPxError", "ConfigError", "UnknownMethodError", "DataError", "ModelError", "MaskError",
-                       "MaskViolation", "StaleStructure", "PushError"}
+                       "MaskViolation", "StaleStructure", "PushError", "HubError", "TrainingDiverged"}
+    assert errors.PushError is errors.HubError   # a failed push is a Hub error
     for name in classes:
         assert getattr(hf_px, name) is getattr(errors, name) and name in hf_px.__all__
     from hf_px import finetune, hub, surrogate
