@@ -540,6 +540,9 @@ def _load_model(folder: Path, record: dict, model: nn.Module | None) -> LoadedMo
     if not ((folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()):
         raise ModelError(f"{str(folder)!r} has no model.safetensors; hf_px reads only safetensors weights")
     plain = record.get("library") == "torch"
+    if not plain and not (folder / "config.json").is_file():
+        raise ModelError(f"{str(folder)!r} has no config.json, so its {record.get('library')} model cannot be rebuilt; "
+                         "the checkpoint is incomplete: write it again with hf-px prune or hf_px.save_sparse")
     if plain and model is None:
         raise ModelError(f"{str(folder)!r} holds the state dict of a plain module ({record.get('model_class')}), "
                          "not a transformers/timm model; build one and pass it: load_sparse(folder, model=...)")

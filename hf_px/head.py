@@ -152,9 +152,10 @@ def fit_ridge_head_(model: nn.Module, batches: Iterable, l2: float | None = None
     images than features a small fixed λ interpolates the sample: the head gets weights in the hundreds,
     which are harmless on the sample but blow up the logits as soon as the features move (train-mode
     BatchNorm, a pruned backbone), and fine-tuning from there diverges.
-    temperature=True then multiplies W and b by the T >= 0 that minimises the cross-entropy of the
-    leave-one-out predictions, so the logits are calibrated, not one-hot regression outputs: T is large only
-    as far as held-out images support it, and T = 0 (cross-entropy ln C) is always a candidate.
+    temperature=True then multiplies W and b by the T >= 1 that minimises the cross-entropy of the
+    leave-one-out predictions, so the logits are calibrated rather than flat one-hot regression outputs: T
+    grows only as far as held-out images support it. With nothing to learn, λ grows, W shrinks and the
+    logits stay near 0 (cross-entropy near ln C).
     Returns {"l2", "temperature", "loo_accuracy", "loo_cross_entropy"}. Solved in float64 by an SVD,
     written into the head in place.
     """
@@ -245,7 +246,7 @@ LOGIT_RANGE = 10.0   # the median spread of a fitted head's logits is at most th
 
 
 def _loo_temperature(predictions: Tensor, labels: Tensor) -> float:
-    """The T >= 0 minimising the mean cross-entropy of T·predictions (convex in T: golden section).
+    """The T >= 1 minimising the mean cross-entropy of T·predictions (convex in T: golden section).
 
     T is capped where the median per-image logit spread reaches LOGIT_RANGE: on separable samples the
     cross-entropy falls for ever as T grows, and a head that starts fine-tuning saturated learns nothing.
@@ -254,7 +255,10 @@ def _loo_temperature(predictions: Tensor, labels: Tensor) -> float:
         return float(nn.functional.cross_entropy(value * predictions, labels))
 
     spread = float((predictions.max(-1).values - predictions.min(-1).values).median())
-    low, high = 0.0, LOGIT_RANGE / spread if spread > 0 else 1.0
+    high = LOGIT_RANGE / spread if spread > 0 else 1.0
+    # never below 1 (the ridge fit itself): a flatter head would predict less than the fit, and at T -> 0 its
+    # argmax (the probe) and its weights (PX's data term with head="real") would carry nothing
+    low = min(1.0, high)
     ratio = (5 ** 0.5 - 1) / 2
     a, b = high - ratio * (high - low), low + ratio * (high - low)
     loss_a, loss_b = loss(a), loss(b)

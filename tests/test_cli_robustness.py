@@ -207,7 +207,8 @@ def test_named_fashion_mnist_task_reads_the_installed_files_offline(vit_folder, 
     assert main(["prune", str(vit_folder), "--task", "fashion-mnist", "--dry-run", "--examples-per-class", "1",
                  "--eval-examples", "10", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "task      fashion-mnist (10 classes): 10 scoring images, 10 eval images (test)" in out
+    assert "task      fashion-mnist (10 classes): 10 scoring images in batches of 32" in out
+    assert "10 eval images (test)" in out
 
 
 def test_small_data_uses_the_eval_images_there_are_and_data_is_checked_before_the_model(vit_folder, dataset,

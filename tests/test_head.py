@@ -113,14 +113,14 @@ def test_temperature_minimises_the_cross_entropy_and_is_capped():
     # separable predictions: the loss falls for ever; T stops where the median logit spread is LOGIT_RANGE
     separable = nn.functional.one_hot(labels, 5).double()
     assert _loo_temperature(separable, labels) == pytest.approx(LOGIT_RANGE, rel=1e-6)
-    # uninformative predictions: T = 0 is best (cross-entropy ln C)
-    assert _loo_temperature(torch.randn(40, 5, generator=generator, dtype=torch.float64), labels) < 0.5
+    # uninformative predictions: the best T would be 0; it stays at 1, the ridge fit itself
+    assert _loo_temperature(torch.randn(40, 5, generator=generator, dtype=torch.float64), labels) == pytest.approx(1.0)
 
 
 def test_head_fit_does_not_interpolate_few_images_with_many_features():
     """The failure the leave-one-out choice fixes: 20 images, 64 correlated features, labels unrelated to them.
-    A fixed small λ memorises the sample; the chosen fit finds nothing to learn and keeps the logits at 0,
-    the cross-entropy of a uniform guess (ln C) on fresh images."""
+    A fixed small λ memorises the sample; the chosen fit finds nothing to learn and keeps the logits near 0,
+    near the cross-entropy of a uniform guess (ln C) on fresh images."""
     generator = torch.Generator().manual_seed(5)
     mixing = torch.randn(3, 64, generator=generator)
 
@@ -132,10 +132,10 @@ def test_head_fit_does_not_interpolate_few_images_with_many_features():
     fit_ridge_head_(model, batches, l2=1e-6, temperature=False)
     assert probe_accuracy(model, batches) == 1.0      # the sample is memorised
     chosen = fit_ridge_head_(model, batches)
-    assert chosen["l2"] > 1.0 and chosen["temperature"] < 1e-6 and chosen["loo_accuracy"] < 0.5
-    fresh = model(draw(40))
-    assert float(fresh.abs().max()) < 1e-6
-    assert float(nn.functional.cross_entropy(fresh, torch.arange(4).repeat(10))) == pytest.approx(np.log(4), abs=1e-6)
+    assert chosen["l2"] > 1.0 and chosen["temperature"] == pytest.approx(1.0) and chosen["loo_accuracy"] < 0.5
+    fresh = model(draw(40)).detach()
+    assert float((fresh.max(-1).values - fresh.min(-1).values).max()) < 0.2   # flat: nothing was learnt
+    assert float(nn.functional.cross_entropy(fresh, torch.arange(4).repeat(10))) == pytest.approx(np.log(4), abs=0.02)
 
 
 def test_ridge_is_invariant_to_feature_scale():
