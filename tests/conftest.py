@@ -1,12 +1,21 @@
-"""Shared test fixtures: a network guard, the method registry restored after every test, skipping where the
-Fashion-MNIST package is missing (only the tests that read it), a small local dataset folder of real
-Fashion-MNIST images and a tiny transformers ViT folder (both laid out like Hub repos)."""
+"""Shared test settings and fixtures: one torch thread, a network guard, the method registry restored after
+every test, skipping where the Fashion-MNIST package is missing (only the tests that read it), a small local
+dataset folder of real Fashion-MNIST images and a tiny transformers ViT folder (both laid out like Hub repos)."""
 
+import os
 import socket
 
 import pytest
+import torch
 
 from hf_px.data import FASHION_MNIST_ROOT
+
+# One intra-op thread for the suite and the processes it starts, unless the caller chose a number: the models
+# here are tiny, so a second thread buys little, and on a shared 2-core machine OpenMP threads spinning against
+# other jobs made tests/test_invariants.py take 523 s instead of 41 s.
+if "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 FASHION_MNIST_INSTALLED = all((FASHION_MNIST_ROOT / f"{prefix}-{kind}-ubyte.gz").is_file()
                               for prefix in ("train", "t10k") for kind in ("images-idx3", "labels-idx1"))
