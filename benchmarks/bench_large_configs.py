@@ -4,7 +4,7 @@ at random initialisation, with the time and peak memory each takes.
 The test suite runs ResNet-152 and ViT-L/16's 24 blocks at a quarter of its width: the range the scores
 must survive is set by depth (their true values reach about 2^920 at a quarter width, 2^980 at full width,
 2^265 with 6 blocks), while memory is set by width. A PX round and these checks on the full ViT-L/16
-(303 M weights) peak near 16.6 GiB of RSS on CPU, far past the suite's 6 GB budget, so the full width is
+(303 M weights) peak near 9.3 GiB of RSS on CPU, past the suite's 6 GB budget, so the full width is
 checked here.
 Each case runs in a fresh process, so every peak is its own.
 

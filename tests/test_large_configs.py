@@ -4,7 +4,7 @@ Products of ~50 layers of squared weights and fan-ins leave float32's range; PX 
 finite scores with a sensible spread, and no tensor collapsed to all zeros.
 
 The range is set by depth, memory by width: ViT-L/16's 24 blocks at a quarter of its width put the true
-scores near 2^920 (2^980 at full width) in under 1 GB, where the full ViT-L/16 peaks near 16.6 GiB.
+scores near 2^920 (2^980 at full width) in about 1 GB, where the full ViT-L/16 peaks near 9.3 GiB.
 benchmarks/bench_large_configs.py runs the same checks on the full width.
 """
 
