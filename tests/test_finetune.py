@@ -140,8 +140,9 @@ def test_resume_repeats_an_uninterrupted_run(pruned, tmp_path):
     assert all(torch.equal(whole.masks[n], resumed.masks[n]) for n in whole.masks)
 
 
-def test_interrupted_run_keeps_the_last_complete_state(pruned, tmp_path, monkeypatch):
-    output = tmp_path / "out"
+def _interrupt_at_second_evaluation(monkeypatch):
+    """Make the second call of `finetune.evaluate` (the end of epoch 2) raise KeyboardInterrupt; returns the real
+    evaluate and the list of calls so far (a test may reset it)."""
     real_evaluate, calls = ft.evaluate, []
 
     def evaluate_then_interrupt(*args):
@@ -151,6 +152,12 @@ def test_interrupted_run_keeps_the_last_complete_state(pruned, tmp_path, monkeyp
         return real_evaluate(*args)
 
     monkeypatch.setattr(ft, "evaluate", evaluate_then_interrupt)
+    return real_evaluate, calls
+
+
+def test_interrupted_run_keeps_the_last_complete_state(pruned, tmp_path, monkeypatch):
+    output = tmp_path / "out"
+    real_evaluate, calls = _interrupt_at_second_evaluation(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         ft.run_finetune(_config(pruned, output, epochs=3), progress=False, log=_quiet)
     assert sorted(p.name for p in output.iterdir()) == ["resume"]     # no half-written model at the top
@@ -419,15 +426,7 @@ def test_overwrite_replaces_the_old_run_only_when_the_new_one_completes(pruned, 
     ft.run_finetune(_config(pruned, output, epochs=1), progress=False, log=_quiet)
     before = _files(output)
     assert "resume/progress.json" in before
-    real_evaluate, calls = ft.evaluate, []
-
-    def evaluate_then_interrupt(*args):   # epoch 1 of the new run completes and saves its state, epoch 2 stops
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_evaluate(*args)
-
-    monkeypatch.setattr(ft, "evaluate", evaluate_then_interrupt)
+    real_evaluate, calls = _interrupt_at_second_evaluation(monkeypatch)   # epoch 1 completes and saves, epoch 2 stops
     with pytest.raises(KeyboardInterrupt):
         ft.run_finetune(_config(pruned, output, epochs=3, seed=1, overwrite=True), progress=False, log=_quiet)
     assert _files(output) == before          # the old checkpoint and its resume state, byte for byte
