@@ -116,7 +116,8 @@ def run(setting: str, out: Path, log=print) -> dict:
         record["rows"] = earlier["rows"]   # resume: the tickets already judged with this code are kept
         log(f"resuming: {len(record['rows'])} rows from {out}")
     done = {(row["method"], row["density"]) for row in record["rows"]}
-    started = time.perf_counter() - (earlier or {}).get("seconds", 0) if record["rows"] else time.perf_counter()
+    # a resumed run's time counts the earlier part too
+    started = time.perf_counter() - (earlier.get("seconds", 0) if record["rows"] else 0)
     model, x_score, y_score, x_judge, y_judge, photo, description = load(setting)
     device = common.device()
     model = model.to(device)

@@ -94,12 +94,9 @@ def masks_from_scores(scores: dict[str, Tensor], density: float,
 
 def _with_floor(score: Tensor, mask: Tensor | None, floor: int) -> Tensor:
     """A copy of `score` whose `floor` best alive entries are +inf (ties: the lower index first)."""
-    flat = score.detach().flatten()
-    if mask is not None:
-        flat = flat.masked_fill(~mask.flatten().to(flat.device), -torch.inf)
-    order = torch.sort(flat, descending=True, stable=True).indices[:floor]
     floored = score.detach().flatten().clone()
-    floored[order] = torch.inf
+    ranked = floored if mask is None else floored.masked_fill(~mask.flatten().to(floored.device), -torch.inf)
+    floored[torch.sort(ranked, descending=True, stable=True).indices[:floor]] = torch.inf
     return floored.view(score.shape)
 
 
