@@ -56,8 +56,25 @@ def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
 
 
+def code_fingerprint(study_file: str | Path | None = None) -> str:
+    """sha256 (16 hex digits) of what decides a study's numbers: every file of the hf_px package, this file,
+    and the study's own script. Two runs with the same fingerprint ran the same code, whatever the commit."""
+    import hashlib
+
+    files = sorted(p for p in (ROOT / "hf_px").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    files += [Path(__file__).resolve()] + ([Path(study_file).resolve()] if study_file else [])
+    digest = hashlib.sha256()
+    for path in files:
+        name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+        digest.update(str(name).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def same_code(earlier: dict, now: dict) -> bool:
-    """Whether two `machine()` records ran the same committed code (rows of one may join the other's)."""
+    """Whether two `machine()` records ran the same code (rows of one may join the other's): the same code
+    fingerprint where both have one, else the same clean commit."""
+    if earlier.get("code") and now.get("code"):
+        return earlier["code"] == now["code"]
     return earlier.get("commit") is not None and earlier.get("commit") == now.get("commit") \
         and not earlier.get("dirty", True) and not now.get("dirty", True)
 
@@ -102,9 +119,14 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def start_record(study: str, setting: str, config: dict) -> dict:
+def start_record(study: str, setting: str, config: dict, study_file: str | Path | None = None) -> dict:
+    """A study's JSON record before its rows; with `study_file`, its machine record carries the code
+    fingerprint a resumed run is matched on."""
+    info = machine()
+    if study_file:
+        info["code"] = code_fingerprint(study_file)
     return {"study": study, "setting": setting, "command": "python " + " ".join([_relative(sys.argv[0]), *sys.argv[1:]]),
-            "machine": machine(), "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": info, "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "config": config, "rows": []}
 
 

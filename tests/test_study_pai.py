@@ -12,9 +12,8 @@ import study_pai  # noqa: E402
 
 @pytest.mark.needs_fashion_mnist   # see conftest.py
 def test_smoke_run_writes_rows_report_and_plots(tmp_path, capsys, monkeypatch):
-    # rows are resumed only from a run of the same clean commit: pin what the runs record as their code
-    real_machine = study_pai.common.machine
-    monkeypatch.setattr(study_pai.common, "machine", lambda: {**real_machine(), "commit": "abc1234", "dirty": False})
+    # rows are resumed only from a run of the same code: pin the fingerprint the runs record
+    monkeypatch.setattr(study_pai.common, "code_fingerprint", lambda study_file=None: "abc1234")
     out = tmp_path / "study_pai.json"
     assert study_pai.main(["--smoke", "--out", str(out), "--threads", "1"]) == 0
     results = json.loads(out.read_text())
@@ -50,7 +49,7 @@ def test_smoke_run_writes_rows_report_and_plots(tmp_path, capsys, monkeypatch):
     assert rerun["earlier_runs"][0]["rows"] == grid + ablation + longer   # the first run, kept in the history
 
     # other code measures everything again (as --fresh does): no earlier run is kept
-    monkeypatch.setattr(study_pai.common, "machine", lambda: {**real_machine(), "commit": "def5678", "dirty": False})
+    monkeypatch.setattr(study_pai.common, "code_fingerprint", lambda study_file=None: "def5678")
     assert study_pai.main(["--smoke", "--out", str(out), "--threads", "1"]) == 0
     again = json.loads(out.read_text())
     assert "earlier_runs" not in again and len(again["rows"]) == grid + ablation + longer
@@ -65,3 +64,35 @@ def test_rows_join_only_runs_of_the_same_clean_commit():
     assert not same_code({"commit": "abc", "dirty": False}, {"commit": "abc", "dirty": True})
     assert not same_code({"commit": None, "dirty": False}, {"commit": None, "dirty": False})
     assert not same_code({"commit": "abc"}, {"commit": "abc", "dirty": False})   # records from before the flag
+
+
+def test_rows_join_runs_of_the_same_code_fingerprint(tmp_path):
+    same_code = study_pai.common.same_code
+    # the fingerprint decides where both records have one, whatever the commits say
+    assert same_code({"code": "f1", "commit": "abc", "dirty": True}, {"code": "f1", "commit": "def", "dirty": False})
+    assert not same_code({"code": "f1", "commit": "abc", "dirty": False}, {"code": "f2", "commit": "abc", "dirty": False})
+    # the fingerprint covers the study's own file: another script, another fingerprint
+    fingerprint = study_pai.common.code_fingerprint
+    other = tmp_path / "study.py"
+    other.write_text("x = 1\n")
+    first = fingerprint(other)
+    assert fingerprint(other) == first and len(first) == 16
+    other.write_text("x = 2\n")
+    assert fingerprint(other) != first
+
+
+def test_budget_check_of_the_converged_setting():
+    config = study_pai.SETTINGS["converged"]
+    assert config["longer"]["cases"] == [["dense", 0]] and config["longer"]["epochs"] == 3 * config["epochs"]
+
+    def row(accuracy, seed, schedule="grid"):
+        extra = {"schedule": schedule, "train": 20000, "epochs": 9} if schedule == "longer" else {}
+        return {"model": "resnet20", "method": "dense", "density": 1.0, "seed": seed, "rounds": 0,
+                "accuracy": accuracy, **extra}
+
+    results = {"config": config, "rows": [row(0.90, 0), row(0.92, 1), row(0.91, 2, "longer"), row(0.93, 3, "longer")]}
+    check = study_pai.budget_check(results, "resnet20")
+    assert check["short"] == pytest.approx(0.91) and check["long"] == pytest.approx(0.92) and check["converged"]
+    results["rows"][-1]["accuracy"] = 0.95                     # long mean 0.93: two points above
+    assert not study_pai.budget_check(results, "resnet20")["converged"]
+    assert study_pai.budget_check({"config": config, "rows": results["rows"][:2]}, "resnet20") is None

