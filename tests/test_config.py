@@ -6,7 +6,7 @@ import pytest
 
 from hf_px.cli import main
 from hf_px.config import PruneConfig, parse_option
-from hf_px.errors import ConfigError
+from hf_px.errors import ConfigError, HfPxError
 from hf_px.targets import matches, select_targets
 
 BASE = {"model": "org/model", "task": "cifar10", "output": "out"}
@@ -16,7 +16,7 @@ BASE = {"model": "org/model", "task": "cifar10", "output": "out"}
     ({"sparsity": 1.0}, "--sparsity 1.0"),
     ({"sparsity": 0.0}, "--sparsity 0.0"),
     ({"sparsity": float("nan")}, "--sparsity nan"),
-    ({"method": "pxx"}, "choose auto or one of"),
+    ({"method": "pxx"}, "unknown method 'pxx'; known methods: grasp, magnitude"),
     ({"method": "auto", "method_options": {"gate_only": "dense"}}, "takes no method options"),
     ({"dataset": "x"}, "exactly one of --task"),
     ({"task": None}, "exactly one of --task"),
@@ -27,14 +27,14 @@ BASE = {"model": "org/model", "task": "cifar10", "output": "out"}
     ({"model": " "}, "model=' '"),
 ])
 def test_bad_values_name_the_flag(changes, fragment):
-    with pytest.raises(ConfigError, match=re.escape(fragment)):
+    with pytest.raises(HfPxError, match=re.escape(fragment)):
         PruneConfig(**{**BASE, **changes})
 
 
 def test_round_trip_through_dict_and_unknown_keys():
     config = PruneConfig(**BASE, method="px", method_options={"gate_only": "dense"}, include=["*attention*"])
     assert PruneConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ConfigError, match="unknown config keys \\['sparsty'\\]"):
+    with pytest.raises(ConfigError, match="the config has unknown keys \\['sparsty'\\]; valid keys: method, "):
         PruneConfig.from_dict({**BASE, "sparsty": 0.5})
 
 
