@@ -67,6 +67,10 @@ class PruneConfig(PruneSpec):
     def _given(self, name: str, value) -> str:
         return f"--{name.replace('_', '-')} {value!r}"
 
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "the config") -> "PruneConfig":
+        return config_from_mapping(cls, values, where)
+
     def spec(self) -> PruneSpec:
         """The pruning part of this config, as `hf_px.prune` takes it."""
         return PruneSpec(**{name: getattr(self, name) for name in PruneSpec.__dataclass_fields__})
@@ -80,21 +84,24 @@ def load_config(path: str | Path, overrides: dict | None = None) -> PruneConfig:
     overrides = dict(overrides or {})
     if isinstance(values.get("method_options"), dict) and "method_options" in overrides:
         overrides["method_options"] = {**values["method_options"], **overrides["method_options"]}
-    return PruneConfig.from_dict(numbers_from_yaml(PruneConfig, {**values, **overrides}, where), where=where)
+    return PruneConfig.from_dict({**values, **overrides}, where=where)
 
 
-def numbers_from_yaml(config: type, values: dict, where: str) -> dict:
-    """`values` with the strings of a config's float fields read as numbers: YAML 1.1 reads `1e-4` (no dot)
-    as a string."""
+def config_from_mapping(config: type, values: dict, where: str):
+    """The config dataclass `config` made from `values` (a file's keys, flags): unknown keys are refused with
+    the valid ones listed, and strings of float fields read as numbers (YAML 1.1 reads `1e-4` as a string)."""
     hints = typing.get_type_hints(config)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ConfigError(f"{where} has unknown keys {unknown}; valid keys: {', '.join(hints)}")
     values = dict(values)
     for name, value in values.items():
-        if isinstance(value, str) and hints.get(name) in (float, float | None):
+        if isinstance(value, str) and hints[name] in (float, float | None):
             try:
                 values[name] = float(value)
             except ValueError:
                 raise ConfigError(f"{where}: {name} {value!r} is not a number") from None
-    return values
+    return config(**values)
 
 
 def read_mapping(path: str | Path, where: str) -> dict:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from . import checkpoint, data, head
 from .batches import logits_of
 from .batchnorm import batchnorm_layers, recalibrate_batchnorm_
-from .config import numbers_from_yaml, read_mapping
+from .config import config_from_mapping, read_mapping
 from .distributed import masks_digest
 from .errors import ConfigError, DataError, MaskError, MaskViolation, ModelError, TrainingDiverged
 from .masks import check_masks, kept_and_total
@@ -143,11 +143,7 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "the recipe") -> "FinetuneConfig":
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ConfigError(f"{where} has unknown keys {unknown}; valid keys: {', '.join(known)}")
-        return cls(**numbers_from_yaml(cls, values, where))
+        return config_from_mapping(cls, values, where)
 
 
 def _check_number(name: str, value: Any, kind: type, minimum: float, strict: bool = False) -> None:

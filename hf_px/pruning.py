@@ -130,15 +130,6 @@ class PruneSpec:
                                         for item in dataclasses.fields(self.method) if item.init}
         return values
 
-    @classmethod
-    def from_dict(cls, values: dict, where: str = "the config") -> "PruneSpec":
-        """The spec (or config) with these fields; unknown keys are refused with the valid ones listed."""
-        known = [item.name for item in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ConfigError(f"{where} has unknown keys {unknown}; valid keys: {', '.join(known)}")
-        return cls(**values)
-
 
 def score(model: nn.Module, batches: Iterable, method: "str | Criterion" = "px", targets: list[str] | None = None,
           seed: int = 0, masks: dict[str, Tensor] | None = None, *, include: list[str] | None = None,
@@ -195,9 +186,9 @@ def prune(model: nn.Module, batches: Iterable, method: "str | Criterion | PruneS
     progress: a progress bar over the rounds (with an ETA); on_round: called as on_round(rounds_done,
     seconds_so_far) after every round (`hf-px prune` refines its time estimate with it).
     """
-    spec = _spec_of(method, dict(method_options=options, sparsity=sparsity, rounds=rounds, seed=seed,
-                                 min_layer_density=min_layer_density, allow_empty_layers=allow_empty_layers,
-                                 include=include, exclude=exclude))
+    spec = _spec_of(method, {"method_options": options, "sparsity": sparsity, "rounds": rounds, "seed": seed,
+                             "min_layer_density": min_layer_density, "allow_empty_layers": allow_empty_layers,
+                             "include": include, "exclude": exclude})
     _check_model(model)
     floor = layer_density_floor(spec.method, spec.sparsity, spec.min_layer_density)
     criterion = spec.criterion()

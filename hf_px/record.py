@@ -53,9 +53,8 @@ def _checked(name: str, value, kind):
     one-line `ConfigError` naming the field, the value and the type it should have."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (types.UnionType, typing.Union):
-        if value is None:
-            if type(None) in args:
-                return None
+        if value is None and type(None) in args:
+            return None
         kind = next(arg for arg in args if arg is not type(None))
         origin, args = typing.get_origin(kind), typing.get_args(kind)
     if isinstance(kind, type) and issubclass(kind, Record):
@@ -180,13 +179,13 @@ class CheckpointRecord(Record):
     task: str | None = None
     dataset: str | None = None
     dataset_config: str | None = None
+    label_names: list[str] | None = None
     image_column: str | None = None
     label_column: str | None = None
     split: str | None = None
-    examples_per_class: int | None = None
     score_indices: list[int] | None = None
     eval_indices: list[int] | None = None
-    label_names: list[str] | None = None
+    examples_per_class: int | None = None
     probe: ProbeRecord | None = None
     batchnorm: BatchNormRecord | None = None
     finetune: FinetuneRecord | None = None
