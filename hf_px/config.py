@@ -5,6 +5,7 @@ and the output; it validates in one place. `to_dict()` is what `hf_px.json` reco
 `from_dict()` / `load_config()` read it back (unknown keys are rejected with the valid ones listed).
 """
 
+import dataclasses
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,7 @@ class PruneConfig(PruneSpec):
 
     def spec(self) -> PruneSpec:
         """The pruning part of this config, as `hf_px.prune` takes it."""
-        return PruneSpec(**{name: getattr(self, name) for name in PruneSpec.__dataclass_fields__})
+        return PruneSpec(**{item.name: getattr(self, item.name) for item in dataclasses.fields(PruneSpec)})
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> PruneConfig:

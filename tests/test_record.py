@@ -107,7 +107,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 def test_save_then_load_gives_the_record_back(tiny_checkpoint):
     folder, masks = tiny_checkpoint
-    _, loaded_masks, record = checkpoint.open_sparse(folder)
+    _, _, record = checkpoint.open_sparse(folder)
     assert record.method == "magnitude" and record.source == "/data/tiny" and record.extra == {"my_key": [1, 2]}
     assert record.library == "timm" and record.counts.kept == hf_px.masks.kept_and_total(masks)[0]
     assert record.layer_densities == pytest.approx(hf_px.layer_densities(masks))
