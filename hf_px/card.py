@@ -6,61 +6,50 @@ import re
 from pathlib import Path
 
 from .errors import ConfigError
+from .record import BatchNormRecord, CheckpointRecord
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
-def render_card(provenance: dict, densities: dict[str, float], probe: dict | None, counts: dict,
-                plot_file: str | None) -> str:
-    """The README.md of a checkpoint.
-
-    provenance: what `save_sparse` records (base_model is the Hub id, None for a local folder; license,
-    library, method, method_options, sparsity, rounds, seed, task, dataset, split, examples_per_class,
-    command, ...). densities: per-layer density (`hf_px.layer_densities`). probe: {"dense", "sparse",
-    "sparse_same_head", "eval_examples", "eval_split", "head_refit"} or None. counts: {"parameters",
-    "nonzero", "targets", "kept"}. plot_file: the density plot's file name inside the checkpoint, or None.
-    """
+def render_card(record: CheckpointRecord, plot_file: str | None) -> str:
+    """The README.md of a checkpoint, from its record as `save_sparse` completes it (counts and per-layer
+    densities filled in; `hf_px.record`). plot_file: the density plot's file name inside the checkpoint, or
+    None."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    library = provenance.get("library")
-    if library not in ("transformers", "timm"):
-        raise ConfigError(f"provenance['library'] is {library!r}; the card describes 'transformers' or 'timm' models")
-    method = str(provenance.get("method") or "unknown")
-    base_model = provenance.get("base_model") or None
-    dataset = provenance.get("dataset")
-    options = provenance.get("method_options")
-    finetune = provenance.get("finetune") if isinstance(provenance.get("finetune"), dict) else None
-    title = f"{_short(base_model or provenance.get('source') or 'model')} pruned with {method}" + (
+    if record.library not in ("transformers", "timm"):
+        raise ConfigError(f"the record's library is {record.library!r}; the card describes 'transformers' or "
+                          "'timm' models")
+    method = record.method or "unknown"
+    base_model, dataset, probe, finetune = record.base_model or None, record.dataset, record.probe, record.finetune
+    title = f"{_short(base_model or record.source or 'model')} pruned with {method}" + (
         " and fine-tuned" if finetune else "")
     eval_results = None
-    if finetune and finetune.get("eval_accuracy") is not None:   # the card's model-index
-        eval_results = [EvalResult(task_type="image-classification", dataset_type=(finetune["dataset"] if is_hub_dataset(
-                                       finetune.get("dataset")) else str(finetune.get("task"))),
-                                   dataset_name=str(finetune.get("task")), dataset_split=finetune.get("eval_split"),
-                                   metric_type="accuracy", metric_value=round(float(finetune["eval_accuracy"]), 4),
+    if finetune and finetune.eval_accuracy is not None:   # the card's model-index
+        eval_results = [EvalResult(task_type="image-classification",
+                                   dataset_type=finetune.dataset if is_hub_dataset(finetune.dataset) else str(finetune.task),
+                                   dataset_name=str(finetune.task), dataset_split=finetune.eval_split,
+                                   metric_type="accuracy", metric_value=round(finetune.eval_accuracy, 4),
                                    metric_name="top-1 accuracy")]
-    elif probe and probe.get("sparse") is not None:   # pruned only: the linear-probe accuracy, named as such
-        eval_results = [EvalResult(task_type="image-classification", dataset_type=(dataset if is_hub_dataset(dataset)
-                                                                                   else str(provenance.get("task"))),
-                                   dataset_name=str(provenance.get("task")), dataset_split=probe.get("eval_split") or None,
-                                   metric_type="accuracy", metric_value=round(float(probe["sparse"]), 4),
+    elif probe and probe.sparse is not None:   # pruned only: the linear-probe accuracy, named as such
+        eval_results = [EvalResult(task_type="image-classification",
+                                   dataset_type=dataset if is_hub_dataset(dataset) else str(record.task),
+                                   dataset_name=str(record.task), dataset_split=probe.eval_split or None,
+                                   metric_type="accuracy", metric_value=round(probe.sparse, 4),
                                    metric_name="linear-probe accuracy (no fine-tuning)")]
     card_data = ModelCardData(
         base_model=base_model,
-        license=provenance.get("license") or None,
-        library_name=library,
+        license=record.license or None,
+        library_name=record.library,
         tags=list(dict.fromkeys(["pruned", "sparse", "hf-px", method])),
         datasets=[dataset] if is_hub_dataset(dataset) else None,
         pipeline_tag="image-classification",
         model_name=title if eval_results else None,
         eval_results=eval_results,
     )
-    location = _repo_id(provenance)
-    kept, targets = counts.get("kept"), counts.get("targets")
-    global_density = kept / targets if kept is not None and targets else provenance.get("global_density")
-    probe = probe or None
-    head_refit = bool(probe and probe.get("head_refit"))
+    location = _repo_id(record)
+    head_refit = bool(probe and probe.head_refit)
     if finetune:
         head_note = ("refit as a ridge-regression probe when pruning, then trained with the rest of the model"
                      if head_refit else "trained with the rest of the model")
@@ -70,53 +59,53 @@ def render_card(provenance: dict, densities: dict[str, float], probe: dict | Non
                      "pruning and again on the pruned model's features (the only trained part)"
                      if head_refit else "the base model's, unchanged")
     unknown = [(what, key) for what, key, known in (("base model", "base_model", base_model),
-                                                     ("licence", "license", provenance.get("license")),
+                                                     ("licence", "license", record.license),
                                                      ("dataset", "datasets", is_hub_dataset(dataset))) if not known]
+    recipe = (finetune.recipe or {}) if finetune else {}
     card = ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
         title=title,
         finetune=finetune,
         base_model=base_model,
-        base_revision=provenance.get("base_revision"),
-        source=_public(provenance.get("source")) or "a local model",
-        library=library,
+        base_revision=record.base_revision,
+        source=_public(record.source) or "a local model",
+        library=record.library,
         method=method,
-        method_options=json.dumps(options, sort_keys=True) if options else None,
-        sparsity=provenance.get("sparsity"),
-        global_density=global_density,
-        rounds=provenance.get("rounds"),
-        seed=provenance.get("seed"),
-        task=provenance.get("task") or "an unnamed dataset",
-        dataset=_public(dataset) if dataset and dataset != provenance.get("task") else None,
-        split=provenance.get("split"),
-        examples_per_class=provenance.get("examples_per_class"),
+        method_options=json.dumps(record.method_options, sort_keys=True) if record.method_options else None,
+        sparsity=record.sparsity,
+        global_density=record.global_density,
+        rounds=record.rounds,
+        seed=record.seed,
+        task=record.task or "an unnamed dataset",
+        dataset=_public(dataset) if dataset and dataset != record.task else None,
+        split=record.split,
+        examples_per_class=record.examples_per_class,
         head_note=head_note,
         unknown=unknown,
-        batchnorm_note=_batchnorm_note(provenance.get("batchnorm")),
+        batchnorm_note=_batchnorm_note(record.batchnorm),
         probe=probe,
-        counts=counts,
-        densities=densities,
-        zero_layers=[name for name, density in densities.items() if density == 0.0],
+        counts=record.counts,
+        densities=record.layer_densities,
+        zero_layers=[name for name, density in record.layer_densities.items() if density == 0.0],
         plot_file=plot_file,
         location=location or "path/to/this/checkpoint",
         timm_location=f"hf-hub:{location}" if location else "local-dir:path/to/this/checkpoint",
-        command=_public_command(provenance.get("command")),
-        finetune_command=_public_command((finetune or {}).get("command")),
-        precision={"no": "fp32"}.get(str(((finetune or {}).get("recipe") or {}).get("precision")),
-                                     ((finetune or {}).get("recipe") or {}).get("precision")),
+        command=_public_command(record.command),
+        finetune_command=_public_command(finetune.command if finetune else None),
+        precision={"no": "fp32"}.get(str(recipe.get("precision")), recipe.get("precision")),
     )
     return str(card)
 
 
-def _batchnorm_note(batchnorm) -> str | None:
+def _batchnorm_note(batchnorm: BatchNormRecord | None) -> str | None:
     """The card's BatchNorm row: recalibrated on how many images, or kept from the dense model."""
-    if not isinstance(batchnorm, dict) or not batchnorm.get("layers"):
+    if batchnorm is None or not batchnorm.layers:
         return None
-    if batchnorm.get("recalibrated"):
-        return (f"running statistics of all {batchnorm['layers']} layers re-estimated on {batchnorm.get('images', '?')} "
-                "training images of the pruned model" + (", after every round" if batchnorm.get("every_round") else ""))
-    return f"{batchnorm['layers']} layers keep the dense model's running statistics (recalibration was turned off)"
+    if batchnorm.recalibrated:
+        return (f"running statistics of all {batchnorm.layers} layers re-estimated on {batchnorm.images} training "
+                "images of the pruned model" + (", after every round" if batchnorm.every_round else ""))
+    return f"{batchnorm.layers} layers keep the dense model's running statistics (recalibration was turned off)"
 
 
 def density_plot(densities: dict[str, float], path: str | Path) -> bool:
@@ -181,10 +170,11 @@ def is_hub_dataset(dataset) -> bool:
     return not Path(dataset).expanduser().exists()
 
 
-def _repo_id(provenance: dict) -> str | None:
-    """Where the checkpoint will live on the Hub, when the caller said (for the loading snippets)."""
-    config = provenance.get("config") if isinstance(provenance.get("config"), dict) else {}
-    return provenance.get("repo_id") or config.get("push_to_hub") or None
+def _repo_id(record: CheckpointRecord) -> str | None:
+    """Where the checkpoint will live on the Hub, when the run said (for the loading snippets): the fine-tuning
+    run's --push-to-hub for a fine-tuned checkpoint, else the pruning run's."""
+    config = (record.finetune.recipe if record.finetune else record.config) or {}
+    return config.get("push_to_hub") or None
 
 
 def _short(name: str) -> str:

@@ -29,10 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError, HfPxError, HubError, ModelError
-from .masks import check_masks, global_density, layer_densities
+from .masks import check_masks, kept_and_total
 from .models import LoadedModel, describe_model, load_model, save_model
+from .record import FORMAT_VERSION, CheckpointRecord, layer_table
 
-FORMAT_VERSION = 1
 MASKS_FILE = "hf_px_masks.safetensors"
 PROVENANCE_FILE = "hf_px.json"
 CARD_FILE = "README.md"
@@ -91,15 +91,16 @@ def unpack_masks(packed: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def save_sparse(model: "nn.Module | LoadedModel", masks: dict[str, Tensor], output: str | Path, *,
-                provenance: dict | None = None, overwrite: bool = False, card: str | None = None,
+                provenance: "dict | CheckpointRecord | None" = None, overwrite: bool = False, card: str | None = None,
                 extra_files: dict[str, bytes] | None = None) -> Path:
     """Write `model` (already pruned: what `hf_px.prune` returns, or a `hf_px.models.LoadedModel`) and its
     masks as a sparse checkpoint folder `output`; `load_sparse(output)` gives both back.
 
     The library is found from the model object: a transformers or timm model is saved in its own format
     (loadable without hf_px); any other module as its state dict, which needs its class to load
-    (`load_sparse(output, model=MyNet(...))`), with a warning saying so. `provenance` (a dict: how the
-    masks were found) is recorded in `hf_px.json` beside the densities, counts and versions.
+    (`load_sparse(output, model=MyNet(...))`), with a warning saying so. `provenance` (a
+    `hf_px.record.CheckpointRecord`, or a dict of its fields: how the masks were found; other keys are kept
+    as given) is recorded in `hf_px.json` beside the densities, counts and versions.
     Everything is written into a hidden sibling folder that is moved into place only when complete, so a
     failed or interrupted run leaves nothing behind. An existing `output` needs `overwrite=True`, and is
     then replaced only after the new folder is complete (and only if it is empty or an hf_px checkpoint).
@@ -110,8 +111,7 @@ def save_sparse(model: "nn.Module | LoadedModel", masks: dict[str, Tensor], outp
     output = Path(output).expanduser()
     check_output(output, overwrite)
     check_masks(loaded.model, masks, zeroed=True)
-    if provenance is None:
-        provenance = {}
+    record = _complete_record(loaded, masks, provenance)
     extra_files = dict(extra_files or {})
     for name in extra_files:
         _check_extra_name(name)
@@ -124,8 +124,8 @@ def save_sparse(model: "nn.Module | LoadedModel", masks: dict[str, Tensor], outp
     try:
         save_model(loaded, scratch)   # the model in its own library's format
         _write_masks(masks, scratch / MASKS_FILE)
-        record = _provenance_record(loaded, masks, provenance)
-        (scratch / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=_to_json) + "\n")
+        text = json.dumps(record.to_dict(), indent=2, sort_keys=True, default=_to_json)
+        (scratch / PROVENANCE_FILE).write_text(text + "\n")
         if card is not None:
             (scratch / CARD_FILE).write_text(card, encoding="utf-8")
         for name, content in extra_files.items():
@@ -142,22 +142,18 @@ def save_sparse(model: "nn.Module | LoadedModel", masks: dict[str, Tensor], outp
     return output
 
 
-def save_with_card(loaded, masks: dict[str, Tensor], provenance: dict, output: str | Path,
+def save_with_card(loaded, masks: dict[str, Tensor], record: CheckpointRecord, output: str | Path,
                    overwrite: bool = False) -> Path:
     """`save_sparse` plus the model card (`hf_px.card`) and the per-layer density plot: what `hf-px prune` and
-    `hf-px finetune` write. The card's accuracy comes from `provenance["probe"]` (and `["finetune"]`)."""
+    `hf-px finetune` write. The card describes the record as `hf_px.json` will hold it."""
     from . import card
 
-    densities = layer_densities(masks)
-    params = list(loaded.model.parameters())
-    counts = {"parameters": sum(p.numel() for p in params), "nonzero": sum(int(p.count_nonzero()) for p in params),
-              "targets": sum(m.numel() for m in masks.values()), "kept": sum(int(m.sum()) for m in masks.values())}
+    record = _complete_record(loaded, masks, record)
     with tempfile.TemporaryDirectory(prefix="hf-px-") as scratch:
         plot = Path(scratch) / "density.png"
-        extra = {"density.png": plot.read_bytes()} if card.density_plot(densities, plot) else {}
-    text = card.render_card(provenance, densities, provenance.get("probe"), counts, "density.png" if extra else None)
-    return save_sparse(loaded, masks, output, provenance=provenance, overwrite=overwrite, card=text,
-                       extra_files=extra)
+        extra = {"density.png": plot.read_bytes()} if card.density_plot(record.layer_densities, plot) else {}
+    text = card.render_card(record, "density.png" if extra else None)
+    return save_sparse(loaded, masks, output, provenance=record, overwrite=overwrite, card=text, extra_files=extra)
 
 
 def check_output(output: Path, overwrite: bool) -> None:
@@ -214,27 +210,20 @@ def _write_masks(masks: dict[str, Tensor], path: Path) -> None:
     save_file(pack_masks(masks), str(path), metadata=metadata)
 
 
-def _provenance_record(loaded, masks: dict[str, Tensor], provenance: dict) -> dict:
-    """The caller's provenance (minus anything that looks like a secret) plus what the masks and model say."""
-    if not isinstance(provenance, dict):
-        raise ConfigError(f"provenance must be a dict, got {type(provenance).__name__}")
-    record = _without_secrets(provenance)
-    params = list(loaded.model.parameters())
-    record.update({
-        "library": loaded.library,   # what wrote the weights: the loader goes by it, never by the caller's word
-        "model_class": f"{type(loaded.model).__module__}.{type(loaded.model).__qualname__}",
-        "format_version": FORMAT_VERSION,
-        "layer_densities": layer_densities(masks),
-        "global_density": global_density(masks),
-        "counts": {
-            "parameters": sum(p.numel() for p in params),
-            "nonzero": sum(int(p.count_nonzero()) for p in params),
-            "targets": sum(m.numel() for m in masks.values()),
-            "kept": sum(int(m.sum()) for m in masks.values()),
-        },
-        "versions": _versions(),
-    })
-    return record
+def _complete_record(loaded, masks: dict[str, Tensor], provenance) -> CheckpointRecord:
+    """The caller's provenance (minus anything that looks like a secret), type-checked, plus what the masks
+    and the model say. The library is the one that writes the weights: the loader goes by it, never by the
+    caller's word."""
+    if isinstance(provenance, CheckpointRecord):
+        provenance = provenance.to_dict()
+    if not isinstance(provenance, dict | None):
+        raise ConfigError(f"provenance must be a dict or a CheckpointRecord, got {type(provenance).__name__}")
+    try:   # as the file will hold it: Paths as strings, numpy scalars as numbers, tuples as lists
+        values = json.loads(json.dumps(_without_secrets(provenance or {}), default=_to_json))
+        record = CheckpointRecord.from_dict(values)
+    except ConfigError as error:
+        raise ConfigError(f"provenance: {error}; pass values of the documented types (hf_px.record)") from None
+    return record.with_masks(loaded.model, masks, loaded.library, _versions())
 
 
 def _without_secrets(value: Any) -> Any:
@@ -326,7 +315,7 @@ def load_sparse(repo_or_dir: str | Path, revision: str | None = None, model: nn.
 
 
 def open_sparse(repo_or_dir: str | Path, revision: str | None = None, model: nn.Module | None = None
-                ) -> tuple[LoadedModel, dict[str, Tensor], dict]:
+                ) -> tuple[LoadedModel, dict[str, Tensor], CheckpointRecord]:
     """`load_sparse`, with the model as a `LoadedModel` (its preprocessing and label names) and the
     provenance record: what fine-tuning starts from."""
     folder = _resolve(repo_or_dir, revision, _HUB_PATTERNS)
@@ -343,7 +332,8 @@ def _in_model_order(model: nn.Module, masks: dict[str, Tensor]) -> dict[str, Ten
     return dict(sorted(masks.items(), key=lambda item: order[item[0]]))
 
 
-def inspect_checkpoint(repo_or_dir: str | Path, revision: str | None = None) -> tuple[dict, dict[str, Tensor]]:
+def inspect_checkpoint(repo_or_dir: str | Path, revision: str | None = None
+                       ) -> tuple[CheckpointRecord, dict[str, Tensor]]:
     """(provenance record, masks) of a sparse checkpoint, verified as `load_sparse` verifies it (the record's
     field types, config.json, the model loading from its weights, every masked-out weight zero)."""
     _, masks, record = open_sparse(repo_or_dir, revision)
@@ -353,46 +343,34 @@ def inspect_checkpoint(repo_or_dir: str | Path, revision: str | None = None) -> 
 def summarize(repo_or_dir: str | Path, revision: str | None = None) -> str:
     """A human summary of a sparse checkpoint, for `hf-px inspect`, verified by `inspect_checkpoint`."""
     record, masks = inspect_checkpoint(repo_or_dir, revision)
-    densities = layer_densities(masks)
-    kept = sum(int(m.sum()) for m in masks.values())
-    total = sum(m.numel() for m in masks.values())
-    base = record.get("base_model") or record.get("source") or "unknown"
-    revision_note = f" @ {record['base_revision']}" if record.get("base_revision") else ""
-    options = record.get("method_options") or {}
-    sparsity = record.get("sparsity")
-    task = record.get("task") or record.get("dataset") or "unknown"
+    kept, total = kept_and_total(masks)
+    options = f" {json.dumps(record.method_options, sort_keys=True)}" if record.method_options else ""
+    asked = f"{record.sparsity:.2%} asked, " if record.sparsity is not None else ""
+    per_class = f", {record.examples_per_class} examples per class" if record.examples_per_class else ""
     lines = [
         f"checkpoint  {repo_or_dir}",
-        f"base model  {base}{revision_note} ({record.get('library', 'unknown library')})",
-        f"method      {record.get('method', 'unknown')}"
-        + (f" {json.dumps(options, sort_keys=True)}" if options else "")
-        + f", rounds {record.get('rounds', '?')}, seed {record.get('seed', '?')}",
-        f"sparsity    {f'{sparsity:.2%} asked, ' if isinstance(sparsity, (int, float)) else ''}"
-        f"{1 - kept / max(1, total):.2%} achieved ({kept:,} of {total:,} target weights kept)",
-        f"task        {task}" + (f", {record['examples_per_class']} examples per class"
-                                 if record.get("examples_per_class") else ""),
+        f"base model  {record.base_model or record.source or 'unknown'}"
+        f"{f' @ {record.base_revision}' if record.base_revision else ''} ({record.library or 'unknown library'})",
+        f"method      {record.method or 'unknown'}{options}, rounds {_known(record.rounds)}, seed {_known(record.seed)}",
+        f"sparsity    {asked}{1 - kept / max(1, total):.2%} achieved ({kept:,} of {total:,} target weights kept)",
+        f"task        {record.task or record.dataset or 'unknown'}{per_class}",
     ]
-    probe = record.get("probe") or {}
-    if probe.get("dense") is not None and probe.get("sparse") is not None:
-        lines.append(f"probe       dense {probe['dense']:.2%}, sparse {probe['sparse']:.2%} "
-                     f"(linear probe, {probe.get('eval_examples', '?')} eval images)")
-    finetune = record.get("finetune") or {}
-    if finetune.get("eval_accuracy") is not None:
-        lines.append(f"fine-tuned  {len(finetune.get('history') or [])} epochs, {finetune.get('steps', '?')} steps: "
-                     f"top-1 {finetune['eval_accuracy']:.2%} on {finetune.get('eval_examples', '?')} images "
-                     f"({finetune.get('eval_split', '?')})")
-    counts = record.get("counts") or {}
-    if counts:
-        lines.append(f"parameters  {counts.get('parameters', 0):,} total, {counts.get('nonzero', 0):,} non-zero")
-    if densities:
-        width = max(len("layer"), *(len(name) for name in densities))
-        lines.append("")
-        lines.append(f"{'layer':<{width}}  density  {'kept':>10} / total")
-        for name, density in densities.items():
-            lines.append(f"{name:<{width}}  {density:7.2%}  {int(masks[name].sum()):>10,} / {masks[name].numel():,}")
-    zero = [name for name, density in densities.items() if density == 0.0]
-    lines.append(f"layers at zero density: {', '.join(zero) if zero else 'none'}")
-    return "\n".join(lines)
+    probe = record.probe
+    if probe and probe.dense is not None and probe.sparse is not None:
+        lines.append(f"probe       dense {probe.dense:.2%}, sparse {probe.sparse:.2%} "
+                     f"(linear probe, {_known(probe.eval_examples)} eval images)")
+    finetune = record.finetune
+    if finetune and finetune.eval_accuracy is not None:
+        lines.append(f"fine-tuned  {len(finetune.history)} epochs, {finetune.steps} steps: top-1 "
+                     f"{finetune.eval_accuracy:.2%} on {_known(finetune.eval_examples)} images "
+                     f"({_known(finetune.eval_split)})")
+    if record.counts:
+        lines.append(f"parameters  {record.counts.parameters:,} total, {record.counts.nonzero:,} non-zero")
+    return "\n".join(lines + [""] + layer_table(masks))
+
+
+def _known(value) -> str:
+    return "?" if value is None else str(value)
 
 
 def _resolve(repo_or_dir: str | Path, revision: str | None, patterns: list[str]) -> Path:
@@ -455,56 +433,26 @@ def _hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
         raise ModelError(f"the Hub refused or failed the download of {repo_id!r} (HTTP {status}); {login}") from None
 
 
-def _read_provenance(folder: Path) -> dict:
+def _read_provenance(folder: Path) -> CheckpointRecord:
     path = folder / PROVENANCE_FILE
     if not path.is_file():
         raise ModelError(f"{str(folder)!r} has no {PROVENANCE_FILE}: it is not a checkpoint written by hf_px "
                          "(a plain transformers/timm model loads with load_model instead)")
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        values = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ModelError(f"{str(path)!r} is not valid JSON ({error}); the checkpoint is damaged") from None
-    version = record.get("format_version") if isinstance(record, dict) else None
+    version = values.get("format_version") if isinstance(values, dict) else None
     if not isinstance(version, int) or isinstance(version, bool):
         raise ModelError(f"{str(path)!r} has no integer format_version; it was not written by hf_px")
     if version > FORMAT_VERSION:
         raise ModelError(f"{str(folder)!r} uses checkpoint format {version}, newer than this hf_px reads "
                          f"({FORMAT_VERSION}); upgrade hf_px")
-    check_provenance(record, path)
-    return record
-
-
-_NUMBER, _TEXT, _INT = (int, float), (str,), (int,)
-# the type of every field hf_px reads back from hf_px.json (None is always allowed: unknown)
-_FIELDS = {"method": _TEXT, "method_options": (dict,), "sparsity": _NUMBER, "rounds": _INT, "seed": _INT,
-           "base_model": _TEXT, "base_revision": _TEXT, "source": _TEXT, "library": _TEXT, "license": _TEXT,
-           "task": _TEXT, "dataset": _TEXT, "split": _TEXT, "image_column": _TEXT, "label_column": _TEXT,
-           "examples_per_class": _INT, "label_names": (list,), "targets": (list,), "probe": (dict,),
-           "finetune": (dict,), "counts": (dict,), "layer_densities": (dict,), "global_density": _NUMBER}
-_NESTED = {"probe": {"dense": _NUMBER, "sparse": _NUMBER, "sparse_same_head": _NUMBER, "eval_examples": _INT,
-                     "eval_split": _TEXT},
-           "finetune": {"eval_accuracy": _NUMBER, "eval_examples": _INT, "steps": _INT, "history": (list,),
-                        "eval_split": _TEXT, "task": _TEXT},
-           "counts": {"parameters": _INT, "nonzero": _INT, "targets": _INT, "kept": _INT}}
-
-
-def check_provenance(record: dict, where: str | Path = PROVENANCE_FILE) -> None:
-    """Raise `ModelError` naming the first field of an hf_px.json record whose value has the wrong type (what
-    `load_sparse`, `open_sparse` and `hf-px inspect` read; a hand-edited or damaged file fails here)."""
-    def check(name: str, value, kinds: tuple) -> None:
-        wrong = value is not None and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds))
-        if wrong:
-            expected = " or ".join(sorted({"a number" if k in (int, float) and kinds == _NUMBER else
-                                           {int: "an integer", str: "a string", dict: "a mapping",
-                                            list: "a list"}[k] for k in kinds}))
-            raise ModelError(f"{str(where)!r}: {name} is {value!r:.40} ({type(value).__name__}), not {expected}; "
-                             "the file was edited or damaged: restore it or write the checkpoint again")
-
-    for name, kinds in _FIELDS.items():
-        check(name, record.get(name), kinds)
-    for name, fields in _NESTED.items():
-        for key, kinds in fields.items():
-            check(f"{name}.{key}", (record.get(name) or {}).get(key), kinds)
+    try:   # every field hf_px reads back has its type: a hand-edited or damaged file fails here, in one line
+        return CheckpointRecord.from_dict(values)
+    except ConfigError as error:
+        raise ModelError(f"{str(path)!r}: {error}; the file was edited or damaged: restore it or write the "
+                         "checkpoint again") from None
 
 
 def _read_masks(folder: Path) -> dict[str, Tensor]:
@@ -534,21 +482,21 @@ def _read_masks(folder: Path) -> dict[str, Tensor]:
     return dict(sorted(masks.items(), key=lambda item: order.get(item[0], len(order))))
 
 
-def _load_model(folder: Path, record: dict, model: nn.Module | None) -> LoadedModel:
+def _load_model(folder: Path, record: CheckpointRecord, model: nn.Module | None) -> LoadedModel:
     """The checkpoint's model, from safetensors only: by its library (`hf_px.models.load_model`), or, for a
     plain module's state dict, into `model`."""
     if not ((folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()):
         raise ModelError(f"{str(folder)!r} has no model.safetensors; hf_px reads only safetensors weights")
-    plain = record.get("library") == "torch"
+    plain = record.library == "torch"
     if not plain and not (folder / "config.json").is_file():
-        raise ModelError(f"{str(folder)!r} has no config.json, so its {record.get('library')} model cannot be rebuilt; "
+        raise ModelError(f"{str(folder)!r} has no config.json, so its {record.library} model cannot be rebuilt; "
                          "the checkpoint is incomplete: write it again with hf-px prune or hf_px.save_sparse")
     if plain and model is None:
-        raise ModelError(f"{str(folder)!r} holds the state dict of a plain module ({record.get('model_class')}), "
+        raise ModelError(f"{str(folder)!r} holds the state dict of a plain module ({record.model_class}), "
                          "not a transformers/timm model; build one and pass it: load_sparse(folder, model=...)")
     if not plain and model is not None:
         raise ConfigError(f"model= is for checkpoints of plain modules; {str(folder)!r} is a "
-                          f"{record.get('library')} checkpoint, which load_sparse(folder) rebuilds by itself")
+                          f"{record.library} checkpoint, which load_sparse(folder) rebuilds by itself")
     try:
         if plain:
             from safetensors.torch import load_model as load_state

@@ -518,11 +518,13 @@ class TaskSample:
     streamed: bool = False
 
     def provenance(self) -> dict:
-        """What a checkpoint records to say which data it was scored on (JSON-ready)."""
-        return {"task": self.task.name, "dataset": self.task.dataset_id, "config_name": self.task.config_name,
-                "train_split": self.task.train_split, "eval_split": self.eval_split, "seed": self.seed,
-                "streamed": self.streamed, "label_names": list(self.label_names),
-                "score_indices": list(self.score_indices), "eval_indices": list(self.eval_indices)}
+        """What a checkpoint records to say which data it was scored on: `hf_px.record.CheckpointRecord`'s data
+        fields (the seed is the pruning's, the eval split the probe's)."""
+        task = self.task
+        return {"task": task.name, "dataset": task.dataset_id, "dataset_config": task.config_name,
+                "image_column": task.image_column, "label_column": task.label_column, "split": task.train_split,
+                "label_names": list(self.label_names), "score_indices": list(self.score_indices),
+                "eval_indices": list(self.eval_indices)}
 
 
 def sample_task(task: Task, per_class: int = 10, eval_examples: int = 0, seed: int = 0,

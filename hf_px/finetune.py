@@ -28,9 +28,11 @@ from torch import Tensor, nn
 from . import checkpoint, data, head
 from .batches import logits_of
 from .batchnorm import batchnorm_layers, recalibrate_batchnorm_
+from .config import config_from_mapping, read_mapping
 from .distributed import masks_digest
 from .errors import ConfigError, DataError, MaskError, MaskViolation, ModelError, TrainingDiverged
-from .masks import check_masks
+from .masks import check_masks, kept_and_total
+from .record import CheckpointRecord, FinetuneRecord
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
@@ -142,21 +144,7 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "the recipe") -> "FinetuneConfig":
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ConfigError(f"{where} has unknown keys {unknown}; valid keys: {', '.join(known)}")
-        values = dict(values)
-        for name in _FLOAT_FIELDS:   # YAML 1.1 reads `1e-4` (no dot) as a string
-            if isinstance(values.get(name), str):
-                try:
-                    values[name] = float(values[name])
-                except ValueError:
-                    raise ConfigError(f"{where}: {name} {values[name]!r} is not a number") from None
-        return cls(**values)
-
-
-_FLOAT_FIELDS = ("lr", "momentum", "weight_decay", "gamma", "warmup_epochs", "label_smoothing", "max_grad_norm")
+        return config_from_mapping(cls, values, where)
 
 
 def _check_number(name: str, value: Any, kind: type, minimum: float, strict: bool = False) -> None:
@@ -176,8 +164,6 @@ def shipped_recipes() -> list[str]:
 
 def load_recipe(path: str | Path, overrides: dict | None = None) -> FinetuneConfig:
     """A recipe YAML file, with `overrides` (e.g. command-line flags) on top, as a validated `FinetuneConfig`."""
-    import yaml
-
     path = Path(path).expanduser()
     if not path.is_file():   # a shipped recipe's name: "tiny.yaml" or "tiny"
         for candidate in (RECIPES / path.name, RECIPES / f"{path.name}.yaml"):
@@ -188,12 +174,7 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> FinetuneConf
         names = shipped_recipes()
         raise ConfigError(f"recipe {str(path)!r} does not exist" + (f"; shipped recipes: {', '.join(names)}"
                                                                      if names else ""))
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping of config keys (optimizer: sgd, lr: 0.1, ...)")
+    values = read_mapping(path, f"recipe {str(path)!r}")
     return FinetuneConfig.from_dict({**values, **(overrides or {})}, where=f"recipe {str(path)!r}")
 
 
@@ -350,7 +331,7 @@ class FinetuneResult:
     model: nn.Module
     masks: dict[str, Tensor]
     history: list[dict]               # one entry per epoch: epoch, step, lr, train_loss, eval_loss, eval_accuracy
-    provenance: dict
+    provenance: CheckpointRecord      # the pruned checkpoint's record with this run's `finetune` record
     output: Path | None = None
     pushed_to: str | None = None
 
@@ -449,8 +430,8 @@ def run_finetune(config: FinetuneConfig, command: str | None = None, progress: b
         epoch, step, history = _load_training_state(accelerator, state_dir, config, digest)
         check_masks_hold(unwrapped, masks, optimizer, when="in the resume state")
         log(f"resumed from {state_dir} after epoch {epoch} (step {step})")
-    log(f"training {sum(p.numel() for p in unwrapped.parameters()):,} parameters "
-        f"({sum(int(m.sum()) for m in masks.values()):,} of {sum(m.numel() for m in masks.values()):,} target weights "
+    kept, total = kept_and_total(masks)
+    log(f"training {sum(p.numel() for p in unwrapped.parameters()):,} parameters ({kept:,} of {total:,} target weights "
         f"kept) on {len(train_set):,} images of {task.name}, eval on {len(eval_set):,} ({splits.eval_split}); "
         f"{accelerator.num_processes} process(es) on {accelerator.device}, batch {config.batch_size} = "
         f"{per_device} x {accelerator.num_processes} x {config.gradient_accumulation_steps}, "
@@ -511,23 +492,21 @@ def run_finetune(config: FinetuneConfig, command: str | None = None, progress: b
     check_masks_hold(unwrapped, masks, optimizer, when="before saving")
     rank_digests = _check_ranks_agree(accelerator, unwrapped, masks)
     last = history[-1] if history else {}
-    provenance = dict(record)
-    provenance["finetune"] = {
-        "recipe": config.to_dict(), "command": command, "task": task.name, "dataset": task.dataset_id,
-        "train_split": task.train_split, "eval_split": splits.eval_split, "train_examples": len(train_set),
-        "eval_examples": len(eval_set), "from_scratch": config.from_scratch, "processes": accelerator.num_processes,
-        "masks_sha256_per_process": rank_digests, "steps": step, "history": history, "eval_accuracy": last.get("eval_accuracy"),
-        "eval_loss": last.get("eval_loss"), "time_s": round(time.perf_counter() - started, 1),
-    }
-    probe = (record.get("probe") or {}).get("sparse") if isinstance(record.get("probe"), dict) else None
-    if probe is not None and last.get("eval_accuracy") is not None and last["eval_accuracy"] < probe:
-        provenance["finetune"]["below_probe"] = True
-        log(f"warning: fine-tuning ended at {last['eval_accuracy']:.2%} eval accuracy, below the {probe:.2%} of the "
-            f"pruning-time linear probe ({record['probe'].get('eval_examples', '?')} images); try a lower --lr, "
+    finetuned = FinetuneRecord(
+        recipe=config.to_dict(), command=command, task=task.name, dataset=task.dataset_id,
+        train_split=task.train_split, eval_split=splits.eval_split, train_examples=len(train_set),
+        eval_examples=len(eval_set), from_scratch=config.from_scratch, processes=accelerator.num_processes,
+        masks_sha256_per_process=rank_digests, steps=step, history=history, eval_accuracy=last.get("eval_accuracy"),
+        eval_loss=last.get("eval_loss"), time_s=round(time.perf_counter() - started, 1))
+    probe = record.probe.sparse if record.probe else None
+    if probe is not None and finetuned.eval_accuracy is not None and finetuned.eval_accuracy < probe:
+        finetuned.below_probe = True
+        log(f"warning: fine-tuning ended at {finetuned.eval_accuracy:.2%} eval accuracy, below the {probe:.2%} of "
+            f"the pruning-time linear probe ({record.probe.eval_examples} images); try a lower --lr, "
             "--warmup-epochs, more --epochs or more --train-examples")
     final = accelerator.unwrap_model(model, keep_fp32_wrapper=False)   # without Accelerate's autocast wrapper
     final.to(memory_format=torch.contiguous_format)   # the saved tensors in the usual layout
-    result = FinetuneResult(final, masks, history, provenance)
+    result = FinetuneResult(final, masks, history, dataclasses.replace(record, finetune=finetuned))
     if main:
         loaded.model = final.eval()
         if state_dir != final_state_dir:   # the new run's state replaces the old one, then save_sparse carries it
@@ -535,7 +514,7 @@ def run_finetune(config: FinetuneConfig, command: str | None = None, progress: b
                 os.replace(final_state_dir, output / f".{checkpoint.STATE_DIR}.replaced")
             os.replace(state_dir, final_state_dir)
             state_dir = final_state_dir
-        result.output = checkpoint.save_with_card(loaded, {n: m.cpu() for n, m in masks.items()}, provenance,
+        result.output = checkpoint.save_with_card(loaded, {n: m.cpu() for n, m in masks.items()}, result.provenance,
                                                   output, overwrite=True)
         log(f"saved {result.output} (resume state in {state_dir})")
         if config.push_to_hub:
@@ -617,19 +596,19 @@ def _per_device_batch(config: FinetuneConfig, processes: int) -> int:
     return config.batch_size // parts
 
 
-def _task_of(config: FinetuneConfig, record: dict) -> data.Task:
-    """The task asked for, else the one the checkpoint was pruned on (its provenance)."""
+def _task_of(config: FinetuneConfig, record: CheckpointRecord) -> data.Task:
+    """The task asked for, else the one the checkpoint was pruned on (its record)."""
     task, dataset = config.task, config.dataset
     columns = (config.image_column, config.label_column, config.split)
     if task is None and dataset is None:
-        if record.get("task") in data.TASKS:
-            task = record["task"]
-        elif record.get("dataset"):
-            dataset = record["dataset"]
+        if record.task in data.TASKS:
+            task = record.task
+        elif record.dataset:
+            dataset = record.dataset
         else:
             raise ConfigError("the checkpoint does not say which data it was pruned on; pass --task or --dataset")
         # and with the columns and split it was read with, unless given
-        columns = tuple(given if given is not None else record.get(key)
+        columns = tuple(given if given is not None else getattr(record, key)
                         for given, key in zip(columns, ("image_column", "label_column", "split")))
     return data.resolve_task(task, dataset, *columns, config.eval_split)
 

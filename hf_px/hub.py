@@ -2,7 +2,6 @@
 a sparse checkpoint folder as one commit. Network failures become one error class, `HubError` (an OSError).
 """
 
-import json
 import os
 import socket
 from collections.abc import Iterator
@@ -10,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .checkpoint import PROVENANCE_FILE, STATE_DIR, load_sparse
+from .checkpoint import STATE_DIR, open_sparse
 from .errors import ConfigError, HfPxError, HubError, PushError
 
 # never uploaded: resumable-run state and hidden files (editor/OS droppings, temporary folders)
@@ -93,23 +92,17 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, token: 
                           "hf-px prune --output")
     if not isinstance(repo_id, str) or not repo_id.strip():
         raise ConfigError(f"repo_id={repo_id!r}: give the Hub repo to push to as ORG/NAME")
-    load_sparse(folder)   # a complete, consistent checkpoint, or a ModelError saying what is wrong
+    _, _, record = open_sparse(folder)   # a complete, consistent checkpoint, or a ModelError saying what is wrong
     require_hub(f"push to {repo_id!r}")
     if commit_message is None:
-        commit_message = _default_message(folder)
+        amount = f" at {record.sparsity:.0%} sparsity" if record.sparsity is not None else ""
+        commit_message = f"Upload {record.method or 'sparse'} checkpoint{amount} (hf-px)"
     api = HfApi(token=token)
     with _push_errors(repo_id):
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         commit = api.upload_folder(repo_id=repo_url.repo_id, folder_path=str(folder), repo_type="model",
                                    commit_message=commit_message, ignore_patterns=IGNORE_PATTERNS)
     return str(commit.commit_url)
-
-
-def _default_message(folder: Path) -> str:
-    record = json.loads((folder / PROVENANCE_FILE).read_text(encoding="utf-8"))
-    sparsity = record.get("sparsity")
-    amount = f" at {sparsity:.0%} sparsity" if isinstance(sparsity, (int, float)) else ""
-    return f"Upload {record.get('method', 'sparse')} checkpoint{amount} (hf-px)"
 
 
 @contextmanager

@@ -5,6 +5,7 @@ Each step is one call into its own module; this file only wires them together an
 shard of the scoring images, the others score all of them; only the main process logs and writes.
 """
 
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -22,18 +23,19 @@ from .config import PruneConfig
 from .criteria import make_criterion
 from .errors import ConfigError, HfPxError, HubError, ModelError
 from .estimate import estimate_prune, measure_forward, refine
-from .masks import global_density, layer_densities
-from .pruning import check_method, layer_density_floor, prune, recommended_method
+from .masks import layer_densities
+from .pruning import layer_density_floor, prune, recommended_method
+from .record import BatchNormRecord, CheckpointRecord, ProbeRecord, layer_table
 from .targets import find_head, resolve_targets
 
 
 @dataclass
 class PruneResult:
-    """What a job produced: masks keyed by parameter name, the provenance written beside them, where."""
+    """What a job produced: masks keyed by parameter name, the record written beside them, where."""
 
     loaded: "models.LoadedModel"                     # the pruned model (weights zeroed) and its preprocessing
     masks: dict
-    provenance: dict
+    provenance: CheckpointRecord                     # as `hf_px.json` holds it, but for counts/densities/versions
     output: Path | None = None
     pushed_to: str | None = None
     lines: list[str] = field(default_factory=list)   # the printed summary
@@ -49,7 +51,7 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
     if not progress:
         quiet_library_progress_bars()
     # bad method options fail before any loading ("auto" is resolved once the model has run)
-    criterion = check_method(config.method, config.method_options)
+    criterion = config.criterion()
     preflight(config)
     # the data before the model: a bad --task/--dataset fails before any download
     task = data.resolve_task(config.task, config.dataset, config.image_column, config.label_column,
@@ -145,14 +147,17 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
         images, labels, calibration_indices = data.sample_calibration(
             sample, config.calibration_examples or len(sample.score_labels))
         calibration_batches = _to(data.make_batches(images, labels, loaded.preprocess, config.batch_size), device)
-    with notes(log):   # a tensor at zero density is reported by the summary and refused below
-        masks = prune(loaded.model, prune_batches, method, sparsity=config.sparsity, rounds=config.rounds,
-                      targets=targets, seed=config.seed, progress=progress, min_layer_density=floor,
+    # the spec as it runs (recorded): the method chosen for "auto", its default rounds, the floor
+    ran = dataclasses.replace(config.spec(), method=method, rounds=rounds, min_layer_density=floor)
+    with notes(log):   # a tensor at zero density is reported by the summary and refused below; the targets
+        # are resolved above (include/exclude applied)
+        masks = prune(loaded.model, prune_batches, dataclasses.replace(ran, allow_empty_layers=True, include=None,
+                                                                       exclude=None), targets=targets, progress=progress,
                       calibration=calibration_batches if config.recalibrate_every_round else None,
-                      on_round=after_round, **config.method_options)
+                      on_round=after_round)
     distributed.check_same_masks(masks)   # every rank must be about to report and save the same ticket
-    batchnorm = {"layers": bn_count, "recalibrated": recalibrate,
-                 "every_round": recalibrate and config.recalibrate_every_round}
+    batchnorm = BatchNormRecord(layers=bn_count, recalibrated=recalibrate,
+                                every_round=recalibrate and config.recalibrate_every_round)
     stale_accuracy = None
     if recalibrate:
         # the dense network's statistics no longer describe the pruned one (docs/results.md, "BatchNorm
@@ -160,43 +165,34 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
         if eval_batches and not config.recalibrate_every_round:
             stale_accuracy = head.probe_accuracy(loaded.model, eval_batches)
         recalibrate_batchnorm_(loaded.model, calibration_batches)
-        batchnorm.update(images=len(calibration_indices), calibration_indices=calibration_indices)
+        batchnorm.images, batchnorm.calibration_indices = len(calibration_indices), calibration_indices
     same_head_accuracy = head.probe_accuracy(loaded.model, eval_batches) if eval_batches else None
     # the probe refit on the pruned (and recalibrated) features: the no-training accuracy of the ticket, and
     # the head fine-tuning starts from
     sparse_fit = head.fit_ridge_head_(loaded.model, score_batches) if fit_head else None
     sparse_accuracy = head.probe_accuracy(loaded.model, eval_batches) if eval_batches else None
 
-    densities = layer_densities(masks)
-    probe = {"dense": dense_accuracy, "sparse": sparse_accuracy, "sparse_same_head": same_head_accuracy,
-             "sparse_stale_batchnorm": stale_accuracy, "eval_examples": len(sample.eval_labels),
-             "eval_split": sample.eval_split, "head_refit": fit_head, "head_fit_dense": dense_fit,
-             "head_fit": sparse_fit}
-    provenance = {
-        "base_model": loaded.hub_id, "base_revision": config.revision, "source": config.model,
-        "library": loaded.library, "license": loaded.license,
-        "method": method, "method_options": config.method_options, "sparsity": config.sparsity,
-        "rounds": rounds, "seed": config.seed, "min_layer_density": floor, "targets": targets,
-        "task": task.name, "dataset": task.dataset_id, "dataset_config": task.config_name,
-        "image_column": task.image_column, "label_column": task.label_column, "split": task.train_split,
-        "examples_per_class": config.examples_per_class, "score_indices": sample.score_indices,
-        "eval_indices": sample.eval_indices, "label_names": sample.label_names, "probe": probe,
-        "batchnorm": batchnorm,
-        "command": command, "config": config.to_dict(), "processes": processes, "time_s": None,
-    }
-    provenance["time_s"] = round(time.perf_counter() - started, 1)
-    result = PruneResult(loaded, masks, provenance)
-    result.lines = summary_lines(masks, densities, probe, provenance["time_s"], batchnorm)
+    probe = ProbeRecord(dense=dense_accuracy, sparse=sparse_accuracy, sparse_same_head=same_head_accuracy,
+                        sparse_stale_batchnorm=stale_accuracy, eval_examples=len(sample.eval_labels),
+                        eval_split=sample.eval_split, head_refit=fit_head, head_fit_dense=dense_fit, head_fit=sparse_fit)
+    record = CheckpointRecord(
+        base_model=loaded.hub_id, base_revision=config.revision, source=config.model, library=loaded.library,
+        license=loaded.license, **ran.to_dict(), targets=targets, **sample.provenance(),
+        examples_per_class=config.examples_per_class, probe=probe, batchnorm=batchnorm, command=command,
+        config=config.to_dict(), processes=processes, time_s=round(time.perf_counter() - started, 1))
+    result = PruneResult(loaded, masks, record)
+    result.lines = summary_lines(masks, record)
     for line in result.lines:
         log(line)
-    empty = [name for name, density in densities.items() if density == 0.0]
+    empty = [name for name, density in layer_densities(masks).items() if density == 0.0]
     if empty and not config.allow_empty_layers:
         raise ModelError(f"{len(empty)} target tensor(s) were pruned to zero density ({', '.join(empty[:3])}"
                          f"{', ...' if len(empty) > 3 else ''}), which cuts their layers; nothing was saved. Lower "
                          "--sparsity, keep a floor with --min-layer-density (--method auto keeps a tenth of the "
                          "density), or pass --allow-empty-layers to keep this result")
     for name in ("base_model", "license", "dataset"):   # the card will say so too
-        if not (provenance.get(name) and (name != "dataset" or card.is_hub_dataset(provenance[name]))):
+        value = getattr(record, name)
+        if not (value and (name != "dataset" or card.is_hub_dataset(value))):
             log(f"note: the {name.replace('_', ' ')} is unknown (a local source); the card will say so, and "
                 "can be edited before pushing")
 
@@ -206,7 +202,7 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
         kept = None if config.output else Path(tempfile.mkdtemp(prefix="hf-px-"))
         destination = Path(config.output).expanduser() if config.output else kept / config.push_to_hub.rpartition("/")[2]
         try:
-            result.output = checkpoint.save_with_card(loaded, masks, provenance, destination, config.overwrite)
+            result.output = checkpoint.save_with_card(loaded, masks, record, destination, config.overwrite)
         except BaseException:
             if kept is not None:
                 shutil.rmtree(kept, ignore_errors=True)
@@ -256,29 +252,22 @@ def notes(log):
             log(f"note: {text}")
 
 
-def summary_lines(masks, densities, probe, seconds, batchnorm=None) -> list[str]:
-    """The final table: global and per-layer density, layers at zero, probe accuracies, time."""
-    kept = sum(int(m.sum()) for m in masks.values())
-    total = sum(m.numel() for m in masks.values())
-    width = max(len(n) for n in densities)
-    lines = [f"{'layer':<{width}}  density      kept / total"]
-    for name, density in densities.items():
-        lines.append(f"{name:<{width}}  {density:7.2%}  {int(masks[name].sum()):>8,} / {masks[name].numel():,}")
-    lines.append(f"{'global':<{width}}  {global_density(masks):7.2%}  {kept:>8,} / {total:,}")
-    dead = [n for n, d in densities.items() if d == 0.0]
-    lines.append(f"layers at zero density: {', '.join(dead) if dead else 'none'}")
-    if probe["dense"] is not None:
-        lines.append(f"linear-probe accuracy on {probe['eval_examples']} eval images: dense {probe['dense']:.2%}, "
-                     f"sparse {probe['sparse']:.2%}" + (f" (same head: {probe['sparse_same_head']:.2%})"
-                                                        if probe["head_refit"] else ""))
-    if batchnorm and batchnorm["recalibrated"]:
-        stale = probe.get("sparse_stale_batchnorm")
-        lines.append(f"BatchNorm: {batchnorm['layers']} layers recalibrated on {batchnorm['images']} images"
-                     + (" after every round" if batchnorm["every_round"] else "")
+def summary_lines(masks, record: CheckpointRecord) -> list[str]:
+    """The final table: per-layer and global density, layers at zero, probe accuracies, BatchNorm, time."""
+    lines = layer_table(masks)
+    probe, batchnorm = record.probe, record.batchnorm
+    if probe.dense is not None:
+        lines.append(f"linear-probe accuracy on {probe.eval_examples} eval images: dense {probe.dense:.2%}, "
+                     f"sparse {probe.sparse:.2%}" + (f" (same head: {probe.sparse_same_head:.2%})"
+                                                     if probe.head_refit else ""))
+    if batchnorm.recalibrated:
+        stale = probe.sparse_stale_batchnorm
+        lines.append(f"BatchNorm: {batchnorm.layers} layers recalibrated on {batchnorm.images} images"
+                     + (" after every round" if batchnorm.every_round else "")
                      + (f" (with the dense statistics the sparse model scored {stale:.2%})" if stale is not None else ""))
-    elif batchnorm and batchnorm["layers"]:
-        lines.append(f"BatchNorm: {batchnorm['layers']} layers keep the dense model's statistics (--no-recalibrate-bn)")
-    lines.append(f"time {seconds:.1f} s")
+    elif batchnorm.layers:
+        lines.append(f"BatchNorm: {batchnorm.layers} layers keep the dense model's statistics (--no-recalibrate-bn)")
+    lines.append(f"time {record.time_s:.1f} s")
     return lines
 
 

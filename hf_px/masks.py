@@ -124,9 +124,14 @@ def layer_densities(masks: dict[str, Tensor]) -> dict[str, float]:
     return {name: float(mask.float().mean()) for name, mask in masks.items()}
 
 
+def kept_and_total(masks: dict[str, Tensor]) -> tuple[int, int]:
+    """How many entries the masks keep, and how many they have."""
+    return sum(int(mask.sum()) for mask in masks.values()), sum(mask.numel() for mask in masks.values())
+
+
 def global_density(masks: dict[str, Tensor]) -> float:
-    kept = sum(int(mask.sum()) for mask in masks.values())
-    return kept / max(1, sum(mask.numel() for mask in masks.values()))
+    kept, total = kept_and_total(masks)
+    return kept / max(1, total)
 
 
 def check_masks(model: nn.Module, masks: dict[str, Tensor], zeroed: bool = False, where: str = "",

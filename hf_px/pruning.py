@@ -1,9 +1,12 @@
 """The two entry points: `score` (one round of saliencies) and `prune` (the iterative schedule)."""
 
 import contextlib
+import copy
+import dataclasses
 import time
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -72,6 +75,62 @@ def layer_density_floor(method: str, sparsity: float, value: float | None = None
     return float(value)
 
 
+@dataclass
+class PruneSpec:
+    """How `prune` finds the masks, as data. `hf_px.prune(model, batches, spec)` prunes as the keyword form
+    `hf_px.prune(model, batches, method=..., sparsity=..., ...)` does (which builds one); `PruneConfig`
+    (`hf-px prune`, its flags and `--config` file) extends it with the model, the data and the output.
+    Checked on construction: a bad value raises `ConfigError` (an unknown method `UnknownMethodError`).
+    """
+
+    method: "str | Criterion" = "px"     # a registered name, "auto" (`recommended_method`) or a configured Criterion
+    method_options: dict = field(default_factory=dict)   # a named method's options, e.g. {"gate_only": "dense"}
+    sparsity: float = 0.9                # the fraction of the target weights removed
+    rounds: int | None = None            # None: the method's default (100 for px)
+    seed: int = 0
+    min_layer_density: float | None = None   # every target tensor keeps this fraction (see `layer_density_floor`)
+    allow_empty_layers: bool = True      # a tensor left at zero density warns (True) or raises `ModelError`
+    include: list[str] | None = None     # target name patterns, globs or dotted suffixes (`hf_px.targets`)
+    exclude: list[str] | None = None
+
+    def __post_init__(self):
+        self.sparsity = _fraction(self.sparsity, self._given("sparsity", self.sparsity))
+        self._check_count("seed", 0)
+        if self.rounds is not None:
+            self._check_count("rounds", 1, hint=" (or None for the method's default)")
+        if not isinstance(self.allow_empty_layers, bool):
+            raise ConfigError(f"{self._given('allow_empty_layers', self.allow_empty_layers)} must be true or false")
+        for name in ("include", "exclude"):
+            patterns = getattr(self, name)
+            if patterns is not None and (isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns)):
+                raise ConfigError(f"{self._given(name, patterns)} must be a list of patterns, e.g. ['*attention*']")
+        if not isinstance(self.method_options, dict):
+            raise ConfigError(f"method_options={self.method_options!r} must be a mapping of option names to values")
+        layer_density_floor(self.method, self.sparsity, self.min_layer_density)
+        self.criterion()   # an unknown method or option fails here, before any work
+
+    def _given(self, name: str, value) -> str:
+        """How an error names a field and its value: as the keyword argument (`PruneConfig`: as the flag)."""
+        return f"{name}={value!r}"
+
+    def _check_count(self, name: str, minimum: int, hint: str = "") -> None:
+        value = getattr(self, name)
+        _check_int(self._given(name, value), value, minimum, hint)
+
+    def criterion(self) -> Criterion | None:
+        """The configured criterion, or None for "auto" (chosen once the model has been run)."""
+        return check_method(self.method, self.method_options)
+
+    def to_dict(self) -> dict:
+        """The fields as JSON-ready values; a configured criterion as its registered name and its options."""
+        values = {item.name: copy.deepcopy(getattr(self, item.name)) for item in dataclasses.fields(self)}
+        if isinstance(self.method, Criterion):
+            values["method"] = self.method.name
+            values["method_options"] = {item.name: getattr(self.method, item.name)
+                                        for item in dataclasses.fields(self.method) if item.init}
+        return values
+
+
 def score(model: nn.Module, batches: Iterable, method: "str | Criterion" = "px", targets: list[str] | None = None,
           seed: int = 0, masks: dict[str, Tensor] | None = None, *, include: list[str] | None = None,
           exclude: list[str] | None = None, **options) -> dict[str, Tensor]:
@@ -90,7 +149,8 @@ def score(model: nn.Module, batches: Iterable, method: "str | Criterion" = "px",
     if misplaced:
         raise ConfigError(f"score takes no {', '.join(misplaced)}: it returns one round of scores; "
                           f"hf_px.prune(model, batches, method={method!r}, sparsity=...) prunes")
-    _check_model_and_seed(model, seed)
+    _check_model(model)
+    _check_int(f"seed={seed!r}", seed, minimum=0)
     criterion = check_method(method, options)
     with preserved(model):
         batches, targets, head = _prepare(model, batches, targets, include, exclude)
@@ -99,15 +159,17 @@ def score(model: nn.Module, batches: Iterable, method: "str | Criterion" = "px",
         return _checked(criterion, criterion.score(model, batches, targets, masks, head, seed), targets, masks)
 
 
-def prune(model: nn.Module, batches: Iterable, method: "str | Criterion" = "px", sparsity: float = 0.9,
-          rounds: int | None = None, targets: list[str] | None = None, seed: int = 0, *,
-          include: list[str] | None = None, exclude: list[str] | None = None,
-          calibration: Iterable | None = None, progress: bool = False, min_layer_density: float | None = None,
-          allow_empty_layers: bool = True, on_round=None, **options) -> dict[str, Tensor]:
+def prune(model: nn.Module, batches: Iterable, method: "str | Criterion | PruneSpec" = PruneSpec.method,
+          sparsity: float = PruneSpec.sparsity, rounds: int | None = PruneSpec.rounds, targets: list[str] | None = None,
+          seed: int = PruneSpec.seed, *, include: list[str] | None = PruneSpec.include,
+          exclude: list[str] | None = PruneSpec.exclude, calibration: Iterable | None = None, progress: bool = False,
+          min_layer_density: float | None = PruneSpec.min_layer_density,
+          allow_empty_layers: bool = PruneSpec.allow_empty_layers, on_round=None, **options) -> dict[str, Tensor]:
     """Prune `model` in place to `sparsity` over the targets; return boolean masks keyed by name.
 
-    method: a name from `hf_px.list_methods()`, "auto" (`recommended_method`), or a configured
-    `Criterion` instance. targets/include/exclude: as in `score`.
+    method: a name from `hf_px.list_methods()`, "auto" (`recommended_method`), a configured `Criterion`
+    instance, or a whole `PruneSpec` (which then holds every setting below but targets, calibration,
+    progress and on_round). targets/include/exclude: as in `score`.
     Round r of `rounds` (None: the method's default, 100 for px) keeps density d ** ((r+1)/rounds) with
     one global threshold; each round re-scores the masked network, and masks only shrink. Exactly
     `masks.kept_count(1 - sparsity, N)` target weights are kept (the authors' count; ties at the threshold
@@ -124,21 +186,21 @@ def prune(model: nn.Module, batches: Iterable, method: "str | Criterion" = "px",
     progress: a progress bar over the rounds (with an ETA); on_round: called as on_round(rounds_done,
     seconds_so_far) after every round (`hf-px prune` refines its time estimate with it).
     """
-    sparsity = _fraction(sparsity)
-    _check_model_and_seed(model, seed)
-    floor = layer_density_floor(method, sparsity, min_layer_density)
-    criterion = check_method(method, options)
+    spec = _spec_of(method, {"method_options": options, "sparsity": sparsity, "rounds": rounds, "seed": seed,
+                             "min_layer_density": min_layer_density, "allow_empty_layers": allow_empty_layers,
+                             "include": include, "exclude": exclude})
+    _check_model(model)
+    floor = layer_density_floor(spec.method, spec.sparsity, spec.min_layer_density)
+    criterion = spec.criterion()
     calibration = reiterable(calibration) if calibration is not None else None
-    if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1):
-        raise ConfigError(f"rounds={rounds!r} must be a positive integer (or None for the method's default)")
     with preserved(model):
-        batches, targets, head = _prepare(model, batches, targets, include, exclude)
+        batches, targets, head = _prepare(model, batches, targets, spec.include, spec.exclude)
         criterion = criterion or make_criterion(recommended_method(model, first_images(batches, _device(model))))
-        rounds = criterion.default_rounds if rounds is None else rounds
+        rounds = criterion.default_rounds if spec.rounds is None else spec.rounds
         masks = _initial_masks(model, targets, None)
         started = time.perf_counter()
-        score_round = criterion.scorer(model, batches, targets, head, seed)   # the model's structure, once
-        for done, density in enumerate(tqdm(density_schedule(1.0 - sparsity, rounds), desc=f"{criterion.name} rounds",
+        score_round = criterion.scorer(model, batches, targets, head, spec.seed)   # the model's structure, once
+        for done, density in enumerate(tqdm(density_schedule(1.0 - spec.sparsity, rounds), desc=f"{criterion.name} rounds",
                                             unit="round", disable=not progress), start=1):
             scores = _checked(criterion, score_round(masks), targets, masks)
             masks = masks_from_scores(scores, density, masks, min_density=floor)
@@ -152,31 +214,46 @@ def prune(model: nn.Module, batches: Iterable, method: "str | Criterion" = "px",
         message = (f"{len(collapsed)} of {len(masks)} target tensors are pruned to zero density "
                    f"({', '.join(collapsed[:4])}{', ...' if len(collapsed) > 4 else ''}); lower the sparsity, "
                    "or pass min_layer_density (e.g. method='auto' keeps a tenth of the target density per tensor)")
-        if not allow_empty_layers:
+        if not spec.allow_empty_layers:
             raise ModelError(message + ", or allow_empty_layers=True to accept them")
         warnings.warn(message, stacklevel=2)
     apply_masks_(model, masks)
     return masks
 
 
-def _fraction(sparsity) -> float:
+def _spec_of(method, keywords: dict) -> PruneSpec:
+    """`method` if it is a `PruneSpec` (the keywords left at their defaults), else the spec the keywords make."""
+    if not isinstance(method, PruneSpec):
+        return PruneSpec(method=method, **keywords)
+    defaults = PruneSpec().to_dict()
+    changed = sorted(name for name, value in keywords.items() if value != defaults[name])
+    if changed:
+        raise ConfigError(f"prune got a PruneSpec and the keyword argument(s) {changed}; set them on the spec "
+                          f"instead: dataclasses.replace(spec, {changed[0]}=...)")
+    return method
+
+
+def _fraction(sparsity, given: str) -> float:
     """`sparsity` as a float strictly between 0 and 1; numpy and 0-d torch scalars are accepted."""
     try:
         value = None if isinstance(sparsity, (bool, str)) else float(sparsity)
     except (TypeError, ValueError, RuntimeError):
         value = None
     if value is None or not 0.0 < value < 1.0:   # NaN fails the comparison too
-        raise ConfigError(f"sparsity={sparsity!r} must be a number strictly between 0 and 1 (e.g. 0.9 keeps 10%)")
+        raise ConfigError(f"{given} must be a number strictly between 0 and 1 (e.g. 0.9 keeps 10%)")
     return value
 
 
-def _check_model_and_seed(model, seed) -> None:
+def _check_int(given: str, value, minimum: int, hint: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{given} must be an integer >= {minimum}{hint}")
+
+
+def _check_model(model) -> None:
     if not isinstance(model, nn.Module):
         hint = (" (a name: load it first, e.g. hf_px.models.load_model(name).model)" if isinstance(model, str)
                 else "")
         raise ModelError(f"model must be a torch.nn.Module, got a {type(model).__name__}{hint}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed={seed!r} must be an integer >= 0")
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -8,6 +8,7 @@ from huggingface_hub import ModelCard
 
 from hf_px.card import density_plot, render_card
 from hf_px.errors import ConfigError
+from hf_px.record import CheckpointRecord
 
 DENSITIES = {"vit.encoder.layer.0.attention.attention.query.weight": 0.125,
              "vit.encoder.layer.0.output.dense.weight": 0.0, "vit.encoder.layer.1.output.dense.weight": 0.5}
@@ -17,13 +18,14 @@ PROBE = {"dense": 0.91, "sparse": 0.875, "sparse_same_head": 0.5, "eval_examples
 COMMAND = "hf-px prune google/vit-base-patch16-224 --task cifar10 --sparsity 0.9 --output vit-px90"
 
 
-def _provenance(**changes):
-    return {"base_model": "google/vit-base-patch16-224", "base_revision": "main",
-            "source": "google/vit-base-patch16-224",
-            "library": "transformers", "license": "apache-2.0", "method": "px",
-            "method_options": {"gate_only": "dense"}, "sparsity": 0.9, "rounds": 100, "seed": 3, "task": "cifar10",
-            "dataset": "uoft-cs/cifar10", "split": "train", "examples_per_class": 10, "command": COMMAND,
-            **changes}
+def _record(probe=None, **changes) -> CheckpointRecord:
+    """A record as `save_sparse` completes it (densities, counts and global density filled in)."""
+    return CheckpointRecord.from_dict({
+        "base_model": "google/vit-base-patch16-224", "base_revision": "main", "source": "google/vit-base-patch16-224",
+        "library": "transformers", "license": "apache-2.0", "method": "px", "method_options": {"gate_only": "dense"},
+        "sparsity": 0.9, "rounds": 100, "seed": 3, "task": "cifar10", "dataset": "uoft-cs/cifar10", "split": "train",
+        "examples_per_class": 10, "command": COMMAND, "probe": probe, "layer_densities": DENSITIES,
+        "counts": COUNTS, "global_density": COUNTS["kept"] / COUNTS["targets"], **changes})
 
 
 def _header(text: str) -> dict:
@@ -32,7 +34,7 @@ def _header(text: str) -> dict:
 
 
 def test_header_parses_and_holds_the_hub_metadata(tmp_path):
-    text = render_card(_provenance(), DENSITIES, PROBE, COUNTS, "density.png")
+    text = render_card(_record(PROBE), "density.png")
     (tmp_path / "README.md").write_text(text)
     data = ModelCard.load(tmp_path / "README.md").data.to_dict()
     assert data == _header(text)
@@ -45,7 +47,7 @@ def test_header_parses_and_holds_the_hub_metadata(tmp_path):
 
 
 def test_body_holds_table_counts_probe_citation_and_command():
-    text = render_card(_provenance(), DENSITIES, PROBE, COUNTS, "density.png")
+    text = render_card(_record(PROBE), "density.png")
     body = text.split("---\n", 2)[2]
     for name, density in DENSITIES.items():
         assert f"| `{name}` | {density * 100:.2f}% |" in body
@@ -65,9 +67,9 @@ def test_body_holds_table_counts_probe_citation_and_command():
 def test_local_folder_has_no_base_model_and_a_local_dataset_is_not_listed(tmp_path):
     data_folder = tmp_path / "my-images"
     data_folder.mkdir()
-    provenance = _provenance(base_model=None, source=str(tmp_path / "tiny-resnet"), library="timm",
-                             method="magnitude", dataset=str(data_folder), license=None, command=None)
-    text = render_card(provenance, DENSITIES, None, COUNTS, None)
+    record = _record(base_model=None, source=str(tmp_path / "tiny-resnet"), library="timm", method="magnitude",
+                     dataset=str(data_folder), license=None, command=None)
+    text = render_card(record, None)
     header = _header(text)
     assert "base_model" not in header and "datasets" not in header and "license" not in header
     assert header["library_name"] == "timm" and "magnitude" in header["tags"]
@@ -79,7 +81,7 @@ def test_local_folder_has_no_base_model_and_a_local_dataset_is_not_listed(tmp_pa
 
 def test_unknown_library_is_a_config_error():
     with pytest.raises(ConfigError, match="library"):
-        render_card(_provenance(library="keras"), DENSITIES, None, COUNTS, None)
+        render_card(_record(library="keras"), None)
 
 
 def test_density_plot_writes_a_png(tmp_path):
@@ -114,16 +116,15 @@ def test_density_plot_marks_zero_density_layers_in_red(tmp_path):
 
 
 def test_pruned_card_reports_its_probe_in_the_model_index_and_names_what_is_unknown(tmp_path):
-    text = render_card(_provenance(), DENSITIES, PROBE, COUNTS, None)
+    text = render_card(_record(PROBE), None)
     (tmp_path / "README.md").write_text(text)
     results = ModelCard.load(tmp_path / "README.md").data.eval_results
     assert len(results) == 1 and results[0].metric_value == 0.875 and results[0].dataset_type == "uoft-cs/cifar10"
     assert results[0].metric_name == "linear-probe accuracy (no fine-tuning)" and results[0].dataset_split == "test"
     assert "**Unknown:**" not in text
-    local = render_card(_provenance(base_model=None, license=None, source="/home/me/models/tiny-vit",
-                                    dataset="/home/me/data/shoes",
-                                    command="hf-px prune /home/me/models/tiny-vit --dataset /home/me/data/shoes"),
-                        DENSITIES, PROBE, COUNTS, None)
+    local = render_card(_record(PROBE, base_model=None, license=None, source="/home/me/models/tiny-vit",
+                                dataset="/home/me/data/shoes",
+                                command="hf-px prune /home/me/models/tiny-vit --dataset /home/me/data/shoes"), None)
     assert "/home/me" not in local and "`tiny-vit`" in local and "hf-px prune tiny-vit --dataset shoes" in local
     assert "**Unknown:** the base model, the licence, the dataset of this checkpoint" in local
     assert "check the base model's licence" in local

@@ -124,6 +124,20 @@ def test_cli_prune_dry_run_touches_nothing(vit_folder, dataset, tmp_path, capsys
     assert "vit.layers.0.attention.q_proj.weight" in targets
 
 
+def test_cli_prune_config_file_reaches_the_job_with_flags_on_top(vit_folder, dataset, tmp_path, capsys):
+    config = tmp_path / "prune.yaml"
+    config.write_text(yaml.safe_dump({"model": str(vit_folder), "dataset": str(dataset), "method": "magnitude",
+                                      "sparsity": 0.5, "rounds": 2, "seed": 4, "include": ["*attention*"],
+                                      "examples_per_class": 2, "eval_examples": 10, "dry_run": True}))
+    assert main(["prune", "--config", str(config), "--sparsity", "0.75", "--exclude", "*k_proj*", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "(25.00%)" in printed and "method    magnitude, rounds 2, seed 4" in printed     # the flag, the file
+    targets = [line.split()[-1] for line in printed.splitlines() if line.startswith("  target ")]
+    assert targets and all("attention" in t and "k_proj" not in t for t in targets)
+    assert main(["prune", "--config", str(config), "--no-dry-run", "--no-progress"]) == 2   # now nothing to write
+    assert "nothing would be written" in capsys.readouterr().err
+
+
 def test_cli_prune_then_inspect_and_overwrite(timm_folder, dataset, tmp_path, capsys):
     output = tmp_path / "out"
     argv = ["prune", str(timm_folder), "--dataset", str(dataset), "--sparsity", "0.5", "--rounds", "2",

@@ -84,13 +84,13 @@ def test_fine_tuning_a_pruned_pretrained_bn_model_beats_its_probe_and_the_previo
     assert losses == sorted(losses, reverse=True) and losses[-1] < 0.8 * losses[0]     # the loss decreases
     probe = record["probe"]["sparse"]
     assert result.history[-1]["eval_accuracy"] > probe
-    assert "below_probe" not in result.provenance["finetune"]
+    assert result.provenance.finetune.below_probe is False
     assert record["batchnorm"]["recalibrated"] and record["batchnorm"]["images"] == 100
     assert record["probe"]["sparse_stale_batchnorm"] < probe      # the dense statistics hurt the pruned model
 
     before, after = _flow(root, data, previous=True, monkeypatch=monkeypatch)
     assert after.history[-1]["eval_accuracy"] < before["probe"]["sparse"]   # the failure this flow fixes
-    assert after.provenance["finetune"]["below_probe"] is True
+    assert after.provenance.finetune.below_probe is True
     assert after.history[0]["train_loss"] > losses[0] + 0.5                # and a worse start
 
 

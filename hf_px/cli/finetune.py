@@ -7,10 +7,8 @@ overrides the recipe, and the defaults below apply where neither sets a key.
 """
 
 import argparse
-import dataclasses
 import shlex
 import sys
-import typing
 from pathlib import Path
 
 from ..checkpoint import STATE_DIR, has_training_state
@@ -25,6 +23,7 @@ from ..finetune import (
     run_finetune,
     shipped_recipes,
 )
+from .flags import add_config_flags
 
 _HELP = {
     "model": "the sparse checkpoint: an `hf-px prune --output` folder or a Hub repo",
@@ -74,32 +73,13 @@ _METAVARS = {"model": "DIR_OR_REPO", "revision": "REV", "task": "NAME", "dataset
              "image_column": "COLUMN", "label_column": "COLUMN", "split": "NAME", "eval_split": "NAME",
              "output": "DIR", "push_to_hub": "REPO", "betas": "BETA", "milestones": "EPOCH", "lr": "LR", "momentum": "M", "weight_decay": "WD",
              "gamma": "G", "warmup_epochs": "EPOCHS", "label_smoothing": "EPS", "max_grad_norm": "NORM"}
-_NOT_FLAGS = ("description", "expected")
+# not flags: description and expected, the recipe's documentation
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help=f"a recipe YAML file, or the name of a shipped one ({', '.join(shipped_recipes())}); "
                                        "flags override its keys")
-    hints = typing.get_type_hints(FinetuneConfig)
-    for item in dataclasses.fields(FinetuneConfig):
-        if item.name in _NOT_FLAGS:
-            continue
-        flag, kind = "--" + item.name.replace("_", "-"), hints[item.name]
-        text = _HELP[item.name]
-        default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
-        if default is not None and default is not dataclasses.MISSING and default != [] and "default" not in text:
-            shown = ("off" if default is False else "on" if default is True else " ".join(map(str, default)) if isinstance(default, list)
-                     else default)
-            text += f" (default {shown})"
-        if kind is bool:   # --from-scratch / --no-from-scratch: a recipe's true can be turned off too
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
-        elif typing.get_origin(kind) is list:
-            parser.add_argument(flag, nargs="+", type=typing.get_args(kind)[0], default=argparse.SUPPRESS, help=text,
-                                metavar="N")
-        else:
-            base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-            parser.add_argument(flag, type=base, default=argparse.SUPPRESS, help=text, choices=_CHOICES.get(item.name),
-                                metavar=None if item.name in _CHOICES else _METAVARS.get(item.name, "N"))
+    add_config_flags(parser, FinetuneConfig, _HELP, choices=_CHOICES, metavars=_METAVARS)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
     record, masks = inspect_checkpoint(args.checkpoint, revision=args.revision)
     densities = layer_densities(masks)
-    print(json.dumps({"checkpoint": str(args.checkpoint), "provenance": record, "layer_densities": densities,
+    print(json.dumps({"checkpoint": str(args.checkpoint), "provenance": record.to_dict(), "layer_densities": densities,
                       "global_density": global_density(masks),
                       "zero_density_layers": [name for name, density in densities.items() if density == 0.0]},
                      indent=2, sort_keys=True))
