@@ -79,6 +79,37 @@ def same_code(earlier: dict, now: dict) -> bool:
         and not earlier.get("dirty", True) and not now.get("dirty", True)
 
 
+def resume_rows(record: dict, out: Path, same: tuple[str, ...]) -> None:
+    """Carry the finished rows of an earlier run's JSON `out` into `record` when that run measured the same
+    setting with the same code and the same values of the config keys `same`; its commit, time and row count
+    go into `record["earlier_runs"]`."""
+    if not Path(out).exists():
+        return
+    previous = json.loads(Path(out).read_text())
+    if (previous.get("setting") == record["setting"] and same_code(previous["machine"], record["machine"])
+            and all(previous["config"].get(k) == record["config"].get(k) for k in same)):
+        record["rows"] = previous["rows"]
+        record["earlier_runs"] = previous.get("earlier_runs", []) + [
+            {"commit": previous["machine"].get("commit"), "seconds": previous.get("seconds"),
+             "rows": len(previous["rows"]) - sum(run["rows"] for run in previous.get("earlier_runs", []))}]
+
+
+def budget_check(short: list[float], long: list[float]) -> dict | None:
+    """The dense reference trained with a study's budget (`short`, one value per seed) and with a longer one:
+    converged when the means are within 1 point of each other. None until both are measured."""
+    if not short or not long:
+        return None
+    gap = mean_std(long)[0] - mean_std(short)[0]
+    return {"short": short, "long": long, "gap": gap, "converged": abs(gap) <= 0.01 + 1e-9}
+
+
+def budget_sentence(check: dict, short_epochs: int, long_epochs: int) -> str:
+    return (f"**Budget check**: dense {fmt_pm(check['short'])}% after {short_epochs} epochs, "
+            f"{fmt_pm(check['long'])}% after {long_epochs}: {100 * check['gap']:+.1f} points, " + (
+                "within 1 point: the budget converges." if check["converged"] else
+                "more than 1 point apart: the budget does not converge, and the ranking is provisional."))
+
+
 def sync(device: str) -> None:
     """Wait for the GPU's queued work (a no-op on the CPU), so that a timing covers it."""
     if str(device).startswith("cuda"):

@@ -105,15 +105,8 @@ def run(setting: str, out: Path, fresh: bool = False) -> dict:
     config = SETTINGS[setting]
     record = common.start_record("pai", setting, config, study_file=__file__)
     device = common.device()
-    if out.exists() and not fresh:   # resume: keep the finished rows measured with the same code, data and training
-        previous = json.loads(out.read_text())
-        if (previous.get("setting") == setting and all(previous["config"].get(k) == config.get(k) for k in _SAME)
-                and common.same_code(previous["machine"], record["machine"])):
-            record["rows"] = previous["rows"]
-            # the runs whose rows are kept: their commit, time and row count
-            record["earlier_runs"] = previous.get("earlier_runs", []) + [
-                {"commit": previous["machine"].get("commit"), "seconds": previous.get("seconds"),
-                 "rows": len(previous["rows"]) - sum(run["rows"] for run in previous.get("earlier_runs", []))}]
+    if not fresh:   # resume: keep the finished rows measured with the same code, data and training
+        common.resume_rows(record, out, _SAME)
     longer = config.get("longer")
     if longer:   # longer-training rows of other sizes are stale
         record["rows"] = [r for r in record["rows"] if r.get("schedule", "grid") == "grid"
@@ -253,7 +246,8 @@ def plots(results: dict, directory: Path) -> dict:
 
 def report(results: dict) -> str:
     config = results["config"]
-    lines = ["## Study 1: pruning at initialisation, then training (Fashion-MNIST)", "",
+    budget = " at a budget that converges" if results["setting"] == "converged" else ""
+    lines = [f"## Study 1{budget}: pruning at initialisation, then training (Fashion-MNIST)", "",
              common.run_summary(results)
              + "".join(f"; resumed from a run at commit {run['commit']} that measured {run['rows']} rows in "
                        f"{(run['seconds'] or 0) / 60:.0f} min" for run in results.get("earlier_runs", []))
@@ -292,11 +286,7 @@ def report(results: dict) -> str:
                       "| pruning time (s) | " + " | ".join(f"{t:.1f}" for t in seconds) + " |", ""]
         check = budget_check(results, model)
         if check:
-            lines += [f"**Budget check** ({model}): dense {100 * check['short']:.1f}% after {config['epochs']} epochs, "
-                      f"{100 * check['long']:.1f}% after {config['longer']['epochs']} (means over seeds): "
-                      f"{100 * check['gap']:+.1f} points, " + (
-                          "within 1 point: the budget converges." if check["converged"] else
-                          "more than 1 point apart: the ranking above is provisional."), ""]
+            lines += [common.budget_sentence(check, config["epochs"], config["longer"]["epochs"]), ""]
         elif _rows(results, "longer", model=model):
             lines += _longer_report(results, model)
         for key in (f"accuracy_{model}", f"layers_{model}"):
@@ -308,13 +298,8 @@ def report(results: dict) -> str:
 def budget_check(results: dict, model: str) -> dict | None:
     """The dense network's accuracy with the grid's training and with the longer schedule (means over seeds),
     where the setting measures it (a `longer` case "dense")."""
-    short = [r["accuracy"] for r in _rows(results, model=model, method="dense")]
-    long = [r["accuracy"] for r in _rows(results, "longer", model=model, method="dense")]
-    if not short or not long:
-        return None
-    gap = common.mean_std(long)[0] - common.mean_std(short)[0]
-    return {"short": common.mean_std(short)[0], "long": common.mean_std(long)[0], "gap": gap,
-            "converged": abs(gap) <= 0.01 + 1e-9}
+    return common.budget_check([r["accuracy"] for r in _rows(results, model=model, method="dense")],
+                               [r["accuracy"] for r in _rows(results, "longer", model=model, method="dense")])
 
 
 def _case_label(method: str, rounds: int) -> str:

@@ -235,12 +235,11 @@ def one_run(model_name: str, folders: dict, case: str, density: float, seed: int
     finetune_s = time.perf_counter() - t0
     accuracy = test_accuracy(tuned, folders["data"], test_cache)
     densities = layer_densities(result.masks)
-    probe = result.provenance["probe"]
+    record, probe = result.provenance, result.provenance.probe
     shutil.rmtree(scratch, ignore_errors=True)
-    return {"model": model_name, "case": case, "method": result.provenance["method"],
-            "rounds": result.provenance["rounds"], "density": 1.0 if case == DENSE else density, "seed": seed,
-            "epochs": epochs, "finetuned": accuracy, "probe": probe["sparse"], "probe_dense": probe["dense"],
-            "probe_stale_batchnorm": probe.get("sparse_stale_batchnorm"),
+    return {"model": model_name, "case": case, "method": record.method, "rounds": record.rounds,
+            "density": 1.0 if case == DENSE else density, "seed": seed, "epochs": epochs, "finetuned": accuracy,
+            "probe": probe.sparse, "probe_dense": probe.dense, "probe_stale_batchnorm": probe.sparse_stale_batchnorm,
             "collapsed": [n for n, d in densities.items() if d == 0.0], "min_layer_density": min(densities.values()),
             "prune_s": round(prune_s, 1), "finetune_s": round(finetune_s, 1)}
 
@@ -272,14 +271,8 @@ def run(setting: str, out: Path, workdir: Path = WORKDIR, fresh: bool = False) -
     """Measure every case of `setting` not already in `out` (resuming an interrupted run of the same code)."""
     config = SETTINGS[setting]
     record = common.start_record("transfer", setting, config, study_file=__file__)
-    if out.exists() and not fresh:
-        previous = json.loads(out.read_text())
-        if (previous.get("setting") == setting and all(previous["config"].get(k) == config.get(k) for k in _SAME)
-                and common.same_code(previous["machine"], record["machine"])):
-            record["rows"] = previous["rows"]
-            record["earlier_runs"] = previous.get("earlier_runs", []) + [
-                {"commit": previous["machine"].get("commit"), "seconds": previous.get("seconds"),
-                 "rows": len(previous["rows"]) - sum(r["rows"] for r in previous.get("earlier_runs", []))}]
+    if not fresh:
+        common.resume_rows(record, out, _SAME)
     done = {_key(r) for r in record["rows"]}
     started = time.perf_counter()
     prepared = prepare(setting, workdir)
@@ -335,13 +328,8 @@ def _values(results: dict, model: str, case: str, density: float, field: str = "
 def budget_check(results: dict, model: str) -> dict | None:
     """The dense reference fine-tuned with the grid's epochs and with `longer` x them, means over seeds."""
     epochs = results["config"]["epochs"][model]
-    short = _values(results, model, DENSE, 1.0, epochs=epochs)
-    long = _values(results, model, DENSE, 1.0, epochs=epochs * results["config"]["longer"])
-    if not short or not long:
-        return None
-    gap = common.mean_std(long)[0] - common.mean_std(short)[0]
-    return {"epochs": epochs, "longer_epochs": epochs * results["config"]["longer"], "short": short, "long": long,
-            "gap": gap, "converged": abs(gap) <= 0.01 + 1e-9}   # within 1 point, either way
+    return common.budget_check(_values(results, model, DENSE, 1.0, epochs=epochs),
+                               _values(results, model, DENSE, 1.0, epochs=epochs * results["config"]["longer"]))
 
 
 def ranking(results: dict, model: str, density: float) -> list[tuple[str, float, float, int]]:
@@ -417,11 +405,8 @@ def report(results: dict) -> str:
                   f"{recipe['batch_size']}, {config['epochs'][model]} epochs, weight decay {recipe['weight_decay']}.", ""]
         check = budget_check(results, model)
         if check:
-            lines += [f"**Budget check**: dense fine-tuned {common.fmt_pm(check['short'])}% at {check['epochs']} "
-                      f"epochs, {common.fmt_pm(check['long'])}% at {check['longer_epochs']}: a gap of "
-                      f"{100 * check['gap']:+.1f} points, " + (
-                          "within 1 point: the budget converges." if check["converged"] else
-                          "more than 1 point: the budget does not converge, and the ranking below is provisional."), ""]
+            epochs = config["epochs"][model]
+            lines += [common.budget_sentence(check, epochs, epochs * config["longer"]), ""]
         densities = [d for d in config["densities"] if any(_values(results, model, c, d) for c in config["cases"])]
         if not densities:
             lines += ["(no runs yet)", ""]

@@ -127,6 +127,20 @@ def test_check_masks_hold_sees_weights_and_optimizer_state():
         ft.check_masks_hold(model, masks, optimizer)
 
 
+def test_channels_last_trains_the_same_weights_and_saves_the_usual_layout(pruned, tmp_path):
+    # a layout, not a change of arithmetic: the same run either way, to float rounding (kernels sum in other orders)
+    fast = ft.run_finetune(_config(pruned, tmp_path / "cl", channels_last=True), progress=False, log=_quiet)
+    plain = ft.run_finetune(_config(pruned, tmp_path / "plain", channels_last=False), progress=False, log=_quiet)
+    a, b = dict(fast.model.named_parameters()), dict(plain.model.named_parameters())
+    assert all(torch.allclose(a[n], b[n], atol=1e-4, rtol=1e-3) for n in a)
+    assert [h["step"] for h in fast.history] == [h["step"] for h in plain.history]
+    assert all(p.is_contiguous() for p in fast.model.parameters())   # the saved tensors in the usual layout
+    assert _pruned_entries_zero(fast.model, fast.masks)
+    reloaded, masks = hf_px.load_sparse(str(tmp_path / "cl"))
+    saved = dict(reloaded.named_parameters())
+    assert all(torch.equal(saved[n], a[n].cpu()) for n in a)
+
+
 def test_resume_repeats_an_uninterrupted_run(pruned, tmp_path):
     whole = ft.run_finetune(_config(pruned, tmp_path / "whole", epochs=3), progress=False, log=_quiet)
     ft.run_finetune(_config(pruned, tmp_path / "parts", epochs=2), progress=False, log=_quiet)
