@@ -85,6 +85,7 @@ class FinetuneConfig:
     augmentation: str = "standard"      # "standard": random crop (padding 4, or resized crop for large images) + flip
     from_scratch: bool = False          # re-initialise every weight, keep the masks (prune at init, then train)
     recalibrate_bn: bool = True         # BatchNorm statistics re-estimated with the current weights before each eval/save
+    eval_every: int = 1                 # epochs between evaluations (with their BatchNorm recalibration); the last always
     channels_last: bool = True          # a model with 2-d convolutions trains in channels-last memory layout (faster)
     calibration_examples: int = 512     # train images (no augmentation, a fixed seeded subset) for that
     train_examples: int | None = None   # a class-balanced subset of train (None: all)
@@ -109,7 +110,7 @@ class FinetuneConfig:
                               ("augmentation", AUGMENTATIONS)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} {getattr(self, name)!r} is unknown; choose one of {', '.join(choices)}")
-        for name in ("epochs", "batch_size", "gradient_accumulation_steps"):
+        for name in ("epochs", "batch_size", "gradient_accumulation_steps", "eval_every"):
             _check_number(name, getattr(self, name), int, minimum=1)
         for name in ("train_examples", "eval_examples"):
             if getattr(self, name) is not None:
@@ -470,21 +471,23 @@ def run_finetune(config: FinetuneConfig, command: str | None = None, progress: b
         _stop_if_diverged(accelerator, guard.check_epoch(running / max(1, batches)), step, epoch, config,
                           state_dir, history)
         check_masks_hold(unwrapped, masks, optimizer, when=f"after epoch {epoch + 1}")
-        if calibration is not None:
-            # precise BatchNorm: the running averages mix statistics of the weights of many past steps, which
-            # in a short fine-tuning run are far from the current ones (docs/results.md, "BatchNorm
-            # recalibration"); training itself uses batch statistics and is unaffected
-            recalibrate_batchnorm_(unwrapped, [(images.to(accelerator.device), None) for images in calibration])
-            _same_batchnorm_everywhere(accelerator, unwrapped)
-        metrics = evaluate(model, eval_loader, accelerator)
-        if not math.isfinite(metrics["eval_loss"]):
-            _stop_if_diverged(accelerator, f"the eval loss is {metrics['eval_loss']}", step, epoch, config,
-                              state_dir, history)
+        metrics = {}
+        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:   # the last epoch always
+            if calibration is not None:
+                # precise BatchNorm: the running averages mix statistics of the weights of many past steps,
+                # which in a short fine-tuning run are far from the current ones (docs/results.md, "BatchNorm
+                # recalibration"); training itself uses batch statistics and is unaffected
+                recalibrate_batchnorm_(unwrapped, [(images.to(accelerator.device), None) for images in calibration])
+                _same_batchnorm_everywhere(accelerator, unwrapped)
+            metrics = evaluate(model, eval_loader, accelerator)
+            if not math.isfinite(metrics["eval_loss"]):
+                _stop_if_diverged(accelerator, f"the eval loss is {metrics['eval_loss']}", step, epoch, config,
+                                  state_dir, history)
         entry = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
                  "train_loss": _mean_across(accelerator, running / max(1, batches)), **metrics}
         history.append(entry)
-        log(f"epoch {epoch + 1}/{config.epochs}  step {step}  lr {entry['lr']:.3g}  train loss "
-            f"{entry['train_loss']:.4f}  eval loss {entry['eval_loss']:.4f}  eval accuracy {entry['eval_accuracy']:.2%}")
+        log(f"epoch {epoch + 1}/{config.epochs}  step {step}  lr {entry['lr']:.3g}  train loss {entry['train_loss']:.4f}"
+            + (f"  eval loss {entry['eval_loss']:.4f}  eval accuracy {entry['eval_accuracy']:.2%}" if metrics else ""))
         _save_training_state(accelerator, state_dir, {
             "epoch": epoch + 1, "step": step, "history": history, "masks_sha256": digest,
             "processes": accelerator.num_processes, "config": config.to_dict()})

@@ -141,6 +141,16 @@ def test_channels_last_trains_the_same_weights_and_saves_the_usual_layout(pruned
     assert all(torch.equal(saved[n], a[n].cpu()) for n in a)
 
 
+def test_eval_every_evaluates_on_schedule_and_always_last(pruned, tmp_path):
+    result = ft.run_finetune(_config(pruned, tmp_path / "out", epochs=3, eval_every=2), progress=False, log=_quiet)
+    assert [("eval_accuracy" in h) for h in result.history] == [False, True, True]   # epoch 2, then the last
+    assert result.provenance.finetune.eval_accuracy == result.history[-1]["eval_accuracy"]
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| 1 | " in card and "| – | – |" in card                                # the epoch without an eval
+    with pytest.raises(hf_px.ConfigError, match="eval_every"):
+        _config(pruned, tmp_path / "bad", eval_every=0)
+
+
 def test_resume_repeats_an_uninterrupted_run(pruned, tmp_path):
     whole = ft.run_finetune(_config(pruned, tmp_path / "whole", epochs=3), progress=False, log=_quiet)
     ft.run_finetune(_config(pruned, tmp_path / "parts", epochs=2), progress=False, log=_quiet)

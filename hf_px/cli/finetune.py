@@ -53,6 +53,7 @@ _HELP = {
     "precision": "no (fp32), bf16 (autocast; also on CPU) or fp16 (GPU only)",
     "augmentation": "standard: random crop (padding 4, or resized crop for large images) and flip; none",
     "from_scratch": "re-initialise every weight before training, keeping the masks",
+    "eval_every": "evaluate every N epochs (with the BatchNorm recalibration before it); the last epoch always",
     "channels_last": "train a model with 2-d convolutions in channels-last memory layout (faster; same values)",
     "recalibrate_bn": "re-estimate BatchNorm statistics with the current weights before each evaluation and the "
                       "save (precise BatchNorm; models without BatchNorm are unaffected)",
