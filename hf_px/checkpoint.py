@@ -18,8 +18,6 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -28,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError, HfPxError, HubError, ModelError
+from .errors import ConfigError, HfPxError, ModelError
 from .masks import check_masks, kept_and_total
 from .models import LoadedModel, describe_model, load_model, save_model
 from .record import FORMAT_VERSION, CheckpointRecord, layer_table
@@ -398,39 +396,11 @@ def _resolve(repo_or_dir: str | Path, revision: str | None, patterns: list[str])
 def _download(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
     from huggingface_hub import snapshot_download
 
-    from .hub import require_hub
+    from .hub import download_errors, require_hub
 
     require_hub(f"download {repo_id!r}")
-    with _hub_errors(repo_id, revision):
+    with download_errors(repo_id, repo_id, revision):
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
-
-
-@contextmanager
-def _hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
-    from huggingface_hub.errors import (
-        GatedRepoError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled,
-        RepositoryNotFoundError, RevisionNotFoundError,
-    )
-
-    login = "if it is private, run `hf auth login` or set HF_TOKEN"
-    try:
-        yield
-    except GatedRepoError:
-        raise ModelError(f"Hub repo {repo_id!r} is gated; accept its conditions on the Hub, then run "
-                         "`hf auth login` or set HF_TOKEN") from None
-    except RepositoryNotFoundError:
-        raise ModelError(f"Hub repo {repo_id!r} does not exist or is private; check the id; {login}") from None
-    except RevisionNotFoundError:
-        raise ModelError(f"Hub repo {repo_id!r} has no revision {revision!r}") from None
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
-        raise HubError(f"Hub repo {repo_id!r} is not in the local cache and the Hub cannot be reached (offline "
-                         "mode HF_HUB_OFFLINE, or no network); download it once online, or give a local folder"
-                         ) from None
-    except HFValidationError:
-        raise ModelError(f"{repo_id!r} is neither an existing folder nor a valid Hub repo id (ORG/NAME)") from None
-    except HfHubHTTPError as error:
-        status = getattr(getattr(error, "response", None), "status_code", None)
-        raise ModelError(f"the Hub refused or failed the download of {repo_id!r} (HTTP {status}); {login}") from None
 
 
 def _read_provenance(folder: Path) -> CheckpointRecord:

@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .checkpoint import STATE_DIR, open_sparse
-from .errors import ConfigError, HfPxError, HubError, PushError
+from .errors import ConfigError, HfPxError, HubError, ModelError, PushError
 
 # never uploaded: resumable-run state and hidden files (editor/OS droppings, temporary folders)
 IGNORE_PATTERNS = [f"{STATE_DIR}/*", ".*", "*/.*"]   # the resume state and hidden scratch folders
@@ -27,6 +27,75 @@ def offline() -> bool:
 
     flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
     return bool(constants.HF_HUB_OFFLINE) or flag.strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+@contextmanager
+def download_errors(source: str, repo_id: str, revision: str | None) -> Iterator[None]:
+    """Turn huggingface_hub / transformers / timm download errors into one-line errors: `HubError` when the
+    Hub cannot be reached (or failed), `ModelError` for what the user can fix (id, revision, access).
+    `source` is what the user gave, `repo_id` the repo it names. Every download of hf_px runs inside it."""
+    from huggingface_hub.errors import (
+        GatedRepoError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled,
+        RepositoryNotFoundError, RevisionNotFoundError,
+    )
+
+    login = "run `hf auth login` or set HF_TOKEN with a token that has access"
+    try:
+        yield
+    except GatedRepoError:
+        raise ModelError(
+            f"Hub repo {repo_id!r} is gated; accept its conditions on its Hub page, then {login}"
+        ) from None
+    except RepositoryNotFoundError:
+        close = _similar_hub_ids(repo_id)
+        hint = f"similar ids: {', '.join(close)}" if close else "check the spelling"
+        raise ModelError(
+            f"Hub repo {repo_id!r} (from {source!r}) does not exist or is private; {hint}; if private, {login}"
+        ) from None
+    except RevisionNotFoundError:
+        raise ModelError(
+            f"Hub repo {repo_id!r} has no revision {revision!r}; give an existing branch, tag or commit"
+        ) from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        if offline():
+            raise HubError(
+                f"{source!r} is not in the local Hugging Face cache and offline mode is on (HF_HUB_OFFLINE); "
+                "download it once online, unset HF_HUB_OFFLINE, or give a local folder"
+            ) from None
+        raise HubError(
+            f"cannot reach the Hugging Face Hub to fetch {source!r} and it is not cached; check the network "
+            "connection, or give a local folder"
+        ) from None
+    except HFValidationError:
+        raise ModelError(
+            f"{source!r} is not a valid Hub id (ORG/NAME, letters, digits, '-', '_', '.'), timm name or folder"
+        ) from None
+    except HfHubHTTPError as error:
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise ModelError(f"access to Hub repo {repo_id!r} was refused (HTTP {status}); {login}") from None
+        raise HubError(f"the Hub request for {source!r} failed (HTTP {status}); try again later") from None
+    except OSError as error:   # transformers wraps most download failures in OSError
+        hint = ("offline mode is on (HF_HUB_OFFLINE) and it is not cached" if offline()
+                else "check the id, the revision and the network")
+        raise ModelError(f"cannot load {source!r}: {first_line(error)} ({hint})") from None
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _similar_hub_ids(repo_id: str) -> list[str]:
+    """Up to 5 Hub model ids found by searching for the repo's name; [] offline or on any failure."""
+    if offline():
+        return []
+    try:
+        from huggingface_hub import HfApi
+
+        return [info.id for info in HfApi().list_models(search=repo_id.rpartition("/")[2], limit=5)]
+    except Exception:   # suggestions are a courtesy: never let them replace the real error
+        return []
 
 
 def require_hub(what: str) -> None:

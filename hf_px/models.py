@@ -18,8 +18,7 @@ What `load_model` accepts (the first rule that matches wins):
 import difflib
 import json
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .errors import HubError, ModelError
+from .errors import ModelError
 
 
 @dataclass
@@ -216,10 +215,10 @@ def _load_hub(source: str, repo_id: str, revision: str | None, trust_remote_code
     """A Hub repo of either library: its config.json says which."""
     from huggingface_hub import hf_hub_download
 
-    from .hub import require_hub
+    from .hub import download_errors, require_hub
 
     require_hub(f"fetch {source!r}")
-    with _hub_errors(source, repo_id, revision):
+    with download_errors(source, repo_id, revision):
         config = _read_json(hf_hub_download(repo_id, "config.json", revision=revision))
     library = _library_of(config) if config is not None else None
     if library is None:
@@ -272,15 +271,15 @@ def _load_timm(source: str, model_id: str, hub_id: str | None, revision: str | N
                pretrained: bool = True) -> LoadedModel:
     import timm
 
-    from .hub import require_hub
+    from .hub import download_errors, first_line, require_hub
 
     if pretrained and not model_id.startswith("local-dir:"):   # weights come from the Hub (or its cache)
         require_hub(f"fetch {source!r}")
-    with _hub_errors(source, hub_id or model_id, revision):
+    with download_errors(source, hub_id or model_id, revision):
         try:
             model = timm.create_model(model_id, pretrained=pretrained)
         except RuntimeError as error:   # timm raises RuntimeError for an unknown architecture in a config
-            raise ModelError(f"timm cannot build {source!r}: {_first_line(error)}; upgrade timm or check the "
+            raise ModelError(f"timm cannot build {source!r}: {first_line(error)}; upgrade timm or check the "
                              "'architecture' in its config.json") from None
     return _timm_loaded(model.eval(), source, hub_id, revision, license_)
 
@@ -306,14 +305,16 @@ def _load_transformers(source: str, location: str, hub_id: str | None, revision:
                        trust_remote_code: bool, license_: str | None) -> LoadedModel:
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    with _hub_errors(source, hub_id or location, revision):
+    from .hub import download_errors, first_line
+
+    with download_errors(source, hub_id or location, revision):
         try:
             model, info = AutoModelForImageClassification.from_pretrained(
                 location, revision=revision, trust_remote_code=trust_remote_code, output_loading_info=True
             )
         except ValueError as error:   # e.g. a text model: no image-classification class for its config
             raise ModelError(
-                f"{source!r} is not a transformers image classifier ({_first_line(error)}); "
+                f"{source!r} is not a transformers image classifier ({first_line(error)}); "
                 "give a model that AutoModelForImageClassification can load"
             ) from None
         try:
@@ -470,79 +471,6 @@ def _timm_cfg_to_save(loaded: LoadedModel) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ errors
-
-
-def _offline() -> bool:
-    from .hub import offline
-
-    return offline()
-
-
-@contextmanager
-def _hub_errors(source: str, repo_id: str, revision: str | None) -> Iterator[None]:
-    """Turn huggingface_hub / transformers / timm download errors into one-line `ModelError`s."""
-    from huggingface_hub.errors import (
-        GatedRepoError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled,
-        RepositoryNotFoundError, RevisionNotFoundError,
-    )
-
-    login = "run `hf auth login` or set HF_TOKEN with a token that has access"
-    try:
-        yield
-    except GatedRepoError:
-        raise ModelError(
-            f"Hub repo {repo_id!r} is gated; accept its conditions on its Hub page, then {login}"
-        ) from None
-    except RepositoryNotFoundError:
-        close = _similar_hub_ids(repo_id)
-        hint = f"similar ids: {', '.join(close)}" if close else "check the spelling"
-        raise ModelError(
-            f"Hub repo {repo_id!r} (from {source!r}) does not exist or is private; {hint}; if private, {login}"
-        ) from None
-    except RevisionNotFoundError:
-        raise ModelError(
-            f"Hub repo {repo_id!r} has no revision {revision!r}; give an existing branch, tag or commit"
-        ) from None
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
-        if _offline():
-            raise HubError(
-                f"{source!r} is not in the local Hugging Face cache and offline mode is on (HF_HUB_OFFLINE); "
-                "download it once online, unset HF_HUB_OFFLINE, or give a local folder"
-            ) from None
-        raise HubError(
-            f"cannot reach the Hugging Face Hub to fetch {source!r} and it is not cached; check the network "
-            "connection, or give a local folder"
-        ) from None
-    except HFValidationError:
-        raise ModelError(
-            f"{source!r} is not a valid Hub id (ORG/NAME, letters, digits, '-', '_', '.'), timm name or folder"
-        ) from None
-    except HfHubHTTPError as error:
-        status = getattr(getattr(error, "response", None), "status_code", None)
-        if status in (401, 403):
-            raise ModelError(f"access to Hub repo {repo_id!r} was refused (HTTP {status}); {login}") from None
-        raise HubError(f"the Hub request for {source!r} failed (HTTP {status}); try again later") from None
-    except OSError as error:   # transformers wraps most download failures in OSError
-        hint = ("offline mode is on (HF_HUB_OFFLINE) and it is not cached" if _offline()
-                else "check the id, the revision and the network")
-        raise ModelError(f"cannot load {source!r}: {_first_line(error)} ({hint})") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def _similar_hub_ids(repo_id: str) -> list[str]:
-    """Up to 5 Hub model ids found by searching for the repo's name; [] offline or on any failure."""
-    if _offline():
-        return []
-    try:
-        from huggingface_hub import HfApi
-
-        return [info.id for info in HfApi().list_models(search=repo_id.rpartition("/")[2], limit=5)]
-    except Exception:   # suggestions are a courtesy: never let them replace the real error
-        return []
 
 
 def _similar_timm_names(name: str, count: int = 5) -> list[str]:

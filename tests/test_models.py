@@ -191,10 +191,10 @@ def test_hub_errors_say_how_to_fix(monkeypatch):
 
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
-    from hf_px import models
+    from hf_px import hub
 
     def raising(error):
-        with models._hub_errors("org/name", "org/name", None):
+        with hub.download_errors("org/name", "org/name", None):
             raise error
 
     def response(status):   # what the errors read of an HTTP response, without tying the test to its library
@@ -204,7 +204,7 @@ def test_hub_errors_say_how_to_fix(monkeypatch):
         raising(GatedRepoError("gated", response=response(403)))
     with pytest.raises(ModelError, match="HTTP 403.*hf auth login"):
         raising(HfHubHTTPError("forbidden", response=response(403)))
-    monkeypatch.setattr(models, "_similar_hub_ids", lambda repo_id: ["org/name-v2"])
+    monkeypatch.setattr(hub, "_similar_hub_ids", lambda repo_id: ["org/name-v2"])
     with pytest.raises(ModelError, match="does not exist.*org/name-v2"):
         raising(RepositoryNotFoundError("missing", response=response(404)))
 
