@@ -42,11 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 METHODS = ["px", "px-exact", "random", "magnitude", "snip", "grasp", "synflow", "ntk-sap"]
-# PX variants earlier results point to (docs/results.md): one round, 20 rounds, the head as a path, and
+# PX variants earlier results point to (docs/results.md): one round, 20 rounds, a per-tensor density floor of
+# a tenth of the target density (what --method auto keeps; against layer collapse), the head as a path, and
 # BatchNorm statistics re-estimated between rounds (BatchNorm models only)
 VARIANTS = {
     "px, 1 round": dict(method="px", rounds=1),
     "px, 20 rounds": dict(method="px", rounds=20),
+    "px, floor": dict(method="px", floor=0.1),
     "px, head=path": dict(method="px", method_options={"head": "path"}),
     "px, BN every round": dict(method="px", recalibrate_every_round=True),
 }
@@ -61,17 +63,17 @@ RECIPES = {
                       batch_size=64, augmentation="standard"),
 }
 SETTINGS = {
-    "smoke": dict(models=["efficientnet-lite0", "vit-mnist"], cases=["px", "magnitude"],
+    "smoke": dict(models=["efficientnet-lite0", "vit-mnist"], cases=["px", "magnitude", "px, floor"],
                   densities=[0.2], seeds=[0], train_per_class=4, test_per_class=3, score_per_class=2,
                   epochs={"efficientnet-lite0": 1, "vit-mnist": 1}, longer=3, monitor_examples=10,
                   rounds={"px": 2, "synflow": 2, "ntk-sap": 2, "px-exact": 1},
                   pretrain=dict(digits_per_class=20, epochs=1)),
-    # ~2.5 h on 2 idle CPU cores: the methods and the PX variant that decide the defaults (the rest: --full)
+    # hours on 2 CPU cores (resumable): the methods and PX variants that decide the defaults (the rest: --full)
     "quick": dict(models=["vit-mnist", "efficientnet-lite0"],
-                  cases=["px", "magnitude", "random", "synflow", "px, 1 round"],
+                  cases=["px", "magnitude", "random", "synflow", "px, 1 round", "px, floor"],
                   densities=[0.5, 0.2, 0.1, 0.05, 0.02], seeds=[0, 1, 2], train_per_class=50, test_per_class=100,
                   score_per_class=10, epochs={"efficientnet-lite0": 30, "vit-mnist": 30}, longer=3,
-                  monitor_examples=100, rounds={"px": 20, "synflow": 20, "ntk-sap": 10, "px-exact": 5},
+                  monitor_examples=100, rounds={"synflow": 20, "ntk-sap": 10, "px-exact": 5},   # px: its default
                   pretrain=dict(digits_per_class=900, epochs=30)),
     "full": dict(models=["vit-mnist", "efficientnet-lite0"], cases=METHODS + list(VARIANTS),
                  densities=[0.5, 0.2, 0.1, 0.05, 0.02], seeds=[0, 1, 2, 3, 4], train_per_class=50,
@@ -197,13 +199,15 @@ def prepare(setting: str, workdir: Path) -> dict:
 # ------------------------------------------------------------------------------------------------- runs
 
 
-def case_options(case: str, rounds_by_method: dict) -> dict:
-    """PruneConfig fields of a case: a method at the setting's rounds, or a PX variant."""
+def case_options(case: str, density: float, rounds_by_method: dict) -> dict:
+    """PruneConfig fields of a case at `density`: a method at the setting's rounds, or a PX variant."""
     from hf_px.criteria import make_criterion
 
     if case == DENSE:
-        return dict(method="magnitude", sparsity_override=DENSE_SPARSITY)
-    options = dict(VARIANTS[case]) if case in VARIANTS else {"method": case}
+        return dict(method="magnitude", sparsity=DENSE_SPARSITY)
+    options = {"sparsity": 1 - density, **(VARIANTS[case] if case in VARIANTS else {"method": case})}
+    if "floor" in options:
+        options["min_layer_density"] = options.pop("floor") * density
     if "rounds" not in options and make_criterion(options["method"]).default_rounds > 1:
         options["rounds"] = rounds_by_method.get(options["method"])
     return options
@@ -218,11 +222,10 @@ def one_run(model_name: str, folders: dict, case: str, density: float, seed: int
     from hf_px.masks import layer_densities
 
     quiet = lambda *args, **kwargs: None   # noqa: E731
-    options = case_options(case, config["rounds"])
-    sparsity = options.pop("sparsity_override", None) or 1 - density
+    options = case_options(case, density, config["rounds"])
     pruned, tuned = scratch / "pruned", scratch / "finetuned"
     t0 = time.perf_counter()
-    result = run_prune(PruneConfig(model=str(folders[model_name]), dataset=str(folders["data"]), sparsity=sparsity,
+    result = run_prune(PruneConfig(model=str(folders[model_name]), dataset=str(folders["data"]),
                                    examples_per_class=config["score_per_class"],
                                    eval_examples=10 * config["test_per_class"], seed=seed, output=str(pruned),
                                    overwrite=True, allow_empty_layers=True, device="auto", **options),
@@ -388,8 +391,8 @@ def report(results: dict) -> str:
              f"set: {10 * config['train_per_class']} class-balanced train images; the scoring sample: "
              f"{config['score_per_class']} of them per class, drawn by the seed. Inputs {EFFICIENTNET_SIZE}x"
              f"{EFFICIENTNET_SIZE} for EfficientNet-Lite0, {VIT_SIZE}x{VIT_SIZE} for the ViT. "
-             f"Iterative methods at {', '.join(f'{m} {r}' for m, r in config['rounds'].items()) or 'their default'} "
-             "rounds. Cells: mean ± std over seeds of the fine-tuned accuracy (%); the probe is the ridge head on "
+             f"Rounds: {', '.join(f'{m} {r}' for m, r in config['rounds'].items()) or 'none set'}; px and the "
+             "others their defaults unless the case says otherwise. Cells: mean ± std over seeds of the fine-tuned accuracy (%); the probe is the ridge head on "
              "the pruned (BatchNorm-recalibrated) features at pruning time, before any training.", ""]
     pretraining = results.get("pretraining")
     if pretraining:

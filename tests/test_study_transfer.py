@@ -36,6 +36,16 @@ def test_budget_check_known_answer():
     assert study.budget_check(_results(rows[:3]), "m") is None          # no longer run yet: no verdict
 
 
+def test_case_options_known_answers():
+    assert study.case_options("px, floor", 0.1, {}) == {"sparsity": pytest.approx(0.9), "method": "px",
+                                                        "min_layer_density": pytest.approx(0.01), "rounds": None}
+    assert study.case_options("synflow", 0.2, {"synflow": 20}) == {"sparsity": pytest.approx(0.8),
+                                                                   "method": "synflow", "rounds": 20}
+    assert study.case_options("magnitude", 0.2, {}) == {"sparsity": pytest.approx(0.8), "method": "magnitude"}
+    assert study.case_options("px, 1 round", 0.05, {"px": 20})["rounds"] == 1          # the variant's own
+    assert study.case_options("dense", 1.0, {}) == {"method": "magnitude", "sparsity": study.DENSE_SPARSITY}
+
+
 def test_winners_are_ties_with_the_best():
     rows = [_row("m", "px", 0.1, s, 10, a) for s, a in enumerate((0.70, 0.72, 0.74))]       # 0.72 ± 0.02
     rows += [_row("m", "magnitude", 0.1, s, 10, a) for s, a in enumerate((0.69, 0.70, 0.71))]  # 0.70 ± 0.01
