@@ -20,6 +20,30 @@ def test_results_page_matches_the_committed_results():
             assert (ROOT / "docs" / line.split("](", 1)[1].rstrip(")")).is_file(), line
 
 
+def test_readme_claim_is_computed_from_the_results():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert report.with_claim(readme, report.when_to_use_px(report.load_results())) == readme, \
+        "the README's claim differs from the JSON: run python benchmarks/report.py"
+
+
+def test_claim_on_hand_made_transfer_results():
+    def row(case, density, seed, accuracy, epochs=30):
+        return {"model": "m", "case": case, "density": density, "seed": seed, "epochs": epochs,
+                "finetuned": accuracy, "probe": 0.5, "collapsed": []}
+
+    rows = [row("px", 0.5, s, a) for s, a in enumerate((0.80, 0.82))] + \
+        [row("magnitude", 0.5, s, a) for s, a in enumerate((0.81, 0.81))] + \
+        [row("px", 0.1, s, a) for s, a in enumerate((0.60, 0.61))] + \
+        [row("magnitude", 0.1, s, a) for s, a in enumerate((0.70, 0.71))] + \
+        [row("dense", 1.0, s, 0.85, e) for s in range(2) for e in (30, 90)]
+    transfer = {"config": {"models": ["m"], "cases": ["px", "magnitude"], "densities": [0.5, 0.1],
+                           "epochs": {"m": 30}, "longer": 3}, "rows": rows}
+    claim = report.when_to_use_px({"transfer": transfer})
+    assert "- **m** (2 of 2 densities, at least 2 seeds, budget converged): PX ties the best at 50% (px); " \
+           "it is behind at 10% (magnitude 70.5% vs px 60.5%)." in claim
+    assert "has not run yet" in report.when_to_use_px({})
+
+
 def _row(part, variant, density, seed, **metrics):
     return {"part": part, "variant": variant, "density": density, "seed": seed, **metrics}
 
