@@ -408,7 +408,8 @@ def run_finetune(config: FinetuneConfig, command: str | None = None, progress: b
     calibration = _calibration_batches(splits, task, loaded.preprocess, config, per_device) if (
         config.recalibrate_bn and batchnorm_layers(model)) else None
     _check_labels(loaded, splits.label_names, eval_set[0][0].unsqueeze(0), config.model)
-    loader = dict(num_workers=config.num_workers, collate_fn=_collate)
+    # workers kept across epochs: a short run on small images would otherwise pay their start-up every epoch
+    loader = dict(num_workers=config.num_workers, collate_fn=_collate, persistent_workers=config.num_workers > 0)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=per_device, shuffle=True, **loader)
     eval_loader = torch.utils.data.DataLoader(eval_set, batch_size=per_device, shuffle=False, **loader)
     optimizer = make_optimizer(model, config)
