@@ -72,12 +72,12 @@ SETTINGS = {
     "quick": dict(models=["vit-mnist", "efficientnet-lite0"],
                   cases=["px", "magnitude", "random", "synflow", "px, 1 round", "px, floor"],
                   densities=[0.5, 0.2, 0.1, 0.05, 0.02], seeds=[0, 1, 2], train_per_class=50, test_per_class=100,
-                  score_per_class=10, epochs={"efficientnet-lite0": 30, "vit-mnist": 30}, longer=3,
+                  score_per_class=10, epochs={"efficientnet-lite0": 30, "vit-mnist": 90}, longer=3,
                   monitor_examples=100, rounds={"synflow": 20, "ntk-sap": 10, "px-exact": 5},   # px: its default
                   pretrain=dict(digits_per_class=900, epochs=30)),
     "full": dict(models=["vit-mnist", "efficientnet-lite0"], cases=METHODS + list(VARIANTS),
                  densities=[0.5, 0.2, 0.1, 0.05, 0.02], seeds=[0, 1, 2, 3, 4], train_per_class=50,
-                 test_per_class=100, score_per_class=10, epochs={"efficientnet-lite0": 30, "vit-mnist": 30},
+                 test_per_class=100, score_per_class=10, epochs={"efficientnet-lite0": 30, "vit-mnist": 90},
                  longer=3, monitor_examples=100, rounds={}, pretrain=dict(digits_per_class=900, epochs=30)),
 }
 EFFICIENTNET_SIZE = 32   # its stem and 4 stride-2 stages leave 1x1 features at 32 px: the cheapest size that works
@@ -287,33 +287,39 @@ def run(setting: str, out: Path, workdir: Path = WORKDIR, fresh: bool = False) -
 
     record["skipped"] = {name: f"the MNIST digits are not installed in {MNIST_DIGITS} (bash scripts/setup.sh)"
                          for name in config["models"] if name not in folders}
-    for model_name in available_models(setting):
+    models = available_models(setting)
+    # the budget check of every model first (the dense reference at the grid's epochs and at `longer` x
+    # them), then the grids, density by density: an interrupted run has whole densities
+    jobs = [(m, DENSE, 1.0, seed, e) for m in models
+            for e in (config["epochs"][m], config["epochs"][m] * config["longer"]) for seed in config["seeds"]]
+    for model_name in models:
         has_batchnorm = bool(batchnorm_layers(load_model(str(folders[model_name])).model))
-        epochs = config["epochs"][model_name]
-        # the budget check first: the dense reference at the grid's epochs and at `longer` x them
-        cases = [(DENSE, 1.0, seed, e) for e in (epochs, epochs * config["longer"]) for seed in config["seeds"]]
-        cases += [(case, density, seed, epochs) for density in config["densities"] for seed in config["seeds"]
-                  for case in config["cases"] if has_batchnorm or "BN" not in case]
-        for case, density, seed, case_epochs in cases:
-            key = (model_name, case, density, seed, case_epochs)
-            if key in done:
-                continue
-            row = one_run(model_name, folders, case, density, seed, case_epochs, config,
-                          workdir / "scratch", test_cache)
-            record["rows"].append(row)
-            done.add(key)
-            record["seconds"] = round(time.perf_counter() - started, 1) + sum(
-                r.get("seconds") or 0 for r in record.get("earlier_runs", []))
-            common.write_json(record, out)
-            print(f"{model_name:<18} {case:<20} density {row['density']:6.1%} seed {seed} epochs {case_epochs:>2}: "
-                  f"probe {row['probe']:.2%} fine-tuned {row['finetuned']:.2%}, {len(row['collapsed'])} tensors at "
-                  f"zero, prune {row['prune_s']:.0f}s, fine-tune {row['finetune_s']:.0f}s", flush=True)
-    record["seconds"] = round(time.perf_counter() - started, 1) + sum(
-        r.get("seconds") or 0 for r in record.get("earlier_runs", []))
+        jobs += [(model_name, case, density, seed, config["epochs"][model_name]) for density in config["densities"]
+                 for seed in config["seeds"] for case in config["cases"] if has_batchnorm or "BN" not in case]
+    for model_name, case, density, seed, case_epochs in jobs:
+        key = (model_name, case, density, seed, case_epochs)
+        if key in done:
+            continue
+        row = one_run(model_name, folders, case, density, seed, case_epochs, config,
+                      workdir / "scratch", test_cache)
+        record["rows"].append(row)
+        done.add(key)
+        record["seconds"] = _seconds(record, started)
+        common.write_json(record, out)
+        print(f"{model_name:<18} {case:<20} density {row['density']:6.1%} seed {seed} epochs {case_epochs:>2}: "
+              f"probe {row['probe']:.2%} fine-tuned {row['finetuned']:.2%}, {len(row['collapsed'])} tensors at "
+              f"zero, prune {row['prune_s']:.0f}s, fine-tune {row['finetune_s']:.0f}s", flush=True)
+    record["seconds"] = _seconds(record, started)
     # the smoke run draws beside its JSON, so that it never touches the committed plots in docs/img
     record["plots"] = plots(record, common.IMAGES if setting != "smoke" else out.parent)
     common.write_json(record, out)
     return record
+
+
+def _seconds(record: dict, started: float) -> float:
+    """Measuring time over all runs: this one's, plus the total the last resumed run had recorded."""
+    earlier = record.get("earlier_runs") or [{}]
+    return round(time.perf_counter() - started + (earlier[-1].get("seconds") or 0), 1)
 
 
 def _key(row: dict) -> tuple:
