@@ -399,8 +399,9 @@ def run_finetune(config: FinetuneConfig, command: str | None = None, progress: b
                     param.mul_(masks[name].to(param.dtype))
 
     if config.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        # 2.2x the training throughput of EfficientNet-Lite0 on CPU (the depthwise convolutions' backward is
-        # far faster in this layout); the values are the same, only their order in memory differs
+        # about twice the training throughput of EfficientNet-Lite0 on CPU (its depthwise convolutions'
+        # backward is far faster in this layout; benchmarks/bench_channels_last.py); the values are the same,
+        # only their order in memory differs
         model.to(memory_format=torch.channels_last)
     train_set = data.ImageDataset(splits.train, task, splits.train_indices, splits.train_codes,
                                   TrainAugmentation(config.augmentation, loaded.preprocess))
