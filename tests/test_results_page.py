@@ -42,6 +42,8 @@ def test_claim_on_hand_made_transfer_results():
     assert "- **m** (2 of 2 densities, at least 2 seeds, budget converged): PX ties the best at 50% (px); " \
            "it is behind at 10% (magnitude 70.5% vs px 60.5%)." in claim
     assert "has not run yet" in report.when_to_use_px({})
+    transfer["rows"] = [r for r in rows if r["case"] == "dense"]
+    assert "no pruned ticket yet" in report.when_to_use_px({"transfer": transfer})
 
 
 def _row(part, variant, density, seed, **metrics):
