@@ -73,8 +73,8 @@ def code_fingerprint(study_file: str | Path | None = None) -> str:
 def same_code(earlier: dict, now: dict) -> bool:
     """Whether two `machine()` records ran the same code (rows of one may join the other's): the same code
     fingerprint where both have one, else the same clean commit."""
-    if earlier.get("code") and now.get("code"):
-        return earlier["code"] == now["code"]
+    if earlier.get("code") and now.get("code"):   # and the same torch on the same kind of device
+        return all(earlier.get(k) == now.get(k) for k in ("code", "torch", "device"))
     return earlier.get("commit") is not None and earlier.get("commit") == now.get("commit") \
         and not earlier.get("dirty", True) and not now.get("dirty", True)
 

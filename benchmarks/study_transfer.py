@@ -186,7 +186,9 @@ def prepare(setting: str, workdir: Path) -> dict:
     folders["data"] = data
     pretraining = None
     for name in available_models(setting):
-        folder = workdir / name
+        # cached models keyed by what builds them: another size or architecture is another folder
+        folder = workdir / (f"{name}-{EFFICIENTNET_SIZE}px" if name == "efficientnet-lite0" else
+                            f"{name}-{VIT_SIZE}px-p{VIT_ARGS['patch_size']}-d{VIT_ARGS['embed_dim']}x{VIT_ARGS['depth']}")
         if name == "efficientnet-lite0":
             if not folder.exists():
                 write_efficientnet_lite0_folder(folder, image_size=EFFICIENTNET_SIZE)
@@ -460,7 +462,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     setting = "full" if args.full else "smoke" if args.smoke else "quick"
-    out = Path(args.out) if args.out else OUT
+    # one file per setting: a smoke or full run never replaces the quick study's rows
+    out = Path(args.out) if args.out else OUT if setting == "quick" else OUT.with_name(f"study_transfer_{setting}.json")
     run(setting, out, Path(args.workdir), fresh=args.fresh)
     return 0
 

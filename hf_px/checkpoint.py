@@ -419,7 +419,7 @@ def _read_provenance(folder: Path) -> CheckpointRecord:
         raise ModelError(f"{str(folder)!r} uses checkpoint format {version}, newer than this hf_px reads "
                          f"({FORMAT_VERSION}); upgrade hf_px")
     try:   # every field hf_px reads back has its type: a hand-edited or damaged file fails here, in one line
-        return CheckpointRecord.from_dict(values)
+        return CheckpointRecord.from_dict(values, lenient=True)
     except ConfigError as error:
         raise ModelError(f"{str(path)!r}: {error}; the file was edited or damaged: restore it or write the "
                          "checkpoint again") from None

@@ -46,7 +46,8 @@ class PruneConfig(PruneSpec):
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model.strip():
-            raise ConfigError(f"model={self.model!r}: give a Hub id (org/name), a timm name or a local folder")
+            raise ConfigError(f"model={self.model!r}: give a Hub id (org/name), a timm name or a local folder, as "
+                              "hf-px prune's first argument or as `model:` in its --config file")
         if (self.task is None) == (self.dataset is None):
             raise ConfigError("give exactly one of --task NAME or --dataset ID_OR_PATH "
                               f"(got task={self.task!r}, dataset={self.dataset!r})")

@@ -41,7 +41,7 @@ AUGMENTATIONS = ("standard", "none")
 RECIPE_REQUIRED = ("optimizer", "lr", "epochs", "batch_size")
 # recipe fields that may change between a run and its --resume (everything else must match)
 _RESUMABLE = {"epochs", "resume", "overwrite", "push_to_hub", "private", "num_workers", "device", "output",
-              "model", "revision", "description", "expected"}
+              "model", "revision", "description", "expected", "eval_every"}
 
 
 OVERWRITE_STATE_DIR = ".resume.overwrite"   # an --overwrite run's state, until it replaces the old one
@@ -440,6 +440,19 @@ def run_finetune(config: FinetuneConfig, command: str | None = None, progress: b
         f"{per_device} x {accelerator.num_processes} x {config.gradient_accumulation_steps}, "
         f"precision {config.precision}")
 
+    def evaluate_now(epoch: int) -> dict:
+        if calibration is not None:
+            # precise BatchNorm: the running averages mix statistics of the weights of many past steps, which in
+            # a short fine-tuning run are far from the current ones (docs/results.md, "BatchNorm
+            # recalibration"); training itself uses batch statistics and is unaffected
+            recalibrate_batchnorm_(unwrapped, [(images.to(accelerator.device), None) for images in calibration])
+            _same_batchnorm_everywhere(accelerator, unwrapped)
+        metrics = evaluate(model, eval_loader, accelerator)
+        if not math.isfinite(metrics["eval_loss"]):
+            _stop_if_diverged(accelerator, f"the eval loss is {metrics['eval_loss']}", step, epoch, config,
+                              state_dir, history)
+        return metrics
+
     guard = DivergenceGuard()
     for epoch in range(epoch, config.epochs):
         model.train()
@@ -473,18 +486,8 @@ def run_finetune(config: FinetuneConfig, command: str | None = None, progress: b
         _stop_if_diverged(accelerator, guard.check_epoch(running / max(1, batches)), step, epoch, config,
                           state_dir, history)
         check_masks_hold(unwrapped, masks, optimizer, when=f"after epoch {epoch + 1}")
-        metrics = {}
-        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:   # the last epoch always
-            if calibration is not None:
-                # precise BatchNorm: the running averages mix statistics of the weights of many past steps,
-                # which in a short fine-tuning run are far from the current ones (docs/results.md, "BatchNorm
-                # recalibration"); training itself uses batch statistics and is unaffected
-                recalibrate_batchnorm_(unwrapped, [(images.to(accelerator.device), None) for images in calibration])
-                _same_batchnorm_everywhere(accelerator, unwrapped)
-            metrics = evaluate(model, eval_loader, accelerator)
-            if not math.isfinite(metrics["eval_loss"]):
-                _stop_if_diverged(accelerator, f"the eval loss is {metrics['eval_loss']}", step, epoch, config,
-                                  state_dir, history)
+        due = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs   # the last epoch always
+        metrics = evaluate_now(epoch) if due else {}
         entry = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
                  "train_loss": _mean_across(accelerator, running / max(1, batches)), **metrics}
         history.append(entry)
@@ -494,6 +497,10 @@ def run_finetune(config: FinetuneConfig, command: str | None = None, progress: b
             "epoch": epoch + 1, "step": step, "history": history, "masks_sha256": digest,
             "processes": accelerator.num_processes, "config": config.to_dict()})
 
+    if history and "eval_accuracy" not in history[-1]:
+        # resumed with --epochs equal to the epochs done, after an epoch that `eval_every` left unevaluated:
+        # the saved model is still recalibrated and judged
+        history[-1].update(evaluate_now(len(history) - 1))
     check_masks_hold(unwrapped, masks, optimizer, when="before saving")
     rank_digests = _check_ranks_agree(accelerator, unwrapped, masks)
     last = history[-1] if history else {}

@@ -10,6 +10,7 @@ were, so a file from a newer hf_px (or a caller's own keys) survives a round tri
 import dataclasses
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 
 from torch import Tensor, nn
@@ -29,6 +30,8 @@ class Record:
     """A dataclass that checks its fields' types on construction and converts to and from a JSON-ready dict."""
 
     extra: dict = field(default_factory=dict, kw_only=True)   # keys this hf_px does not know, kept as they were
+    # fields a saved file must have right even when read leniently: what hf_px has always checked and reads back
+    STRICT: typing.ClassVar[frozenset] = frozenset()
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
@@ -40,15 +43,32 @@ class Record:
         return {**self.extra, **{k: v.to_dict() if isinstance(v, Record) else v for k, v in values.items()}}
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Record":
+    def from_dict(cls, values: dict, lenient: bool = False, prefix: str = "") -> "Record":
+        """The record `values` describe. lenient (reading a saved file): a field of the wrong type is ignored
+        with a warning, its default taken, rather than refusing the file; the loader's guides
+        and the fields every earlier hf_px checked (`STRICT`) stay strict. Files saved through the API with `save_sparse(provenance=...)` by an
+        earlier hf_px, which checked fewer fields, load this way."""
         if not isinstance(values, dict):
             raise ConfigError(f"a {cls.__name__} is read from a mapping, got {type(values).__name__}")
         known = {item.name for item in dataclasses.fields(cls)} - {"extra"}
-        return cls(**{k: v for k, v in values.items() if k in known},
-                   extra={k: v for k, v in values.items() if k not in known})
+        given = {k: v for k, v in values.items() if k in known}
+        if lenient:
+            hints = typing.get_type_hints(cls)
+            for name in sorted(given):
+                if given[name] is None:      # unknown: the field's default
+                    del given[name]
+                    continue
+                try:
+                    given[name] = _checked(name, given[name], hints[name], lenient=True, prefix=prefix)
+                except ConfigError as error:
+                    if name in cls.STRICT:
+                        raise
+                    warnings.warn(f"hf_px.json: {prefix}{error}; ignored (the field's default is used)", stacklevel=2)
+                    del given[name]
+        return cls(**given, extra={k: v for k, v in values.items() if k not in known})
 
 
-def _checked(name: str, value, kind):
+def _checked(name: str, value, kind, lenient: bool = False, prefix: str = ""):
     """`value` if it has the annotated type `kind` (a nested record may be given as its dict); else a
     one-line `ConfigError` naming the field, the value and the type it should have."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
@@ -63,7 +83,7 @@ def _checked(name: str, value, kind):
         if not isinstance(value, dict):
             raise ConfigError(f"{name} is {value!r:.40} ({type(value).__name__}), not a mapping")
         try:
-            return kind.from_dict(value)
+            return kind.from_dict(value, lenient=lenient, prefix=f"{prefix}{name}.")
         except ConfigError as error:   # name the field inside this one: probe.dense
             raise ConfigError(f"{name}.{error}") from None
     base = origin or kind
@@ -87,6 +107,8 @@ def _checked(name: str, value, kind):
 @dataclass
 class ProbeRecord(Record):
     """The linear-probe accuracies measured when pruning (None: not measured)."""
+
+    STRICT = frozenset({"dense", "sparse", "sparse_same_head", "eval_examples", "eval_split"})
 
     dense: float | None = None                  # the dense backbone, head fitted on its features
     sparse: float | None = None                 # the pruned backbone, head refit on its features
@@ -114,6 +136,8 @@ class BatchNormRecord(Record):
 class FinetuneRecord(Record):
     """A fine-tuning run (`hf-px finetune`) on the pruned checkpoint."""
 
+    STRICT = frozenset({"eval_accuracy", "eval_examples", "steps", "history", "eval_split", "task"})
+
     recipe: dict | None = None                  # `FinetuneConfig.to_dict()`
     command: str | None = None
     task: str | None = None
@@ -137,6 +161,8 @@ class FinetuneRecord(Record):
 class Counts(Record):
     """Parameters of the model and target weights of the masks."""
 
+    STRICT = frozenset({"parameters", "nonzero", "targets", "kept"})
+
     parameters: int = 0
     nonzero: int = 0
     targets: int = 0
@@ -155,6 +181,11 @@ class CheckpointRecord(Record):
     """The provenance of a sparse checkpoint: the model, the pruning as it ran, the data it was scored on, the
     probe, BatchNorm and fine-tuning records, and (filled in by `save_sparse`) counts, densities, versions.
     None means unknown."""
+
+    STRICT = frozenset({"format_version", "method", "method_options", "sparsity", "rounds", "seed", "base_model",
+                        "base_revision", "source", "library", "license", "task", "dataset", "split", "image_column",
+                        "label_column", "examples_per_class", "label_names", "targets", "probe", "finetune",
+                        "counts", "layer_densities", "global_density"})
 
     format_version: int = FORMAT_VERSION
     # the model
@@ -212,7 +243,7 @@ def layer_table(masks: dict[str, Tensor]) -> list[str]:
     """Per-layer density and kept / total, a global row, and the layers at zero density: what `hf-px prune`
     prints at the end and `hf-px inspect` shows."""
     densities = layer_densities(masks)
-    width = max(len("global"), *(len(name) for name in densities))
+    width = max([len("global"), *(len(name) for name in densities)])
     lines = [f"{'layer':<{width}}  density  {'kept':>10} / total"]
     for name, density in densities.items():
         lines.append(f"{name:<{width}}  {density:7.2%}  {int(masks[name].sum()):>10,} / {masks[name].numel():,}")

@@ -120,6 +120,14 @@ def test_a_spec_and_keywords_that_disagree_are_refused_and_defaults_live_in_the_
     assert (config["method"], config["allow_empty_layers"]) == ("auto", False)
 
 
+def test_every_finetune_field_has_a_flag():
+    from hf_px.cli.finetune import _HELP
+    from hf_px.finetune import FinetuneConfig
+
+    fields = {item.name for item in dataclasses.fields(FinetuneConfig)}
+    assert set(_HELP) == fields - {"description", "expected"}   # a new field without help would have no flag
+
+
 def test_prune_flags_are_generated_from_the_config():
     from hf_px.cli.prune import _help
 

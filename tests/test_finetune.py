@@ -127,10 +127,21 @@ def test_check_masks_hold_sees_weights_and_optimizer_state():
         ft.check_masks_hold(model, masks, optimizer)
 
 
-def test_channels_last_trains_the_same_weights_and_saves_the_usual_layout(pruned, tmp_path):
+def test_channels_last_trains_the_same_weights_and_saves_the_usual_layout(pruned, tmp_path, monkeypatch):
     # a layout, not a change of arithmetic: the same run either way, to float rounding (kernels sum in other orders)
+    layouts = []
+    real_mask_gradients = ft.mask_gradients_
+
+    def spy(masked):   # called at every optimizer step: which layout the conv weights train in
+        layouts.append(any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+                           for p, _ in masked))
+        real_mask_gradients(masked)
+
+    monkeypatch.setattr(ft, "mask_gradients_", spy)
     fast = ft.run_finetune(_config(pruned, tmp_path / "cl", channels_last=True), progress=False, log=_quiet)
+    trained_channels_last, layouts[:] = all(layouts), []
     plain = ft.run_finetune(_config(pruned, tmp_path / "plain", channels_last=False), progress=False, log=_quiet)
+    assert trained_channels_last and layouts and not any(layouts)
     a, b = dict(fast.model.named_parameters()), dict(plain.model.named_parameters())
     assert all(torch.allclose(a[n], b[n], atol=1e-4, rtol=1e-3) for n in a)
     assert [h["step"] for h in fast.history] == [h["step"] for h in plain.history]
@@ -149,6 +160,15 @@ def test_eval_every_evaluates_on_schedule_and_always_last(pruned, tmp_path):
     assert "| 1 | " in card and "| – | – |" in card                                # the epoch without an eval
     with pytest.raises(hf_px.ConfigError, match="eval_every"):
         _config(pruned, tmp_path / "bad", eval_every=0)
+    # resumed with --epochs equal to the epochs done, after an epoch eval_every skipped: still judged once
+    ft.run_finetune(_config(pruned, tmp_path / "cut", epochs=1, eval_every=2, schedule="constant"), progress=False,
+                    log=_quiet)
+    progress = json.loads((tmp_path / "cut" / "resume" / "progress.json").read_text())
+    progress["history"][-1] = {k: v for k, v in progress["history"][-1].items() if not k.startswith("eval_")}
+    (tmp_path / "cut" / "resume" / "progress.json").write_text(json.dumps(progress))
+    resumed = ft.run_finetune(_config(pruned, tmp_path / "cut", epochs=1, eval_every=2, schedule="constant",
+                                      resume=True), progress=False, log=_quiet)
+    assert "eval_accuracy" in resumed.history[-1] and resumed.provenance.finetune.eval_accuracy is not None
 
 
 def test_resume_repeats_an_uninterrupted_run(pruned, tmp_path):

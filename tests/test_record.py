@@ -141,3 +141,30 @@ def test_a_wrong_type_in_the_file_is_a_model_error_naming_file_and_field(tiny_ch
         checkpoint.save_sparse(hf_px.load_sparse(tiny_checkpoint[0])[0], tiny_checkpoint[1], tmp_path / "new",
                                provenance={"sparsity": "x"})
     assert not (tmp_path / "new").exists()
+
+
+def test_a_file_saved_through_the_api_with_other_types_still_loads(tiny_checkpoint, tmp_path):
+    # earlier hf_px checked fewer fields: what it accepted from save_sparse(provenance=...) still loads, the
+    # unreadable fields ignored with a warning; the fields it always checked stay strict
+    import shutil
+
+    folder = tmp_path / "api"
+    shutil.copytree(tiny_checkpoint[0], folder)
+    values = {**SAVED, "command": ["hf-px", "prune"], "config": "run.yaml", "method_options": None,
+              "probe": {**SAVED["probe"], "head_refit": None, "head_fit": "ridge"}}
+    (folder / "hf_px.json").write_text(json.dumps(values))
+    with pytest.warns(UserWarning) as caught:
+        _, _, record = checkpoint.open_sparse(folder)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "command is ['hf-px', 'prune']" in messages and "config is 'run.yaml'" in messages
+    assert "probe.head_fit is 'ridge'" in messages
+    assert record.command is None and record.config is None and record.method_options == {}
+    assert record.probe.head_refit is False and record.method == SAVED["method"]
+    (folder / "hf_px.json").write_text(json.dumps({**values, "sparsity": "half"}))   # always checked: refused
+    with pytest.raises(ModelError, match="sparsity is 'half'"):
+        checkpoint.open_sparse(folder)
+
+
+def test_layer_table_of_no_masks():
+    assert layer_table({}) == ["layer   density        kept / total", "global    0.00%           0 / 0",
+                               "layers at zero density: none"]

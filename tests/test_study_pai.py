@@ -71,6 +71,10 @@ def test_rows_join_runs_of_the_same_code_fingerprint(tmp_path):
     # the fingerprint decides where both records have one, whatever the commits say
     assert same_code({"code": "f1", "commit": "abc", "dirty": True}, {"code": "f1", "commit": "def", "dirty": False})
     assert not same_code({"code": "f1", "commit": "abc", "dirty": False}, {"code": "f2", "commit": "abc", "dirty": False})
+    # another torch or another kind of device measures afresh
+    cpu = {"code": "f1", "torch": "2.14.1", "device": "cpu"}
+    assert same_code(cpu, dict(cpu)) and not same_code(cpu, {**cpu, "device": "NVIDIA H200"})
+    assert not same_code(cpu, {**cpu, "torch": "2.15.0"})
     # the fingerprint covers the study's own file: another script, another fingerprint
     fingerprint = study_pai.common.code_fingerprint
     other = tmp_path / "study.py"
