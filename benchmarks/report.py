@@ -378,8 +378,11 @@ def when_to_use_px(results: dict[str, dict]) -> str:
              f"images per class of Fashion-MNIST, then fine-tuned; {len(transfer['rows'])} runs; \"ties\": within "
              "one standard deviation over seeds of the best fine-tuned accuracy):", ""]
     for model in config["models"]:
+        # only densities where every case of this model has all its seeds: a partial cell ranks nothing
+        cases = {r["case"] for r in transfer["rows"] if r["model"] == model and r["case"] != "dense"}
         cells = [(d, study_transfer.ranking(transfer, model, d)) for d in config["densities"]]
-        cells = [(d, ranked) for d, ranked in cells if ranked]
+        cells = [(d, ranked) for d, ranked in cells if ranked and {c for c, *_ in ranked} == cases
+                 and all(n >= len(config.get("seeds", [0])) for *_, n in ranked)]
         if not cells:
             continue
         check = study_transfer.budget_check(transfer, model)
@@ -391,14 +394,14 @@ def when_to_use_px(results: dict[str, dict]) -> str:
             winners = study_transfer.winners(transfer, model, density)
             px_cases = [c for c in winners if c == "px" or c.startswith("px,")]
             if px_cases:
-                ties.append(f"{density:.0%} ({', '.join(px_cases)})")
+                ties.append(f"{density:.0%} ({' / '.join(px_cases)})")
             else:
                 best_px = next(((c, m) for c, m, _, _ in ranked if c == "px" or c.startswith("px,")), None)
                 leader = f"{ranked[0][0]} {100 * ranked[0][1]:.1f}%"
                 behind.append(f"{density:.0%} ({leader}" + (f" vs {best_px[0]} {100 * best_px[1]:.1f}%" if best_px
                                                               else "") + ")")
-        lines.append(f"- **{model}** ({len(cells)} of {len(config['densities'])} densities, at least {seeds} seed"
-                     f"{'s' * (seeds != 1)}, {status}): PX ties the best at "
+        lines.append(f"- **{model}** ({len(cells)} of {len(config['densities'])} densities complete, {seeds} seed"
+                     f"{'s' * (seeds != 1)} or more, {status}): PX ties the best at "
                      + (", ".join(ties) or "no density") + "; it is behind at " + (", ".join(behind) or "no density")
                      + ".")
     if len(lines) == 2:   # budget checks only, so far

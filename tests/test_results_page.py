@@ -36,12 +36,15 @@ def test_claim_on_hand_made_transfer_results():
         [row("px", 0.1, s, a) for s, a in enumerate((0.60, 0.61))] + \
         [row("magnitude", 0.1, s, a) for s, a in enumerate((0.70, 0.71))] + \
         [row("dense", 1.0, s, 0.85, e) for s in range(2) for e in (30, 90)]
-    transfer = {"config": {"models": ["m"], "cases": ["px", "magnitude"], "densities": [0.5, 0.1],
+    transfer = {"config": {"models": ["m"], "cases": ["px", "magnitude"], "densities": [0.5, 0.1], "seeds": [0, 1],
                            "epochs": {"m": 30}, "longer": 3}, "rows": rows}
     claim = report.when_to_use_px({"transfer": transfer})
-    assert "- **m** (2 of 2 densities, at least 2 seeds, budget converged): PX ties the best at 50% (px); " \
+    assert "- **m** (2 of 2 densities complete, 2 seeds or more, budget converged): PX ties the best at 50% (px); " \
            "it is behind at 10% (magnitude 70.5% vs px 60.5%)." in claim
     assert "has not run yet" in report.when_to_use_px({})
+    transfer["rows"] = [r for r in rows if not (r["case"] == "magnitude" and r["density"] == 0.1)]
+    assert "(1 of 2 densities complete" in report.when_to_use_px({"transfer": transfer})   # 10%: px alone
+    transfer["rows"] = rows
     transfer["rows"] = [r for r in rows if r["case"] == "dense"]
     assert "no pruned ticket yet" in report.when_to_use_px({"transfer": transfer})
 
