@@ -58,7 +58,10 @@ def _git(*args: str) -> str:
 
 def code_fingerprint(study_file: str | Path | None = None) -> str:
     """sha256 (16 hex digits) of what decides a study's numbers: every file of the hf_px package, this file,
-    and the study's own script. Two runs with the same fingerprint ran the same code, whatever the commit."""
+    and the study's own script without its `SETTINGS` table. Two runs with the same fingerprint ran the same
+    code, whatever the commit. The table is left out because it says which rows to run, not how a row is
+    measured: adding a case or a density keeps the finished rows, and the table's values that do decide a row
+    (epochs, images, rounds) are compared key by key by `resume_rows`."""
     import hashlib
 
     files = sorted(p for p in (ROOT / "hf_px").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
@@ -66,8 +69,21 @@ def code_fingerprint(study_file: str | Path | None = None) -> str:
     digest = hashlib.sha256()
     for path in files:
         name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
-        digest.update(str(name).encode() + b"\0" + path.read_bytes() + b"\0")
+        content = _without_settings(path.read_text()).encode() if study_file and path == Path(study_file).resolve() \
+            else path.read_bytes()
+        digest.update(str(name).encode() + b"\0" + content + b"\0")
     return digest.hexdigest()[:16]
+
+
+def _without_settings(source: str) -> str:
+    """A study script's code with its module-level `SETTINGS = ...` statement removed (comments and layout
+    normalised away by the round trip through the syntax tree)."""
+    import ast
+
+    tree = ast.parse(source)
+    tree.body = [node for node in tree.body if not (isinstance(node, ast.Assign) and any(
+        isinstance(target, ast.Name) and target.id == "SETTINGS" for target in node.targets))]
+    return ast.unparse(tree)
 
 
 def same_code(earlier: dict, now: dict) -> bool:

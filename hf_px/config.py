@@ -110,13 +110,15 @@ def read_mapping(path: str | Path, where: str) -> dict:
     """The mapping a YAML (or JSON) file holds; `ConfigError` naming `where` if it is missing or not one."""
     import yaml
 
+    from .hub import first_line
+
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"{where} does not exist")
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{where} is not valid YAML: {str(error).splitlines()[0]}") from None
+        raise ConfigError(f"{where} is not valid YAML: {first_line(error)}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{where} must be a YAML mapping of config keys, one `key: value` a line")
     return values

@@ -100,3 +100,18 @@ def test_budget_check_of_the_converged_setting():
     results["rows"][-1]["accuracy"] = 0.95                     # long mean 0.93: two points above
     assert not study_pai.budget_check(results, "resnet20")["converged"]
     assert study_pai.budget_check({"config": config, "rows": results["rows"][:2]}, "resnet20") is None
+
+
+def test_fingerprint_ignores_the_settings_table_only(tmp_path):
+    """Adding a case to a study's SETTINGS keeps its finished rows; any change to how a row is measured does not."""
+    fingerprint = study_pai.common.code_fingerprint
+    study = tmp_path / "study.py"
+    base = 'SETTINGS = {"quick": dict(cases=["px"], epochs=3)}\nRECIPE = dict(lr=0.1)\n\n\ndef run():\n    return 1\n'
+    study.write_text(base)
+    before = fingerprint(study)
+    study.write_text(base.replace('cases=["px"]', 'cases=["px", "magnitude"]') + "# a comment\n")
+    assert fingerprint(study) == before
+    study.write_text(base.replace("lr=0.1", "lr=0.2"))
+    assert fingerprint(study) != before
+    study.write_text(base.replace("return 1", "return 2"))
+    assert fingerprint(study) != before
