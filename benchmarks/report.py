@@ -23,6 +23,7 @@ import common  # noqa: E402
 import gpu_check  # noqa: E402
 import study_pai  # noqa: E402
 import study_transformers  # noqa: E402
+from hf_px.pruning import METHOD_FOR_CNNS, METHOD_FOR_TRANSFORMERS  # noqa: E402
 
 # (key, module that renders it, its JSON file's stem, the command that writes it); transfer first: the
 # toolkit's own use case
@@ -50,7 +51,6 @@ def load_results(directory: Path = common.RESULTS) -> dict[str, dict]:
 def defaults_section(results: dict[str, dict]) -> str:
     """What the numbers say about hf_px's defaults (method per architecture, rounds, PX options), computed."""
     from hf_px.criteria import make_criterion
-    from hf_px.pruning import METHOD_FOR_CNNS, METHOD_FOR_TRANSFORMERS
 
     px, exact = make_criterion("px"), make_criterion("px-exact")
     lines = ["## Defaults, and what supports them", "",
@@ -63,7 +63,12 @@ def defaults_section(results: dict[str, dict]) -> str:
              f"gate_only=`{px.gate_only}`; px-exact {exact.default_rounds} rounds of {exact.probes} probes. What the "
              "studies say, computed from the tables below (quick settings: few seeds, short or no training, small "
              "evaluation sets):", ""]
-    pai, transformers = results.get("pai"), results.get("transformers")
+    pai, transformers, transfer = results.get("pai"), results.get("transformers"), results.get("transfer")
+    # study 4 (the toolkit's use case) first, then the studies without fine-tuning or from initialisation
+    if transfer:
+        for model, (family, method) in TRANSFER_FAMILIES.items():
+            if model in transfer["config"]["models"]:
+                lines += _transfer_method(transfer, model, family, method)
     if transformers:
         lines += _transformers_method(transformers, METHOD_FOR_TRANSFORMERS)
     if pai:
@@ -71,9 +76,78 @@ def defaults_section(results: dict[str, dict]) -> str:
         lines += _rounds(pai, px.default_rounds)
     if transformers:
         lines += _options(transformers)
-    lines += _api_default(pai, transformers)
-    lines += _where_px_loses(pai, transformers)
+    lines += _api_default(pai, transformers, transfer)
+    lines += _where_px_loses(pai, transformers, transfer)
     return "\n".join(lines + [""])
+
+
+# study 4's models and the family of `--method auto` each stands for: (family, the method auto picks for it)
+TRANSFER_FAMILIES = {"vit-mnist": ("Transformers", METHOD_FOR_TRANSFORMERS),
+                     "efficientnet-lite0": ("CNNs", METHOD_FOR_CNNS)}
+
+
+def complete_transfer_cells(transfer: dict, model: str) -> list[tuple[float, list]]:
+    """Study 4's (density, ranking) cells of `model` where every case run on it has all the setting's seeds:
+    a partial cell ranks nothing."""
+    import study_transfer
+
+    config = transfer["config"]
+    cases = {r["case"] for r in transfer["rows"] if r["model"] == model and r["case"] != "dense"}
+    cells = [(d, study_transfer.ranking(transfer, model, d)) for d in config["densities"]]
+    return [(d, ranked) for d, ranked in cells if ranked and {c for c, *_ in ranked} == cases
+            and all(n >= len(config.get("seeds", [0])) for *_, n in ranked)]
+
+
+def _budget_status(transfer: dict, model: str) -> str:
+    import study_transfer
+
+    check = study_transfer.budget_check(transfer, model)
+    return ("budget converged" if check and check["converged"] else
+            "budget not converged: provisional" if check else "budget check pending: provisional")
+
+
+def _transfer_method(transfer: dict, model: str, family: str, method: str) -> list[str]:
+    """Does study 4 back `method` as auto's pick for `family`? Counted over the complete densities of the model
+    that stands for the family: at how many each case ties the best fine-tuned accuracy."""
+    import study_transfer
+
+    cells = complete_transfer_cells(transfer, model)
+    if not cells:
+        return []
+    tied, means = {}, []
+    for density, ranked in cells:
+        for case in study_transfer.winners(transfer, model, density):
+            tied[case] = tied.get(case, 0) + 1
+        means.append(f"{density:.0%}: " + ", ".join(f"`{c}` {100 * m:.1f}" for c, m, _, _ in ranked))
+    mine, most = tied.get(method, 0), max(tied.values())
+    leaders = [c for c, n in tied.items() if n == most]
+    run = any(case == method for _, ranked in cells for case, *_ in ranked)
+    if not run:
+        verdict = f"`{method}` is not among the cases run on this model, so study 4 cannot back it"
+    elif mine == most and mine > len(cells) / 2:
+        verdict = f"`{method}` ties the best at {mine} of them: these cells back it"
+    else:
+        verdict = (f"`{method}` ties the best at {mine} of them, " + " and ".join(f"`{c}`" for c in leaders)
+                   + f" at {most}: these cells do not back it")
+    return [f"- **{family}: `{method}`, study 4 first** ({model} pre-trained, pruned, fine-tuned; "
+            f"{_budget_status(transfer, model)}). Densities of the {len(cells)} complete ones at which each case ties "
+            "the best fine-tuned accuracy (within one standard deviation): "
+            + ", ".join(f"`{c}` {n}" for c, n in sorted(tied.items(), key=lambda item: -item[1]))
+            + f"; {verdict}. Means over seeds (%), best first: " + "; ".join(means) + "."
+            + (_floor_binds(transfer, model, method) if run else "")]
+
+
+def _floor_binds(transfer: dict, model: str, method: str) -> str:
+    """How often auto's per-tensor floor would have changed the case's masks (a tensor below it)."""
+    from hf_px.pruning import AUTO_MIN_LAYER_DENSITY
+
+    rows = [r for r in transfer["rows"] if r["model"] == model and r["case"] == method]
+    if not rows:
+        return ""
+    below = sum(r["min_layer_density"] < AUTO_MIN_LAYER_DENSITY * r["density"] for r in rows)
+    return (f" `--method auto` adds a per-tensor floor of {AUTO_MIN_LAYER_DENSITY:g} x the density, which the "
+            f"study's `{method}` runs lack: {below} of their {len(rows)} tickets have a tensor below it"
+            + (" (elsewhere auto's masks are the same)." if below else ", so auto's masks are the same."))
 
 
 # per part of study 2: the metric that judges it, whether higher is better (the study's own), and its name
@@ -112,7 +186,7 @@ def _transformers_method(results: dict, method: str) -> list[str]:
                          f"{order.index(method) + 1} of {len(order)}")
     if not cells:
         return []
-    return [f"- **Transformers: `{method}`.** On the trained transformers of study 2 (pruned, no fine-tuning; "
+    return [f"- **Transformers, study 2: `{method}`.** On the trained transformers of study 2 (pruned, no fine-tuning; "
             f"ViT by accuracy retention, MiniLM by similarity ρ) {method} is the best variant in {best} of "
             f"{len(cells)} (model, density) cells and ahead of px with its default options in {ahead} of "
             f"{len(cells)} (" + "; ".join(cells) + "). px-exact also needs no per-op rule and scores W_Q/W_K "
@@ -140,7 +214,7 @@ def _cnn_method(pai: dict, transformers: dict | None, method: str) -> list[str]:
                 ranks[m].append(order.index(m) + 1)
     mean_rank = {m: sum(r) / len(r) for m, r in ranks.items() if r}
     by_rank = sorted(mean_rank, key=mean_rank.get)
-    out = [f"- **CNNs: `{method}`.** Study 1 (pruning at initialisation, then training), short-training grid: "
+    out = [f"- **CNNs, studies 1 and 2: `{method}`.** Study 1 (pruning at initialisation, then training), short-training grid: "
            f"{method} has the best mean accuracy in {wins} of {total} (model, density) cells; mean rank over the "
            "cells: " + ", ".join(f"{m} {mean_rank[m]:.1f}" for m in by_rank) + f" (of {len(mean_rank)})."]
     longer = config.get("longer")
@@ -236,12 +310,15 @@ def _rounds_label(n: int) -> str:
 
 def _is_px(label: str) -> bool:
     """PX in any of its forms: px with any options or rounds, and px-exact (the quantity PX bounds)."""
-    return label == "px" or label.startswith(("px ", "px-exact"))
+    return label == "px" or label.startswith(("px ", "px,", "px-exact"))
 
 
-def _cells(pai: dict | None, transformers: dict | None):
+def _cells(pai: dict | None, transformers: dict | None, transfer: dict | None = None):
     """Every (study, model, density) cell of the studies: (name, {variant: mean}, higher is better, scale,
-    digits)."""
+    digits); study 4's complete cells first."""
+    for model in (transfer or {}).get("config", {}).get("models", []):
+        for density, ranked in complete_transfer_cells(transfer, model):
+            yield f"study 4 {model} {density:.0%}", {case: mean for case, mean, _, _ in ranked}, True, 100.0, 1
     if pai:
         config = pai["config"]
         for model in config["models"]:
@@ -260,10 +337,10 @@ def _cells(pai: dict | None, transformers: dict | None):
                        higher, 1.0, 3)
 
 
-def _where_px_loses(pai: dict | None, transformers: dict | None) -> list[str]:
+def _where_px_loses(pai: dict | None, transformers: dict | None, transfer: dict | None = None) -> list[str]:
     """Every cell whose best mean is a method other than PX, with PX's best there."""
     cells, total = [], 0
-    for name, means, higher, scale, digits in _cells(pai, transformers):
+    for name, means, higher, scale, digits in _cells(pai, transformers, transfer):
         if not means:
             continue
         total += 1
@@ -279,13 +356,16 @@ def _where_px_loses(pai: dict | None, transformers: dict | None) -> list[str]:
 
 
 def _is_plain_px(label: str) -> bool:
-    """px with its default options, at any number of rounds ('px', 'px (100 rounds)')."""
-    return label == "px" or (label.startswith("px (") and label.endswith(")"))
+    """px with its default options, at any number of rounds ('px', 'px (100 rounds)', 'px, 1 round')."""
+    import re
+
+    return label == "px" or (label.startswith("px (") and label.endswith(")")) \
+        or re.fullmatch(r"px, \d+ rounds?", label) is not None
 
 
-def _api_default(pai: dict | None, transformers: dict | None) -> list[str]:
+def _api_default(pai: dict | None, transformers: dict | None, transfer: dict | None = None) -> list[str]:
     best = total = 0
-    for _, means, higher, _, _ in _cells(pai, transformers):
+    for _, means, higher, _, _ in _cells(pai, transformers, transfer):
         if any(_is_plain_px(v) for v in means):
             total += 1
             best += _is_plain_px(_ordered(means, higher)[0])
@@ -378,25 +458,19 @@ def when_to_use_px(results: dict[str, dict]) -> str:
              f"images per class of Fashion-MNIST, then fine-tuned; {len(transfer['rows'])} runs; \"ties\": within "
              "one standard deviation over seeds of the best fine-tuned accuracy):", ""]
     for model in config["models"]:
-        # only densities where every case of this model has all its seeds: a partial cell ranks nothing
-        cases = {r["case"] for r in transfer["rows"] if r["model"] == model and r["case"] != "dense"}
-        cells = [(d, study_transfer.ranking(transfer, model, d)) for d in config["densities"]]
-        cells = [(d, ranked) for d, ranked in cells if ranked and {c for c, *_ in ranked} == cases
-                 and all(n >= len(config.get("seeds", [0])) for *_, n in ranked)]
+        cells = complete_transfer_cells(transfer, model)
         if not cells:
             continue
-        check = study_transfer.budget_check(transfer, model)
-        status = ("budget converged" if check and check["converged"] else
-                  "budget not converged: provisional" if check else "budget check pending: provisional")
+        status = _budget_status(transfer, model)
         seeds = min(n for _, ranked in cells for *_, n in ranked)
         ties, behind = [], []
         for density, ranked in cells:
             winners = study_transfer.winners(transfer, model, density)
-            px_cases = [c for c in winners if c == "px" or c.startswith("px,")]
+            px_cases = [c for c in winners if _is_px(c)]
             if px_cases:
                 ties.append(f"{density:.0%} ({' / '.join(px_cases)})")
             else:
-                best_px = next(((c, m) for c, m, _, _ in ranked if c == "px" or c.startswith("px,")), None)
+                best_px = next(((c, m) for c, m, _, _ in ranked if _is_px(c)), None)
                 leader = f"{ranked[0][0]} {100 * ranked[0][1]:.1f}%"
                 behind.append(f"{density:.0%} ({leader}" + (f" vs {best_px[0]} {100 * best_px[1]:.1f}%" if best_px
                                                               else "") + ")")

@@ -26,18 +26,39 @@ def test_readme_claim_is_computed_from_the_results():
         "the README's claim differs from the JSON: run python benchmarks/report.py"
 
 
-def test_claim_on_hand_made_transfer_results():
-    def row(case, density, seed, accuracy, epochs=30):
+def _transfer_results():
+    """Study 4 on model "m": at 50% px 81 ± 1 and magnitude 81 ± 0 tie; at 10% magnitude leads by 10 points.
+    The magnitude ticket of seed 1 at 10% has a tensor at 0.005, below auto's floor of 0.1 x 10%."""
+    def row(case, density, seed, accuracy, epochs=30, lowest=0.05):
         return {"model": "m", "case": case, "density": density, "seed": seed, "epochs": epochs,
-                "finetuned": accuracy, "probe": 0.5, "collapsed": []}
+                "finetuned": accuracy, "probe": 0.5, "collapsed": [], "min_layer_density": lowest}
 
     rows = [row("px", 0.5, s, a) for s, a in enumerate((0.80, 0.82))] + \
         [row("magnitude", 0.5, s, a) for s, a in enumerate((0.81, 0.81))] + \
         [row("px", 0.1, s, a) for s, a in enumerate((0.60, 0.61))] + \
-        [row("magnitude", 0.1, s, a) for s, a in enumerate((0.70, 0.71))] + \
+        [row("magnitude", 0.1, 0, 0.70), row("magnitude", 0.1, 1, 0.71, lowest=0.005)] + \
         [row("dense", 1.0, s, 0.85, e) for s in range(2) for e in (30, 90)]
-    transfer = {"config": {"models": ["m"], "cases": ["px", "magnitude"], "densities": [0.5, 0.1], "seeds": [0, 1],
-                           "epochs": {"m": 30}, "longer": 3}, "rows": rows}
+    return {"config": {"models": ["m"], "cases": ["px", "magnitude"], "densities": [0.5, 0.1], "seeds": [0, 1],
+                       "epochs": {"m": 30}, "longer": 3}, "rows": rows}
+
+
+def test_transfer_verdicts_on_the_auto_method():
+    transfer = _transfer_results()
+    [backed] = report._transfer_method(transfer, "m", "CNNs", "magnitude")
+    assert "`magnitude` 2, `px` 1; `magnitude` ties the best at 2 of them: these cells back it" in backed
+    assert "50%: `px` 81.0, `magnitude` 81.0; 10%: `magnitude` 70.5, `px` 60.5" in backed
+    assert "1 of their 4 tickets have a tensor below it" in backed
+    [not_backed] = report._transfer_method(transfer, "m", "CNNs", "px")
+    assert "`px` ties the best at 1 of them, `magnitude` at 2: these cells do not back it" in not_backed
+    [absent] = report._transfer_method(transfer, "m", "Transformers", "px-exact")
+    assert "`px-exact` is not among the cases run on this model" in absent
+    loses = report._where_px_loses(None, None, transfer)[0]
+    assert "In 1 of 2 cells" in loses and "study 4 m 10%: magnitude 70.5 vs px 60.5" in loses
+
+
+def test_claim_on_hand_made_transfer_results():
+    transfer = _transfer_results()
+    rows = transfer["rows"]
     claim = report.when_to_use_px({"transfer": transfer})
     assert "- **m** (2 of 2 densities complete, 2 seeds or more, budget converged): PX ties the best at 50% (px); " \
            "it is behind at 10% (magnitude 70.5% vs px 60.5%)." in claim
