@@ -45,8 +45,10 @@ def machine() -> dict:
         info["cpu"] = None
     try:
         info["commit"] = _git("rev-parse", "--short", "HEAD") or None
-        # uncommitted changes to the code make the commit an incomplete record of what ran
-        info["dirty"] = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "hf_px", "benchmarks"))
+        # uncommitted changes to the code make the commit an incomplete record of what ran (not the results:
+        # a resumed study has rewritten its own committed JSON)
+        info["dirty"] = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "hf_px", "benchmarks",
+                                  ":(exclude)benchmarks/results"))
     except (OSError, subprocess.SubprocessError):
         info["commit"], info["dirty"] = None, True
     return info
