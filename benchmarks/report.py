@@ -35,8 +35,9 @@ STUDIES = [("transfer", "study_transfer", "study_transfer", "python benchmarks/s
            ("batchnorm", "study_batchnorm", "study_batchnorm", "python benchmarks/study_batchnorm.py")]
 
 
-# the engine benchmarks: (key, JSON file); gpu_check.json exists only once a GPU session has run it
-BENCHMARKS = [("bench", "bench_px_cpu"), ("gpu", "gpu_check")]
+# the engine benchmarks: (key, JSON file); gpu_check.json exists only once a GPU session has run it; and
+# study 4's layer diagnosis (`study_transfer.py --layers`), rendered inside study 4's section
+BENCHMARKS = [("bench", "bench_px_cpu"), ("gpu", "gpu_check"), ("transfer_layers", "study_transfer_layers")]
 
 
 def load_results(directory: Path = common.RESULTS) -> dict[str, dict]:
@@ -431,6 +432,8 @@ def render(results: dict[str, dict]) -> str:
     for key, module, stem, command in STUDIES:
         if key in results:
             parts += [importlib.import_module(module).report(results[key]), ""]
+            if key == "transfer" and "transfer_layers" in results:
+                parts += [importlib.import_module(module).layers_report(results["transfer_layers"]), ""]
         else:
             parts += [f"## {stem}: not run yet", "", f"Run `{command}`.", ""]
     if "bench" in results:

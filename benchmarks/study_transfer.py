@@ -222,29 +222,38 @@ def case_options(case: str, density: float, rounds_by_method: dict) -> dict:
     return options
 
 
+def _quiet(*args, **kwargs) -> None:
+    pass
+
+
+def prune_case(model_name: str, folders: dict, case: str, density: float, seed: int, config: dict, output: Path):
+    """`hf-px prune` of one case (its `run_prune` result); the checkpoint goes to `output`."""
+    from hf_px.config import PruneConfig
+    from hf_px.job import run_prune
+
+    return run_prune(PruneConfig(model=str(folders[model_name]), dataset=str(folders["data"]),
+                                 examples_per_class=config["score_per_class"],
+                                 eval_examples=10 * config["test_per_class"], seed=seed, output=str(output),
+                                 overwrite=True, allow_empty_layers=True, device="auto",
+                                 **case_options(case, density, config["rounds"])),
+                     progress=False, log=_quiet)
+
+
 def one_run(model_name: str, folders: dict, case: str, density: float, seed: int, epochs: int, config: dict,
             scratch: Path, test_cache: dict) -> dict:
     """Prune, fine-tune, load back and judge one ticket; returns its row."""
-    from hf_px.config import PruneConfig
     from hf_px.finetune import FinetuneConfig, run_finetune
-    from hf_px.job import run_prune
     from hf_px.masks import layer_densities
 
-    quiet = lambda *args, **kwargs: None   # noqa: E731
-    options = case_options(case, density, config["rounds"])
     pruned, tuned = scratch / "pruned", scratch / "finetuned"
     t0 = time.perf_counter()
-    result = run_prune(PruneConfig(model=str(folders[model_name]), dataset=str(folders["data"]),
-                                   examples_per_class=config["score_per_class"],
-                                   eval_examples=10 * config["test_per_class"], seed=seed, output=str(pruned),
-                                   overwrite=True, allow_empty_layers=True, device="auto", **options),
-                       progress=False, log=quiet)
+    result = prune_case(model_name, folders, case, density, seed, config, pruned)
     prune_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     # evaluated (and BatchNorm recalibrated) once, after the last epoch; judged below on all test images
     run_finetune(FinetuneConfig(model=str(pruned), output=str(tuned), overwrite=True, epochs=epochs, seed=seed,
                                 eval_examples=config["monitor_examples"], eval_every=epochs, **RECIPES[model_name]),
-                 progress=False, log=quiet)
+                 progress=False, log=_quiet)
     finetune_s = time.perf_counter() - t0
     accuracy = test_accuracy(tuned, folders["data"], test_cache)
     densities = layer_densities(result.masks)
@@ -291,9 +300,6 @@ def run(setting: str, out: Path, workdir: Path = WORKDIR, fresh: bool = False) -
     prepared = prepare(setting, workdir)
     record["pretraining"] = prepared["pretraining"]
     folders, test_cache = prepared["folders"], {}
-    from hf_px.batchnorm import batchnorm_layers
-    from hf_px.models import load_model
-
     record["skipped"] = {name: f"the MNIST digits are not installed in {MNIST_DIGITS} (bash scripts/setup.sh)"
                          for name in config["models"] if name not in folders}
     models = available_models(setting)
@@ -304,11 +310,8 @@ def run(setting: str, out: Path, workdir: Path = WORKDIR, fresh: bool = False) -
         epochs = config["epochs"][model_name]
         jobs += [(model_name, DENSE, 1.0, seed, e) for e in (epochs, epochs * config["longer"])
                  for seed in config["seeds"]]
-        has_batchnorm = bool(batchnorm_layers(load_model(str(folders[model_name])).model))
-        skip = config.get("skip", {}).get(model_name, [])
         jobs += [(model_name, case, density, seed, epochs) for density in config["densities"]
-                 for seed in config["seeds"] for case in config["cases"]
-                 if case not in skip and (has_batchnorm or "BN" not in case)]
+                 for seed in config["seeds"] for case in cases_for(config, model_name, folders)]
     for model_name, case, density, seed, case_epochs in jobs:
         key = (model_name, case, density, seed, case_epochs)
         if key in done:
@@ -327,6 +330,70 @@ def run(setting: str, out: Path, workdir: Path = WORKDIR, fresh: bool = False) -
     record["plots"] = plots(record, common.IMAGES if setting != "smoke" else out.parent)
     common.write_json(record, out)
     return record
+
+
+def cases_for(config: dict, model_name: str, folders: dict) -> list[str]:
+    """The setting's cases run on a model: less its `skip` list, and the BatchNorm variants on a model without."""
+    from hf_px.batchnorm import batchnorm_layers
+    from hf_px.models import load_model
+
+    has_batchnorm = bool(batchnorm_layers(load_model(str(folders[model_name])).model))
+    skip = config.get("skip", {}).get(model_name, [])
+    return [case for case in config["cases"] if case not in skip and (has_batchnorm or "BN" not in case)]
+
+
+def tensor_group(name: str) -> str:
+    """A target tensor's kind: its name with block and layer indices starred ('blocks.*.attn.qkv.weight')."""
+    import re
+
+    return re.sub(r"(?<=\.)\d+(?=\.)", "*", name)
+
+
+def group_densities(masks: dict) -> dict[str, list[int]]:
+    """{group: [kept, total]} over the tensors of each `tensor_group`, in the model's order."""
+    groups = {}
+    for name, mask in masks.items():
+        kept_total = groups.setdefault(tensor_group(name), [0, 0])
+        kept_total[0] += int(mask.sum())
+        kept_total[1] += mask.numel()
+    return groups
+
+
+def where_the_weights_go(setting: str, out: Path, workdir: Path = WORKDIR, seed: int = 0) -> dict:
+    """The diagnosis beside the grid: every case of `setting` pruned (not fine-tuned) at the setting's three
+    lowest densities, with `seed`, and the fraction each kind of tensor keeps. Minutes: no training."""
+    config = SETTINGS[setting]
+    record = common.start_record("transfer-layers", setting, config, study_file=__file__)
+    folders = prepare(setting, workdir)["folders"]
+    for model_name in available_models(setting):
+        for density in sorted(config["densities"])[:3]:
+            for case in cases_for(config, model_name, folders):
+                result = prune_case(model_name, folders, case, density, seed, config, workdir / "scratch" / "pruned")
+                record["rows"].append({"model": model_name, "case": case, "density": density, "seed": seed,
+                                       "groups": group_densities(result.masks)})
+                print(f"{model_name:<18} {case:<20} density {density:6.1%}: pruned", flush=True)
+    shutil.rmtree(workdir / "scratch", ignore_errors=True)
+    common.write_json(record, out)
+    return record
+
+
+def layers_report(layers: dict) -> str:
+    """Tables of the kept fraction (%) per kind of tensor and case, per model and density."""
+    lines = [f"### Where the weights go (seed {layers['rows'][0]['seed']}, pruned, before fine-tuning)", "",
+             "The fraction of each kind of target tensor a case keeps (%; block and layer indices starred, so a "
+             "row pools every block), from `python benchmarks/study_transfer.py --layers`. A kind near 0 is a "
+             "part of the network the ticket has all but removed.", ""]
+    for model in dict.fromkeys(r["model"] for r in layers["rows"]):
+        for density in sorted({r["density"] for r in layers["rows"] if r["model"] == model}, reverse=True):
+            rows = [r for r in layers["rows"] if r["model"] == model and r["density"] == density]
+            cases = [r["case"] for r in rows]
+            lines += [f"{model} at {density:.0%} density:", "", "| tensors | size | " + " | ".join(cases) + " |",
+                      "|---|---:|" + "---:|" * len(cases)]
+            for group, (_, total) in rows[0]["groups"].items():
+                cells = [f"{100 * r['groups'][group][0] / total:.1f}" for r in rows]
+                lines.append(f"| `{group}` | {total:,} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return "\n".join(lines)
 
 
 def _seconds(record: dict, started: float) -> float:
@@ -471,13 +538,20 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default=str(WORKDIR), help="models, data and scratch checkpoints")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--fresh", action="store_true", help="ignore finished rows in --out")
+    parser.add_argument("--layers", action="store_true",
+                        help="instead of the grid: prune every case at the 3 lowest densities (seed 0, no "
+                             "fine-tuning) and record the fraction each kind of tensor keeps")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     setting = "full" if args.full else "smoke" if args.smoke else "quick"
     # one file per setting: a smoke or full run never replaces the quick study's rows
-    out = Path(args.out) if args.out else OUT if setting == "quick" else OUT.with_name(f"study_transfer_{setting}.json")
-    run(setting, out, Path(args.workdir), fresh=args.fresh)
+    stem = "study_transfer" + ("" if setting == "quick" else f"_{setting}") + ("_layers" if args.layers else "")
+    out = Path(args.out) if args.out else OUT.with_name(f"{stem}.json")
+    if args.layers:
+        where_the_weights_go(setting, out, Path(args.workdir))
+    else:
+        run(setting, out, Path(args.workdir), fresh=args.fresh)
     return 0
 
 

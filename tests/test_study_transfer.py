@@ -89,3 +89,31 @@ def test_smoke_run_and_resume(tmp_path, monkeypatch):
 
     monkeypatch.setattr(study, "one_run", no_more_runs)
     assert study.run("smoke", out, workdir=tmp_path / "work")["rows"] == saved["rows"]
+
+
+def test_tensor_groups_pool_blocks_and_count_exactly():
+    import torch
+
+    assert study.tensor_group("blocks.3.attn.qkv.weight") == "blocks.*.attn.qkv.weight"
+    assert study.tensor_group("blocks.1.0.conv_pw.weight") == "blocks.*.*.conv_pw.weight"
+    assert study.tensor_group("conv_stem.weight") == "conv_stem.weight"
+    masks = {"blocks.0.fc.weight": torch.tensor([True, False, False, False]),
+             "blocks.1.fc.weight": torch.tensor([True, True]), "head.weight": torch.tensor([False, True, True])}
+    assert study.group_densities(masks) == {"blocks.*.fc.weight": [3, 6], "head.weight": [2, 3]}
+
+
+@pytest.mark.skipif(efficientnet_lite0_weights() is None, reason="EfficientNet-Lite0 weights not installed "
+                    "(bash scripts/setup.sh)")
+def test_layers_diagnosis_accounts_for_every_kept_weight(tmp_path):
+    layers = study.where_the_weights_go("smoke", tmp_path / "layers.json", workdir=tmp_path / "work")
+    config = study.SETTINGS["smoke"]
+    assert {(r["model"], r["case"]) for r in layers["rows"]} == {
+        (m, c) for m in study.available_models("smoke") for c in config["cases"]
+        if c not in config["skip"].get(m, [])}
+    for row in layers["rows"]:
+        kept = sum(k for k, _ in row["groups"].values())
+        total = sum(t for _, t in row["groups"].values())
+        # the groups partition the targets: together they keep the target density (one global threshold)
+        assert kept / total == pytest.approx(row["density"], abs=0.01), row["case"]
+    text = study.layers_report(json.loads((tmp_path / "layers.json").read_text()))
+    assert "| `blocks.*.attn.qkv.weight` |" in text or "vit-mnist" not in study.available_models("smoke")
