@@ -131,8 +131,8 @@ def _transfer_method(transfer: dict, model: str, family: str, method: str) -> li
         verdict = (f"`{method}` ties the best at {mine} of them, " + " and ".join(f"`{c}`" for c in leaders)
                    + f" at {most}: these cells do not back it")
     return [f"- **{family}: `{method}`, study 4 first** ({model} pre-trained, pruned, fine-tuned; "
-            f"{_budget_status(transfer, model)}). Densities of the {len(cells)} complete ones at which each case ties "
-            "the best fine-tuned accuracy (within one standard deviation): "
+            f"{_budget_status(transfer, model)}). Of the {len(cells)} complete densities, the number at which each case "
+            "ties the best fine-tuned accuracy (within one standard deviation): "
             + ", ".join(f"`{c}` {n}" for c, n in sorted(tied.items(), key=lambda item: -item[1]))
             + f"; {verdict}. Means over seeds (%), best first: " + "; ".join(means) + "."
             + (_floor_binds(transfer, model, method) if run else "")]
