@@ -353,11 +353,16 @@ def _verdicts(results: dict, model: str) -> list[str]:
     """Computed sentences: who wins at each density, and how PX compares with random."""
     config, out = results["config"], []
     for density in config["densities"]:
-        means = {m: common.mean_std([r["accuracy"] for r in _rows(results, model=model, method=m, density=density)])
-                 for m in config["methods"]}
-        means = {m: v for m, v in means.items() if v[0] == v[0]}
-        if not means:
+        runs = {m: [r["accuracy"] for r in _rows(results, model=model, method=m, density=density)]
+                for m in config["methods"]}
+        done = sum(len(values) for values in runs.values())
+        if not done:
             continue
+        if any(len(values) < len(config["seeds"]) for values in runs.values()):   # a partial cell ranks nothing
+            out.append(f"- at {density:.1%} density: {done} of {len(runs) * len(config['seeds'])} runs so far; no "
+                       "verdict until every method has all its seeds")
+            continue
+        means = {m: common.mean_std(values) for m, values in runs.items()}
         best = max(means, key=lambda m: means[m][0])
         rank = sorted(means, key=lambda m: -means[m][0]).index("px") + 1 if "px" in means else None
         text = f"- at {density:.1%} density the best method is **{best}** ({100 * means[best][0]:.1f}%)"

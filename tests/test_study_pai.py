@@ -115,3 +115,18 @@ def test_fingerprint_ignores_the_settings_table_only(tmp_path):
     assert fingerprint(study) != before
     study.write_text(base.replace("return 1", "return 2"))
     assert fingerprint(study) != before
+
+
+def test_verdicts_wait_for_every_seed_of_every_method():
+    """A partial cell (px alone so far) names no best method; a complete one does."""
+    def row(method, seed, accuracy):
+        return {"model": "m", "method": method, "density": 0.05, "seed": seed, "rounds": 1 if method == "random"
+                else 20, "accuracy": accuracy, "collapsed": []}
+
+    results = {"config": {"densities": [0.05], "methods": ["px", "random"], "seeds": [0, 1], "rounds": 20},
+               "rows": [row("px", 0, 0.8), row("px", 1, 0.82)]}
+    assert study_pai._verdicts(results, "m")[0] == ("- at 5.0% density: 2 of 4 runs so far; no verdict until "
+                                                    "every method has all its seeds")
+    results["rows"] += [row("random", 0, 0.7), row("random", 1, 0.72)]
+    assert study_pai._verdicts(results, "m")[0].startswith("- at 5.0% density the best method is **px** (81.0%); "
+                                                           "px ranks 1 of 2 and is above random (+10.0 points")
