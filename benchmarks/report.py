@@ -93,7 +93,11 @@ def complete_transfer_cells(transfer: dict, model: str) -> list[tuple[float, lis
     import study_transfer
 
     config = transfer["config"]
-    cases = {r["case"] for r in transfer["rows"] if r["model"] == model and r["case"] != "dense"}
+    ran = {r["case"] for r in transfer["rows"] if r["model"] == model}
+    # the setting's cases for this model: less its skip list, and less the BatchNorm variants where none ran
+    # (they are left out on a model without BatchNorm)
+    cases = {c for c in config["cases"] if c not in config.get("skip", {}).get(model, [])
+             and ("BN" not in c or any("BN" in r for r in ran))}
     cells = [(d, study_transfer.ranking(transfer, model, d)) for d in config["densities"]]
     return [(d, ranked) for d, ranked in cells if ranked and {c for c, *_ in ranked} == cases
             and all(n >= len(config.get("seeds", [0])) for *_, n in ranked)]
@@ -121,14 +125,17 @@ def _transfer_method(transfer: dict, model: str, family: str, method: str) -> li
             tied[case] = tied.get(case, 0) + 1
         means.append(f"{density:.0%}: " + ", ".join(f"`{c}` {100 * m:.1f}" for c, m, _, _ in ranked))
     mine, most = tied.get(method, 0), max(tied.values())
-    leaders = [c for c, n in tied.items() if n == most]
+    rivals = [c for c, n in tied.items() if n == most and c != method]
     run = any(case == method for _, ranked in cells for case, *_ in ranked)
     if not run:
         verdict = f"`{method}` is not among the cases run on this model, so study 4 cannot back it"
     elif mine == most and mine > len(cells) / 2:
-        verdict = f"`{method}` ties the best at {mine} of them: these cells back it"
+        verdict = (f"`{method}` ties the best at {mine} of them" + (
+            " (as do " + ", ".join(f"`{c}`" for c in rivals) + ")" if rivals else "") + ": these cells back it")
+    elif mine == most:
+        verdict = f"`{method}` ties the best at {mine} of them, no more than half: these cells do not back it"
     else:
-        verdict = (f"`{method}` ties the best at {mine} of them, " + " and ".join(f"`{c}`" for c in leaders)
+        verdict = (f"`{method}` ties the best at {mine} of them, " + " and ".join(f"`{c}`" for c in rivals)
                    + f" at {most}: these cells do not back it")
     return [f"- **{family}: `{method}`, study 4 first** ({model} pre-trained, pruned, fine-tuned; "
             f"{_budget_status(transfer, model)}). Of the {len(cells)} complete densities, the number at which each case "
@@ -478,7 +485,7 @@ def when_to_use_px(results: dict[str, dict]) -> str:
                 behind.append(f"{density:.0%} ({leader}" + (f" vs {best_px[0]} {100 * best_px[1]:.1f}%" if best_px
                                                               else "") + ")")
         lines.append(f"- **{model}** ({len(cells)} of {len(config['densities'])} densities complete, {seeds} seed"
-                     f"{'s' * (seeds != 1)} or more, {status}): PX ties the best at "
+                     f"{'s' * (seeds != 1)} or more, {status}): PX (px in any variant, or px-exact) ties the best at "
                      + (", ".join(ties) or "no density") + "; it is behind at " + (", ".join(behind) or "no density")
                      + ".")
     if len(lines) == 2:   # budget checks only, so far

@@ -317,7 +317,7 @@ def run(setting: str, out: Path, workdir: Path = WORKDIR, fresh: bool = False) -
         if key in done:
             continue
         row = one_run(model_name, folders, case, density, seed, case_epochs, config,
-                      workdir / "scratch", test_cache)
+                      _scratch(workdir), test_cache)
         record["rows"].append(row)
         done.add(key)
         record["seconds"] = _seconds(record, started)
@@ -330,6 +330,14 @@ def run(setting: str, out: Path, workdir: Path = WORKDIR, fresh: bool = False) -
     record["plots"] = plots(record, common.IMAGES if setting != "smoke" else out.parent)
     common.write_json(record, out)
     return record
+
+
+def _scratch(workdir: Path) -> Path:
+    """This process's folder for the checkpoints of the run in progress: two runs sharing a work folder (the grid
+    and `--layers`, say) must never read each other's tickets."""
+    import os
+
+    return workdir / f"scratch-{os.getpid()}"
 
 
 def cases_for(config: dict, model_name: str, folders: dict) -> list[str]:
@@ -368,17 +376,19 @@ def where_the_weights_go(setting: str, out: Path, workdir: Path = WORKDIR, seed:
     for model_name in available_models(setting):
         for density in sorted(config["densities"])[:3]:
             for case in cases_for(config, model_name, folders):
-                result = prune_case(model_name, folders, case, density, seed, config, workdir / "scratch" / "pruned")
+                result = prune_case(model_name, folders, case, density, seed, config, _scratch(workdir) / "pruned")
                 record["rows"].append({"model": model_name, "case": case, "density": density, "seed": seed,
                                        "groups": group_densities(result.masks)})
                 print(f"{model_name:<18} {case:<20} density {density:6.1%}: pruned", flush=True)
-    shutil.rmtree(workdir / "scratch", ignore_errors=True)
+    shutil.rmtree(_scratch(workdir), ignore_errors=True)
     common.write_json(record, out)
     return record
 
 
 def layers_report(layers: dict) -> str:
     """Tables of the kept fraction (%) per kind of tensor and case, per model and density."""
+    if not layers["rows"]:
+        return "### Where the weights go\n\nNot measured yet: run `python benchmarks/study_transfer.py --layers`.\n"
     lines = [f"### Where the weights go (seed {layers['rows'][0]['seed']}, pruned, before fine-tuning)", "",
              "The fraction of each kind of target tensor a case keeps (%; block and layer indices starred, so a "
              "row pools every block), from `python benchmarks/study_transfer.py --layers`. A kind near 0 is a "

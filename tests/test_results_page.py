@@ -56,12 +56,25 @@ def test_transfer_verdicts_on_the_auto_method():
     assert "In 1 of 2 cells" in loses and "study 4 m 10%: magnitude 70.5 vs px 60.5" in loses
 
 
+def test_complete_transfer_cells_follow_the_settings():
+    """A cell is complete when every case the setting runs on the model has all its seeds; rows of a case the
+    setting no longer lists do not count, and a listed case with no rows yet keeps every cell open."""
+    transfer = _transfer_results()
+    assert [d for d, _ in report.complete_transfer_cells(transfer, "m")] == [0.5, 0.1]
+    transfer["rows"].append({**transfer["rows"][0], "case": "synflow", "finetuned": 0.99})   # dropped case
+    assert [d for d, _ in report.complete_transfer_cells(transfer, "m")] == [0.5, 0.1]
+    transfer["config"]["cases"].append("random")                                          # not run yet
+    assert report.complete_transfer_cells(transfer, "m") == []
+    transfer["config"]["skip"] = {"m": ["random"]}                                         # not run on "m"
+    assert [d for d, _ in report.complete_transfer_cells(transfer, "m")] == [0.5, 0.1]
+
+
 def test_claim_on_hand_made_transfer_results():
     transfer = _transfer_results()
     rows = transfer["rows"]
     claim = report.when_to_use_px({"transfer": transfer})
-    assert "- **m** (2 of 2 densities complete, 2 seeds or more, budget converged): PX ties the best at 50% (px); " \
-           "it is behind at 10% (magnitude 70.5% vs px 60.5%)." in claim
+    assert "- **m** (2 of 2 densities complete, 2 seeds or more, budget converged): PX (px in any variant, or " \
+           "px-exact) ties the best at 50% (px); it is behind at 10% (magnitude 70.5% vs px 60.5%)." in claim
     assert "has not run yet" in report.when_to_use_px({})
     transfer["rows"] = [r for r in rows if not (r["case"] == "magnitude" and r["density"] == 0.1)]
     assert "(1 of 2 densities complete" in report.when_to_use_px({"transfer": transfer})   # 10%: px alone

@@ -68,7 +68,6 @@ def test_smoke_run_and_resume(tmp_path, monkeypatch):
     assert set(saved["skipped"]) == set(config["models"]) - set(models)
     expected = {(m, "dense", 1.0, 0, e) for m in models for e in (1, 3)}
     expected |= {(m, c, 0.2, 0, 1) for m in models for c in config["cases"] if c not in config["skip"].get(m, [])}
-    assert ("vit-mnist", "px-exact", 0.2, 0, 1) in expected or "vit-mnist" not in models
     assert {study._key(r) for r in saved["rows"]} == expected
     tests = 10 * config["test_per_class"]
     for row in saved["rows"]:
@@ -117,3 +116,4 @@ def test_layers_diagnosis_accounts_for_every_kept_weight(tmp_path):
         assert kept / total == pytest.approx(row["density"], abs=0.01), row["case"]
     text = study.layers_report(json.loads((tmp_path / "layers.json").read_text()))
     assert "| `blocks.*.attn.qkv.weight` |" in text or "vit-mnist" not in study.available_models("smoke")
+    assert "Not measured yet" in study.layers_report({"rows": []})
