@@ -283,7 +283,7 @@ def report(results: dict) -> str:
                       "| rounds | " + " | ".join(str(n) for n in rounds) + " |",
                       "|---|" + "---:|" * len(rounds) + "",
                       "| accuracy (%) | " + " | ".join(cells) + " |",
-                      "| pruning time (s) | " + " | ".join(f"{t:.1f}" for t in seconds) + " |", ""]
+                      "| pruning time (s) | " + " | ".join(f"{t:.1f}" if t == t else "–" for t in seconds) + " |", ""]
         check = budget_check(results, model)
         if check:
             lines += [common.budget_sentence(check, config["epochs"], config["longer"]["epochs"]), ""]
