@@ -93,11 +93,9 @@ def complete_transfer_cells(transfer: dict, model: str) -> list[tuple[float, lis
     import study_transfer
 
     config = transfer["config"]
-    ran = {r["case"] for r in transfer["rows"] if r["model"] == model}
-    # the setting's cases for this model: less its skip list, and less the BatchNorm variants where none ran
-    # (they are left out on a model without BatchNorm)
-    cases = {c for c in config["cases"] if c not in config.get("skip", {}).get(model, [])
-             and ("BN" not in c or any("BN" in r for r in ran))}
+    # a model without BatchNorm has no stale-statistics probe in its rows
+    has_batchnorm = any(r.get("probe_stale_batchnorm") is not None for r in transfer["rows"] if r["model"] == model)
+    cases = set(study_transfer.listed_cases(config, model, has_batchnorm))
     cells = [(d, study_transfer.ranking(transfer, model, d)) for d in config["densities"]]
     return [(d, ranked) for d, ranked in cells if ranked and {c for c, *_ in ranked} == cases
             and all(n >= len(config.get("seeds", [0])) for *_, n in ranked)]

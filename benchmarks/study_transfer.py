@@ -340,14 +340,19 @@ def _scratch(workdir: Path) -> Path:
     return workdir / f"scratch-{os.getpid()}"
 
 
-def cases_for(config: dict, model_name: str, folders: dict) -> list[str]:
+def listed_cases(config: dict, model_name: str, has_batchnorm: bool) -> list[str]:
     """The setting's cases run on a model: less its `skip` list, and the BatchNorm variants on a model without."""
+    skip = config.get("skip", {}).get(model_name, [])
+    return [case for case in config["cases"] if case not in skip and (has_batchnorm or "BN" not in case)]
+
+
+def cases_for(config: dict, model_name: str, folders: dict) -> list[str]:
+    """`listed_cases` of the model in `folders`."""
     from hf_px.batchnorm import batchnorm_layers
     from hf_px.models import load_model
 
     has_batchnorm = bool(batchnorm_layers(load_model(str(folders[model_name])).model))
-    skip = config.get("skip", {}).get(model_name, [])
-    return [case for case in config["cases"] if case not in skip and (has_batchnorm or "BN" not in case)]
+    return listed_cases(config, model_name, has_batchnorm)
 
 
 def tensor_group(name: str) -> str:
@@ -359,12 +364,12 @@ def tensor_group(name: str) -> str:
 
 def group_densities(masks: dict) -> dict[str, list[int]]:
     """{group: [kept, total]} over the tensors of each `tensor_group`, in the model's order."""
+    from hf_px.masks import kept_and_total
+
     groups = {}
     for name, mask in masks.items():
-        kept_total = groups.setdefault(tensor_group(name), [0, 0])
-        kept_total[0] += int(mask.sum())
-        kept_total[1] += mask.numel()
-    return groups
+        groups.setdefault(tensor_group(name), {})[name] = mask
+    return {group: list(kept_and_total(members)) for group, members in groups.items()}
 
 
 def where_the_weights_go(setting: str, out: Path, workdir: Path = WORKDIR, seed: int = 0) -> dict:

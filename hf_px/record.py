@@ -44,10 +44,10 @@ class Record:
 
     @classmethod
     def from_dict(cls, values: dict, lenient: bool = False, prefix: str = "") -> "Record":
-        """The record `values` describe. lenient (reading a saved file): a field of the wrong type is ignored
-        with a warning, its default taken, rather than refusing the file; the loader's guides
-        and the fields every earlier hf_px checked (`STRICT`) stay strict. Files saved through the API with `save_sparse(provenance=...)` by an
-        earlier hf_px, which checked fewer fields, load this way."""
+        """The record `values` describe. `lenient` (reading a saved file): a field of the wrong type is
+        ignored with a warning and its default taken, rather than refusing the file, except the fields every
+        earlier hf_px checked (`STRICT`). Files that an earlier hf_px, which checked fewer fields, saved
+        through `save_sparse(provenance=...)` load this way."""
         if not isinstance(values, dict):
             raise ConfigError(f"a {cls.__name__} is read from a mapping, got {type(values).__name__}")
         known = {item.name for item in dataclasses.fields(cls)} - {"extra"}
