@@ -112,6 +112,39 @@ def resume_rows(record: dict, out: Path, same: tuple[str, ...]) -> None:
              "rows": len(previous["rows"]) - sum(run["rows"] for run in previous.get("earlier_runs", []))}]
 
 
+def adopt_rows(record: dict, out: Path, same: tuple[str, ...], reproduce) -> None:
+    """Carry the rows of `out`, measured by other code, into `record` once this code has reproduced a sample
+    of them: for a change that should move no number (a report, a docstring, a new case), so that a study of
+    hours need not start over. `reproduce(rows)` measures a sample of `rows` again and returns
+    (what it checked, every difference); one difference refuses the adoption. Fine-tuning is deterministic at a
+    fixed torch, device and thread count, so those must match as well (they move numbers by themselves).
+    Raises ValueError, naming the reason, when the rows cannot be adopted."""
+    if not Path(out).exists():
+        raise ValueError(f"{out} does not exist: there are no rows to adopt (leave out --adopt to start afresh)")
+    previous = json.loads(Path(out).read_text())
+    differing = [k for k in same if previous["config"].get(k) != record["config"].get(k)]
+    if previous.get("setting") != record["setting"] or differing:
+        raise ValueError(f"{out} holds setting {previous.get('setting')!r} (config keys differing: "
+                         f"{', '.join(differing) or 'none'}), not {record['setting']!r} as now: nothing to adopt")
+    if same_code(previous["machine"], record["machine"]):
+        resume_rows(record, out, same)   # the same code: the rows resume without a check
+        return
+    machine_now = {k: record["machine"].get(k) for k in ("torch", "device", "threads")}
+    machine_then = {k: previous["machine"].get(k) for k in machine_now}
+    if machine_then != machine_now:
+        raise ValueError(f"{out} was measured with {machine_then}, this run has {machine_now}: rerun with the "
+                         "same torch, device and --threads to adopt its rows")
+    checked, differences = reproduce(previous["rows"])
+    if differences:
+        raise ValueError(f"this code does not reproduce {out}: {'; '.join(differences)}; rerun with --fresh")
+    record["rows"] = previous["rows"]
+    record["earlier_runs"] = previous.get("earlier_runs", []) + [
+        {"commit": previous["machine"].get("commit"), "code": previous["machine"].get("code"),
+         "seconds": previous.get("seconds"),
+         "rows": len(previous["rows"]) - sum(run["rows"] for run in previous.get("earlier_runs", [])),
+         "adopted_after_reproducing": checked}]
+
+
 def budget_check(short: list[float], long: list[float]) -> dict | None:
     """The dense reference trained with a study's budget (`short`, one value per seed) and with a longer one:
     converged when the means are within 1 point of each other. None until both are measured."""

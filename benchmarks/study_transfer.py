@@ -43,14 +43,16 @@ import common  # noqa: E402
 
 METHODS = ["px", "px-exact", "random", "magnitude", "snip", "grasp", "synflow", "ntk-sap"]
 # PX variants earlier results point to (docs/results.md): one round, 20 rounds, a per-tensor density floor of
-# a tenth of the target density (what --method auto keeps; against layer collapse), the head as a path, and
-# BatchNorm statistics re-estimated between rounds (BatchNorm models only)
+# a tenth of the target density (what --method auto keeps; against layer collapse), the head as a path,
+# BatchNorm statistics re-estimated between rounds (BatchNorm models only), and the weights on no path
+# (attention's W_Q/W_K) ranked by px-exact instead of by magnitude (models with such weights only)
 VARIANTS = {
     "px, 1 round": dict(method="px", rounds=1),
     "px, 20 rounds": dict(method="px", rounds=20),
     "px, floor": dict(method="px", floor=0.1),
     "px, head=path": dict(method="px", method_options={"head": "path"}),
     "px, BN every round": dict(method="px", recalibrate_every_round=True),
+    "px, gate_only=px-exact": dict(method="px", method_options={"gate_only": "px-exact"}),
 }
 DENSE = "dense"
 DENSE_SPARSITY = 1e-6   # `hf-px prune` needs a sparsity in (0, 1): this one removes a handful of weights
@@ -72,11 +74,13 @@ SETTINGS = {
     # hours on 2 CPU cores (resumable): the methods and PX variants that decide the defaults (the rest: --full):
     # what --method auto picks (px-exact on attention models, magnitude on the rest), px at its default and
     # the variants earlier results point to, and random as the floor every method must clear. px-exact only
-    # on the ViT: auto never picks it for a CNN, and study 2 found it far behind on EfficientNet-Lite0.
+    # on the ViT: auto never picks it for a CNN, and study 2 found it far behind on EfficientNet-Lite0; and
+    # gate_only on the ViT alone: EfficientNet-Lite0 has no weights off every path, so it would repeat px.
     # 90 epochs: at 30 the dense models ended 2.8 (EfficientNet) and 2.9 (ViT) points below 90
     "quick": dict(models=["vit-mnist", "efficientnet-lite0"],
-                  cases=["px", "px-exact", "magnitude", "random", "px, 1 round", "px, floor", "px, head=path"],
-                  skip={"efficientnet-lite0": ["px-exact"]},
+                  cases=["px", "px-exact", "magnitude", "random", "px, 1 round", "px, floor", "px, head=path",
+                         "px, gate_only=px-exact"],
+                  skip={"efficientnet-lite0": ["px-exact", "px, gate_only=px-exact"]},
                   densities=[0.5, 0.2, 0.1, 0.05, 0.02], seeds=[0, 1, 2], train_per_class=50, test_per_class=100,
                   score_per_class=10, epochs={"efficientnet-lite0": 90, "vit-mnist": 90}, longer=3,
                   monitor_examples=100, rounds={"synflow": 20, "ntk-sap": 10},   # px and px-exact: their defaults
@@ -243,7 +247,6 @@ def one_run(model_name: str, folders: dict, case: str, density: float, seed: int
             scratch: Path, test_cache: dict) -> dict:
     """Prune, fine-tune, load back and judge one ticket; returns its row."""
     from hf_px.finetune import FinetuneConfig, run_finetune
-    from hf_px.masks import layer_densities
 
     pruned, tuned = scratch / "pruned", scratch / "finetuned"
     t0 = time.perf_counter()
@@ -256,14 +259,48 @@ def one_run(model_name: str, folders: dict, case: str, density: float, seed: int
                  progress=False, log=_quiet)
     finetune_s = time.perf_counter() - t0
     accuracy = test_accuracy(tuned, folders["data"], test_cache)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return {"model": model_name, "case": case, "density": 1.0 if case == DENSE else density, "seed": seed,
+            "epochs": epochs, "finetuned": accuracy, **ticket_fields(result), "prune_s": round(prune_s, 1),
+            "finetune_s": round(finetune_s, 1)}
+
+
+def ticket_fields(result) -> dict:
+    """A row's fields that pruning alone decides (from a `run_prune` result)."""
+    from hf_px.masks import layer_densities
+
     densities = layer_densities(result.masks)
     record, probe = result.provenance, result.provenance.probe
-    shutil.rmtree(scratch, ignore_errors=True)
-    return {"model": model_name, "case": case, "method": record.method, "rounds": record.rounds,
-            "density": 1.0 if case == DENSE else density, "seed": seed, "epochs": epochs, "finetuned": accuracy,
-            "probe": probe.sparse, "probe_dense": probe.dense, "probe_stale_batchnorm": probe.sparse_stale_batchnorm,
-            "collapsed": [n for n, d in densities.items() if d == 0.0], "min_layer_density": min(densities.values()),
-            "prune_s": round(prune_s, 1), "finetune_s": round(finetune_s, 1)}
+    return {"method": record.method, "rounds": record.rounds, "probe": probe.sparse, "probe_dense": probe.dense,
+            "probe_stale_batchnorm": probe.sparse_stale_batchnorm,
+            "collapsed": [n for n, d in densities.items() if d == 0.0], "min_layer_density": min(densities.values())}
+
+
+def reproduce(rows: list[dict], folders: dict, config: dict, workdir: Path, test_cache: dict):
+    """A sample of finished `rows` measured again with this code (what `--adopt` checks before carrying rows
+    that other code measured): each model's first row in full (prune, fine-tune, judge), and each other case's
+    first ticket pruned again (the fields pruning decides). Returns (the rows checked, every difference)."""
+    checked, differences, seen = [], [], set()
+    for row in rows:
+        if (row["model"], row["case"]) in seen or row["model"] not in folders:
+            continue
+        in_full = row["model"] not in {model for model, _ in seen}
+        seen.add((row["model"], row["case"]))
+        if in_full:
+            now = one_run(row["model"], folders, row["case"], row["density"], row["seed"], row["epochs"], config,
+                          _scratch(workdir), test_cache)
+        else:
+            now = ticket_fields(prune_case(row["model"], folders, row["case"], row["density"], row["seed"], config,
+                                           _scratch(workdir) / "pruned"))
+            shutil.rmtree(_scratch(workdir), ignore_errors=True)
+        label = f"{row['model']} {row['case']} at {row['density']:.0%} seed {row['seed']}" + (
+            f", {row['epochs']} epochs" if in_full else ", pruned")
+        checked.append(label)
+        differing = [f"{label}: {field} {row.get(field)!r} then, {value!r} now" for field, value in now.items()
+                     if not field.endswith("_s") and row.get(field) != value]
+        differences += differing
+        print(f"reproduced {label}: {'DIFFERENT' if differing else 'the same'}", flush=True)
+    return checked, differences
 
 
 def test_accuracy(checkpoint_folder: Path, data_folder: Path, cache: dict) -> float:
@@ -289,17 +326,20 @@ def test_accuracy(checkpoint_folder: Path, data_folder: Path, cache: dict) -> fl
     return correct / total
 
 
-def run(setting: str, out: Path, workdir: Path = WORKDIR, fresh: bool = False) -> dict:
-    """Measure every case of `setting` not already in `out` (resuming an interrupted run of the same code)."""
+def run(setting: str, out: Path, workdir: Path = WORKDIR, fresh: bool = False, adopt: bool = False) -> dict:
+    """Measure every case of `setting` not already in `out` (resuming an interrupted run of the same code; with
+    `adopt`, of other code that reproduces a sample of its rows: `common.adopt_rows`)."""
     config = SETTINGS[setting]
     record = common.start_record("transfer", setting, config, study_file=__file__)
-    if not fresh:
-        common.resume_rows(record, out, _SAME)
-    done = {_key(r) for r in record["rows"]}
     started = time.perf_counter()
     prepared = prepare(setting, workdir)
     record["pretraining"] = prepared["pretraining"]
     folders, test_cache = prepared["folders"], {}
+    if adopt:
+        common.adopt_rows(record, out, _SAME, lambda rows: reproduce(rows, folders, config, workdir, test_cache))
+    elif not fresh:
+        common.resume_rows(record, out, _SAME)
+    done = {_key(r) for r in record["rows"]}
     record["skipped"] = {name: f"the MNIST digits are not installed in {MNIST_DIGITS} (bash scripts/setup.sh)"
                          for name in config["models"] if name not in folders}
     models = available_models(setting)
@@ -553,6 +593,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default=str(WORKDIR), help="models, data and scratch checkpoints")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--fresh", action="store_true", help="ignore finished rows in --out")
+    parser.add_argument("--adopt", action="store_true",
+                        help="carry the finished rows of --out that other code measured, once this code has "
+                             "reproduced a sample of them (each model's first row, each case's first ticket)")
     parser.add_argument("--layers", action="store_true",
                         help="instead of the grid: prune every case at the 3 lowest densities (seed 0, no "
                              "fine-tuning) and record the fraction each kind of tensor keeps")
@@ -566,7 +609,7 @@ def main(argv=None) -> int:
     if args.layers:
         where_the_weights_go(setting, out, Path(args.workdir))
     else:
-        run(setting, out, Path(args.workdir), fresh=args.fresh)
+        run(setting, out, Path(args.workdir), fresh=args.fresh, adopt=args.adopt)
     return 0
 
 

@@ -85,6 +85,47 @@ def test_rows_join_runs_of_the_same_code_fingerprint(tmp_path):
     assert fingerprint(other) != first
 
 
+def test_rows_of_other_code_are_adopted_only_when_reproduced(tmp_path):
+    adopt_rows = study_pai.common.adopt_rows
+    out = tmp_path / "study.json"
+    machine = {"code": "old", "commit": "abc", "torch": "2.14.1", "device": "cpu", "threads": 1}
+    rows = [{"case": "px", "accuracy": 0.8}, {"case": "magnitude", "accuracy": 0.7}]
+    out.write_text(json.dumps({"setting": "quick", "config": {"epochs": 3}, "machine": machine, "rows": rows,
+                               "seconds": 60}))
+
+    def record(**changes):
+        return {"setting": "quick", "config": {"epochs": 3}, "rows": [],
+                "machine": {**machine, "code": "new", "commit": "def", **changes}}
+
+    asked = []
+
+    def reproduced(found):
+        asked.append(found)
+        return ["px"], []
+
+    now = record()
+    adopt_rows(now, out, ("epochs",), reproduced)
+    assert now["rows"] == rows and asked == [rows]
+    assert now["earlier_runs"] == [{"commit": "abc", "code": "old", "seconds": 60, "rows": 2,
+                                    "adopted_after_reproducing": ["px"]}]
+    # one differing number refuses, and the rows stay out
+    refused = record()
+    with pytest.raises(ValueError, match="does not reproduce .*accuracy 0.8 then, 0.79 now"):
+        adopt_rows(refused, out, ("epochs",), lambda found: (["px"], ["px: accuracy 0.8 then, 0.79 now"]))
+    assert refused["rows"] == []
+    # another thread count, torch or setting refuses before measuring anything
+    asked.clear()
+    with pytest.raises(ValueError, match="--threads"):
+        adopt_rows(record(threads=2), out, ("epochs",), reproduced)
+    with pytest.raises(ValueError, match="config keys differing: epochs"):
+        adopt_rows({**record(), "config": {"epochs": 9}}, out, ("epochs",), reproduced)
+    assert asked == []
+    # the same code resumes without a check
+    same = record(code="old")
+    adopt_rows(same, out, ("epochs",), reproduced)
+    assert same["rows"] == rows and asked == [] and "adopted_after_reproducing" not in same["earlier_runs"][0]
+
+
 def test_budget_check_of_the_converged_setting():
     config = study_pai.SETTINGS["converged"]
     assert config["longer"]["cases"] == [["dense", 0]] and config["longer"]["epochs"] == 3 * config["epochs"]

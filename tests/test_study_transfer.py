@@ -82,6 +82,21 @@ def test_smoke_run_and_resume(tmp_path, monkeypatch):
     if "vit-mnist" in models:
         assert saved["pretraining"]["train_digits"] == 10 * config["pretrain"]["digits_per_class"]
 
+    # rows of other code are adopted once this code reproduces their sample: here, the same numbers again
+    saved["machine"]["code"] = "other code"
+    out.write_text(json.dumps(saved))
+    adopted = study.run("smoke", out, workdir=tmp_path / "work", adopt=True)
+    assert adopted["rows"] == saved["rows"]
+    checked = adopted["earlier_runs"][-1]["adopted_after_reproducing"]
+    assert len(checked) == len({(r["model"], r["case"]) for r in saved["rows"]})   # every case of every model
+    assert sum(label.endswith("epochs") for label in checked) == len(models)      # one full row per model
+    saved = json.loads(out.read_text())
+    # and a number this code does not reproduce is named
+    row = next(r for r in saved["rows"] if r["case"] == "magnitude")
+    folders = study.prepare("smoke", tmp_path / "work")["folders"]
+    _, differences = study.reproduce([{**row, "probe": row["probe"] + 0.5}], folders, config, tmp_path / "work", {})
+    assert len(differences) == 1 and f"probe {row['probe'] + 0.5!r} then, {row['probe']!r} now" in differences[0]
+
     # a rerun of the same code measures nothing again
     def no_more_runs(*args, **kwargs):
         raise AssertionError("a finished row was measured again")
