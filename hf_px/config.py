@@ -28,7 +28,7 @@ class PruneConfig(PruneSpec):
     label_column: str | None = None
     split: str | None = None                    # the split the scoring sample comes from (default: train)
     eval_split: str | None = None               # the split of the held-out probe sample (default: the task's)
-    examples_per_class: int = 10
+    examples_per_class: int | None = None       # None: 10, or as many as the smallest class has (warned)
     eval_examples: int = 200                    # 0: no probe accuracy
     batch_size: int = 32
     device: str = "auto"                        # "auto": cuda if available, else cpu
@@ -55,8 +55,10 @@ class PruneConfig(PruneSpec):
             raise ConfigError(f"--method {self.method!r} must be a method name; a configured Criterion goes to "
                               "hf_px.prune, or give its name and --option KEY=VALUE")
         super().__post_init__()
-        for name, minimum in (("examples_per_class", 1), ("batch_size", 1), ("eval_examples", 0)):
+        for name, minimum in (("batch_size", 1), ("eval_examples", 0)):
             self._check_count(name, minimum)
+        if self.examples_per_class is not None:
+            self._check_count("examples_per_class", 1)
         if self.calibration_examples is not None:
             self._check_count("calibration_examples", 1)
         if self.recalibrate_every_round and not self.recalibrate_bn:

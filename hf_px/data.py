@@ -99,6 +99,7 @@ def balanced_indices(labels: Tensor, per_class: int, seed: int = 0) -> list[int]
 
 # ------------------------------------------------------------------------------------------------- tasks
 
+EXAMPLES_PER_CLASS = 10     # the scoring sample's default size per class (the paper's 10 images per class)
 HELD_OUT = "train (held out)"          # `TaskSample.eval_split` when the eval sample was carved out of train
 _EVAL_SPLITS = ("validation", "test", "valid", "val")    # tried in order when a task names no eval split
 _STREAM_WINDOW = 2       # a streamed quota of q is drawn uniformly from the first 2q examples of its class
@@ -527,8 +528,8 @@ class TaskSample:
                 "eval_indices": list(self.eval_indices)}
 
 
-def sample_task(task: Task, per_class: int = 10, eval_examples: int = 0, seed: int = 0,
-                streaming: bool | None = None, revision: str | None = None) -> TaskSample:
+def sample_task(task: Task, per_class: int = EXAMPLES_PER_CLASS, eval_examples: int = 0, seed: int = 0,
+                streaming: bool | None = None, revision: str | None = None, use_fewer: bool = False) -> TaskSample:
     """A class-balanced scoring sample (`per_class` train images of every class) and an eval sample.
 
     The scoring draw depends only on the train labels, `per_class` and `seed` (see `balanced_indices`); no
@@ -536,7 +537,9 @@ def sample_task(task: Task, per_class: int = 10, eval_examples: int = 0, seed: i
     allow, from the task's eval split, or carved out of train (disjoint from the scoring sample) where there
     is none. streaming (default: `task.streaming`) reads the splits as streams, each class's quota drawn
     from the first 2x its size of that class, and stops once every class has them. revision pins a Hub
-    dataset. Raises `DataError` naming any class with fewer than `per_class` examples.
+    dataset. Raises `DataError` naming any class with fewer than `per_class` examples, unless `use_fewer`
+    (a default, not the user's request): then every class gives as many as the smallest has, with a warning.
+    The eval sample takes what is left, warning when that is fewer than asked or none.
     """
     _check_count("per_class", per_class, 1)
     _check_count("eval_examples", eval_examples, 0)
@@ -550,7 +553,7 @@ def sample_task(task: Task, per_class: int = 10, eval_examples: int = 0, seed: i
     names = label_names_of(train, task.label_column)
     _check_classes(names, task)
     codes = _codes(train, task, names, task.train_split)
-    score = _score_indices(codes, names, per_class, seed, task)
+    score = _score_indices(codes, names, per_class, seed, task, use_fewer)
     eval_source, eval_codes, eval_indices = train, codes, []
     if eval_examples:
         if eval_split is None:
@@ -568,7 +571,7 @@ def sample_task(task: Task, per_class: int = 10, eval_examples: int = 0, seed: i
         score_indices=score,
         eval_images=_images_at(eval_source, task, eval_indices),
         eval_labels=[int(eval_codes[i]) for i in eval_indices], eval_indices=eval_indices,
-        eval_split=("" if not eval_examples else HELD_OUT if eval_split is None else eval_split),
+        eval_split=("" if not eval_indices else HELD_OUT if eval_split is None else eval_split),
         seed=seed, streamed=False)
 
 
@@ -627,12 +630,21 @@ def _display_names(task: Task, names: list[str]) -> list[str]:
     return list(task.label_names)
 
 
-def _score_indices(codes: np.ndarray, names: list[str], per_class: int, seed: int, task: Task) -> list[int]:
+def _score_indices(codes: np.ndarray, names: list[str], per_class: int, seed: int, task: Task,
+                   use_fewer: bool = False) -> list[int]:
     labelled = np.flatnonzero(codes >= 0)
     counts = np.bincount(codes[labelled], minlength=len(names))
     short = [(int(counts[c]), c) for c in range(len(names)) if counts[c] < per_class]
+    where = f"split {task.train_split!r} of {task.dataset_id}"
+    if short and use_fewer and min(short)[0] > 0:
+        import warnings
+        count, cls = min(short)
+        warnings.warn(f"class {names[cls]!r} has {count} examples in {where}, fewer than the default "
+                      f"{per_class} per class: the scoring sample takes {count} of every class "
+                      "(--examples-per-class sets it)", stacklevel=3)
+        per_class, short = count, []
     if short:
-        raise _short_classes(short, names, per_class, f"split {task.train_split!r} of {task.dataset_id}")
+        raise _short_classes(short, names, per_class, where)
     picked = balanced_indices(torch.from_numpy(codes[labelled]), per_class, seed)
     return [int(labelled[i]) for i in picked]
 
@@ -659,10 +671,11 @@ def _spread_indices(codes: np.ndarray, count: int, num_classes: int, seed: int, 
         members = members[~np.isin(members, excluded)]
         pools.append(members[torch.randperm(len(members), generator=generator).numpy()])
     available = sum(len(pool) for pool in pools)
-    if available < count and use_fewer and available > 0:
+    if available < count and use_fewer:
         import warnings
         warnings.warn(f"{where} has {available} labelled examples, fewer than the {count} asked by "
-                      f"--{flag.replace('_', '-')}: all {available} are used", stacklevel=3)
+                      f"--{flag.replace('_', '-')}: " + (f"all {available} are used" if available else "the sample is empty"),
+                      stacklevel=3)
         count = available
     if available < count:
         raise DataError(f"{flag}={count} but {where} has only {available} labelled examples; "
@@ -868,8 +881,10 @@ def training_splits(task: Task, train_examples: int | None = None, eval_examples
                     seed: int = 0, revision: str | None = None) -> TrainingSplits:
     """The task's labelled train rows and eval rows for fine-tuning.
 
-    train_examples / eval_examples: a class-balanced random subset of that size (None: every labelled row).
-    Without an eval split, eval_examples rows (default: 10% of train) are held out of train.
+    train_examples / eval_examples: a class-balanced random subset of that size (None: every labelled row);
+    a split with fewer gives all it has, with a warning (a recipe's counts are upper bounds: the user's data
+    may be small). Without an eval split, eval_examples rows (default: 10% of train) are held out of train,
+    but never more than half of it: beyond that, 10% are, with a warning.
     """
     for name, value in (("train_examples", train_examples), ("eval_examples", eval_examples)):
         if value is not None:
@@ -882,7 +897,14 @@ def training_splits(task: Task, train_examples: int | None = None, eval_examples
     eval_split = _eval_split_of(task, revision)
     held_out: set[int] = set()
     if eval_split is None:
-        count = eval_examples or max(1, int((codes >= 0).sum()) // 10)
+        labelled, count = int((codes >= 0).sum()), eval_examples
+        if count is None or count > labelled // 2:
+            if count is not None:
+                import warnings
+                warnings.warn(f"--eval-examples {count} would hold out more than half of the {labelled} labelled "
+                              f"rows of {where}, which has no eval split: {max(1, labelled // 10)} (10%) are held out "
+                              "instead", stacklevel=2)
+            count = max(1, labelled // 10)
         eval_source, eval_codes = train, codes
         eval_indices = _spread_indices(codes, count, len(names), seed, set(), where)
         held_out = set(eval_indices)
@@ -890,7 +912,7 @@ def training_splits(task: Task, train_examples: int | None = None, eval_examples
         eval_source = open_split(task, eval_split, revision=revision)
         eval_codes = _codes(eval_source, task, names, eval_split)
         eval_indices = (_spread_indices(eval_codes, eval_examples, len(names), seed, set(),
-                                        f"split {eval_split!r} of {task.dataset_id}") if eval_examples
+                                        f"split {eval_split!r} of {task.dataset_id}", use_fewer=True) if eval_examples
                         else np.flatnonzero(eval_codes >= 0).tolist())
         if not eval_indices:
             raise DataError(f"split {eval_split!r} of {task.dataset_id} has no labelled rows to evaluate on; pass "
@@ -898,7 +920,8 @@ def training_splits(task: Task, train_examples: int | None = None, eval_examples
                             "out of train")
     if train_examples:
         train_indices = _spread_indices(codes, train_examples, len(names), seed + 1, held_out,
-                                        where + (" less the held-out eval rows" if held_out else ""), "train_examples")
+                                        where + (" less the held-out eval rows" if held_out else ""), "train_examples",
+                                        use_fewer=True)
     else:
         train_indices = [i for i in np.flatnonzero(codes >= 0).tolist() if i not in held_out]
     if not train_indices:

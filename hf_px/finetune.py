@@ -31,6 +31,7 @@ from .batchnorm import batchnorm_layers, recalibrate_batchnorm_
 from .config import config_from_mapping, read_mapping
 from .distributed import masks_digest
 from .errors import ConfigError, DataError, MaskError, MaskViolation, ModelError, TrainingDiverged
+from .job import notes
 from .masks import check_masks, kept_and_total
 from .record import CheckpointRecord, FinetuneRecord
 
@@ -389,7 +390,8 @@ def run_finetune(config: FinetuneConfig, command: str | None = None, progress: b
     with accelerator.main_process_first():    # one process downloads, the others then read the cache
         loaded, masks, record = checkpoint.open_sparse(config.model, config.revision)
         task = _task_of(config, record)
-        splits = data.training_splits(task, config.train_examples, config.eval_examples, config.seed)
+        with notes(log):   # a recipe's image counts capped to a small dataset's
+            splits = data.training_splits(task, config.train_examples, config.eval_examples, config.seed)
     model = loaded.model
     if config.from_scratch:
         reinitialise_(model, loaded.library, config.seed)

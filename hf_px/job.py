@@ -57,8 +57,10 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
     task = data.resolve_task(config.task, config.dataset, config.image_column, config.label_column,
                              config.split, config.eval_split)
     with notes(log):
-        sample = data.sample_task(task, per_class=config.examples_per_class, eval_examples=config.eval_examples,
-                                  seed=config.seed)
+        # a default (not a request) gives way to a small dataset: as many per class as the smallest class has
+        sample = data.sample_task(task, per_class=config.examples_per_class or data.EXAMPLES_PER_CLASS,
+                                  eval_examples=config.eval_examples, seed=config.seed,
+                                  use_fewer=config.examples_per_class is None)
 
     log(f"loading {config.model}" + (f" @ {config.revision}" if config.revision else ""))
     loaded = models.load_model(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code)
@@ -178,7 +180,8 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
     record = CheckpointRecord(
         base_model=loaded.hub_id, base_revision=config.revision, source=config.model, library=loaded.library,
         license=loaded.license, **ran.to_dict(), targets=targets, **sample.provenance(),
-        examples_per_class=config.examples_per_class, probe=probe, batchnorm=batchnorm, command=command,
+        examples_per_class=len(sample.score_labels) // len(sample.label_names), probe=probe, batchnorm=batchnorm,
+        command=command,
         config=config.to_dict(), processes=processes, time_s=round(time.perf_counter() - started, 1))
     result = PruneResult(loaded, masks, record)
     result.lines = summary_lines(masks, record)

@@ -255,6 +255,49 @@ def test_eval_sample_is_balanced_as_far_as_the_class_sizes_allow(tmp_path):
     assert [int(_pixels(image)[0, 0]) for image in sample.eval_images] == sample.eval_indices
 
 
+def test_a_default_scoring_sample_gives_way_to_a_small_class(tmp_path):
+    """The default 10 per class is not a request: a small dataset gives what its smallest class has."""
+    _tiny([0, 1, 2] * 3 + [0, 2]).save_to_disk(str(tmp_path / "small"))    # classes a, b, c: 4, 3, 4 images
+    task = resolve_task(dataset=str(tmp_path / "small"))
+    with pytest.warns(UserWarning) as caught:
+        sample = sample_task(task, per_class=10, eval_examples=5, use_fewer=True)
+    messages = " | ".join(str(w.message) for w in caught)
+    assert "class 'b' has 3 examples in split 'train'" in messages
+    assert "fewer than the default 10 per class: the scoring sample takes 3 of every class" in messages
+    assert Counter(sample.score_labels) == {0: 3, 1: 3, 2: 3}
+    # the eval sample takes what is left: the fourth a and the fourth c
+    assert "has 2 labelled examples, fewer than the 5 asked by --eval-examples: all 2 are used" in messages
+    assert sorted(sample.eval_labels) == [0, 2] and not set(sample.eval_indices) & set(sample.score_indices)
+    with pytest.raises(hf_px.DataError, match="class 'b' .* has 3 examples .* per_class=10"):
+        sample_task(task, per_class=10)                                    # asked for: refused
+    _tiny([0, 1, 2] * 3).save_to_disk(str(tmp_path / "exact"))
+    with pytest.warns(UserWarning) as caught:
+        none_left = sample_task(resolve_task(dataset=str(tmp_path / "exact")), per_class=10, eval_examples=5,
+                                use_fewer=True)
+    assert "has 0 labelled examples, fewer than the 5 asked by --eval-examples: the sample is empty" in " | ".join(
+        str(w.message) for w in caught)
+    assert len(none_left.score_indices) == 9 and none_left.eval_indices == [] == none_left.eval_images
+    assert none_left.eval_split == ""
+
+
+def test_training_splits_cap_a_recipes_counts_to_a_small_dataset(tmp_path):
+    from hf_px.data import training_splits
+
+    _tiny([0, 1, 2] * 10).save_to_disk(str(tmp_path / "no-eval"))          # 30 rows, no eval split
+    with pytest.warns(UserWarning) as caught:
+        splits = training_splits(resolve_task(dataset=str(tmp_path / "no-eval")), train_examples=2048,
+                                 eval_examples=500)
+    messages = " | ".join(str(w.message) for w in caught)
+    assert "--eval-examples 500 would hold out more than half of the 30 labelled rows" in messages
+    assert "3 (10%) are held out instead" in messages and "all 27 are used" in messages
+    assert len(splits.eval_indices) == 3 and sorted(splits.eval_indices + splits.train_indices) == list(range(30))
+    assert len(training_splits(resolve_task(dataset=str(tmp_path / "no-eval")), eval_examples=15).eval_indices) == 15
+    datasets.DatasetDict({"train": _tiny([0, 1, 2] * 4), "test": _tiny([0, 1, 2])}).save_to_disk(str(tmp_path / "split"))
+    with pytest.warns(UserWarning, match="split 'test' .* has 3 labelled examples, fewer than the 500 asked"):
+        splits = training_splits(resolve_task(dataset=str(tmp_path / "split")), train_examples=12, eval_examples=500)
+    assert splits.eval_split == "test" and len(splits.eval_indices) == 3 and len(splits.train_indices) == 12
+
+
 @pytest.mark.needs_fashion_mnist
 def test_a_short_class_is_named_with_its_count_and_the_fix(folders, tmp_path):
     train = open_split(resolve_task(dataset=str(folders["save_to_disk"])), "train")

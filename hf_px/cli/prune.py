@@ -39,7 +39,7 @@ def _help() -> dict[str, str]:
         "min_layer_density": "every target tensor keeps at least this fraction of its weights (default: 0, or a "
                              "tenth of 1 - sparsity with --method auto)",
         "allow_empty_layers": "save a result with target tensors at zero density (default: an error)",
-        "examples_per_class": "scoring images per class",
+        "examples_per_class": "scoring images per class (default 10, or as many as the smallest class has)",
         "eval_examples": "held-out images for the probe accuracy (default {default}, or all there are; 0: none)",
         "batch_size": "images per forward pass",
         "device": "cpu, cuda, cuda:N or auto (default: cuda if available)",
