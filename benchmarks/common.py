@@ -104,45 +104,54 @@ def resume_rows(record: dict, out: Path, same: tuple[str, ...]) -> None:
     if not Path(out).exists():
         return
     previous = json.loads(Path(out).read_text())
-    if (previous.get("setting") == record["setting"] and same_code(previous["machine"], record["machine"])
-            and all(previous["config"].get(k) == record["config"].get(k) for k in same)):
-        record["rows"] = previous["rows"]
-        record["earlier_runs"] = previous.get("earlier_runs", []) + [
-            {"commit": previous["machine"].get("commit"), "seconds": previous.get("seconds"),
-             "rows": len(previous["rows"]) - sum(run["rows"] for run in previous.get("earlier_runs", []))}]
+    if not _setting_differs(previous, record, same) and same_code(previous["machine"], record["machine"]):
+        _carry_rows(record, previous)
 
 
 def adopt_rows(record: dict, out: Path, same: tuple[str, ...], reproduce) -> None:
     """Carry the rows of `out`, measured by other code, into `record` once this code has reproduced a sample
     of them: for a change that should move no number (a report, a docstring, a new case), so that a study of
     hours need not start over. `reproduce(rows)` measures a sample of `rows` again and returns
-    (what it checked, every difference); one difference refuses the adoption. Fine-tuning is deterministic at a
-    fixed torch, device and thread count, so those must match as well (they move numbers by themselves).
-    Raises ValueError, naming the reason, when the rows cannot be adopted."""
+    (what it checked, every difference); one difference, or nothing checked, refuses the adoption. Fine-tuning
+    is deterministic at a fixed torch, device, CPU model and thread count, so those must match as well (each
+    moves numbers by itself). Raises ValueError, naming the reason, when the rows cannot be adopted."""
     if not Path(out).exists():
         raise ValueError(f"{out} does not exist: there are no rows to adopt (leave out --adopt to start afresh)")
     previous = json.loads(Path(out).read_text())
-    differing = [k for k in same if previous["config"].get(k) != record["config"].get(k)]
-    if previous.get("setting") != record["setting"] or differing:
-        raise ValueError(f"{out} holds setting {previous.get('setting')!r} (config keys differing: "
-                         f"{', '.join(differing) or 'none'}), not {record['setting']!r} as now: nothing to adopt")
+    differs = _setting_differs(previous, record, same)
+    if differs:
+        raise ValueError(f"{out} holds {differs}: nothing to adopt")
     if same_code(previous["machine"], record["machine"]):
-        resume_rows(record, out, same)   # the same code: the rows resume without a check
+        _carry_rows(record, previous)   # the same code: the rows resume without a check
         return
-    machine_now = {k: record["machine"].get(k) for k in ("torch", "device", "threads")}
+    machine_now = {k: record["machine"].get(k) for k in ("torch", "device", "cpu", "threads")}
     machine_then = {k: previous["machine"].get(k) for k in machine_now}
     if machine_then != machine_now:
-        raise ValueError(f"{out} was measured with {machine_then}, this run has {machine_now}: rerun with the "
-                         "same torch, device and --threads to adopt its rows")
+        raise ValueError(f"{out} was measured with {machine_then}, this run has {machine_now}: rerun on the same "
+                         "machine with the same torch and --threads to adopt its rows")
     checked, differences = reproduce(previous["rows"])
-    if differences:
-        raise ValueError(f"this code does not reproduce {out}: {'; '.join(differences)}; rerun with --fresh")
+    if differences or (previous["rows"] and not checked):
+        raise ValueError(f"this code does not reproduce {out}: {'; '.join(differences) or 'no row could be measured again'}"
+                         "; rerun with --fresh")
+    _carry_rows(record, previous, code=previous["machine"].get("code"), adopted_after_reproducing=checked)
+
+
+def _setting_differs(previous: dict, record: dict, same: tuple[str, ...]) -> str:
+    """How an earlier run's JSON differs from `record` in what its rows mean ('' when it does not): another
+    study or setting, or other values of the config keys `same`."""
+    keys = [k for k in same if previous["config"].get(k) != record["config"].get(k)]
+    if (previous.get("study"), previous.get("setting")) != (record.get("study"), record["setting"]) or keys:
+        return (f"study {previous.get('study')!r} setting {previous.get('setting')!r} (config keys differing: "
+                f"{', '.join(keys) or 'none'}), not study {record.get('study')!r} setting {record['setting']!r}")
+    return ""
+
+
+def _carry_rows(record: dict, previous: dict, **note) -> None:
+    """`previous`'s rows into `record`, with an `earlier_runs` entry: its commit, time, own row count, `note`."""
     record["rows"] = previous["rows"]
     record["earlier_runs"] = previous.get("earlier_runs", []) + [
-        {"commit": previous["machine"].get("commit"), "code": previous["machine"].get("code"),
-         "seconds": previous.get("seconds"),
-         "rows": len(previous["rows"]) - sum(run["rows"] for run in previous.get("earlier_runs", [])),
-         "adopted_after_reproducing": checked}]
+        {"commit": previous["machine"].get("commit"), **note, "seconds": previous.get("seconds"),
+         "rows": len(previous["rows"]) - sum(run["rows"] for run in previous.get("earlier_runs", []))}]
 
 
 def budget_check(short: list[float], long: list[float]) -> dict | None:

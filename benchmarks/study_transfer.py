@@ -267,26 +267,35 @@ def one_run(model_name: str, folders: dict, case: str, density: float, seed: int
 
 def ticket_fields(result) -> dict:
     """A row's fields that pruning alone decides (from a `run_prune` result)."""
+    from hf_px.distributed import masks_digest
     from hf_px.masks import layer_densities
 
     densities = layer_densities(result.masks)
     record, probe = result.provenance, result.provenance.probe
     return {"method": record.method, "rounds": record.rounds, "probe": probe.sparse, "probe_dense": probe.dense,
             "probe_stale_batchnorm": probe.sparse_stale_batchnorm,
-            "collapsed": [n for n, d in densities.items() if d == 0.0], "min_layer_density": min(densities.values())}
+            "collapsed": [n for n, d in densities.items() if d == 0.0], "min_layer_density": min(densities.values()),
+            "masks_sha256": masks_digest(result.masks)[:16]}
 
 
 def reproduce(rows: list[dict], folders: dict, config: dict, workdir: Path, test_cache: dict):
     """A sample of finished `rows` measured again with this code (what `--adopt` checks before carrying rows
-    that other code measured): each model's first row in full (prune, fine-tune, judge), and each other case's
-    first ticket pruned again (the fields pruning decides). Returns (the rows checked, every difference)."""
-    checked, differences, seen = [], [], set()
+    that other code measured): each model's first dense and first pruned row in full (prune, fine-tune with
+    masks, judge), and every case's ticket at its lowest finished density pruned again (the fields pruning
+    decides, where floors and collapse bite). Fields an older row lacks are not compared. A model this
+    run cannot load is a difference: its rows could not be checked. Returns (the rows checked, every difference)."""
+    in_full, pruned = {}, {}
     for row in rows:
-        if (row["model"], row["case"]) in seen or row["model"] not in folders:
+        in_full.setdefault((row["model"], row["case"] == DENSE), row)
+        key = (row["model"], row["case"])
+        if row["case"] != DENSE and (key not in pruned or row["density"] < pruned[key]["density"]):
+            pruned[key] = row
+    checked, differences = [], [f"{model}: not available in this run, so its rows cannot be checked"
+                                for model in dict.fromkeys(r["model"] for r in rows) if model not in folders]
+    for full, row in [(True, r) for r in in_full.values()] + [(False, r) for r in pruned.values()]:
+        if row["model"] not in folders:
             continue
-        in_full = row["model"] not in {model for model, _ in seen}
-        seen.add((row["model"], row["case"]))
-        if in_full:
+        if full:
             now = one_run(row["model"], folders, row["case"], row["density"], row["seed"], row["epochs"], config,
                           _scratch(workdir), test_cache)
         else:
@@ -294,10 +303,10 @@ def reproduce(rows: list[dict], folders: dict, config: dict, workdir: Path, test
                                            _scratch(workdir) / "pruned"))
             shutil.rmtree(_scratch(workdir), ignore_errors=True)
         label = f"{row['model']} {row['case']} at {row['density']:.0%} seed {row['seed']}" + (
-            f", {row['epochs']} epochs" if in_full else ", pruned")
+            f", {row['epochs']} epochs" if full else ", pruned")
         checked.append(label)
-        differing = [f"{label}: {field} {row.get(field)!r} then, {value!r} now" for field, value in now.items()
-                     if not field.endswith("_s") and row.get(field) != value]
+        differing = [f"{label}: {field} {row[field]!r} then, {value!r} now" for field, value in now.items()
+                     if not field.endswith("_s") and field in row and row[field] != value]
         differences += differing
         print(f"reproduced {label}: {'DIFFERENT' if differing else 'the same'}", flush=True)
     return checked, differences
@@ -337,6 +346,7 @@ def run(setting: str, out: Path, workdir: Path = WORKDIR, fresh: bool = False, a
     folders, test_cache = prepared["folders"], {}
     if adopt:
         common.adopt_rows(record, out, _SAME, lambda rows: reproduce(rows, folders, config, workdir, test_cache))
+        common.write_json(record, out)   # adopted: an interrupted run resumes without checking again
     elif not fresh:
         common.resume_rows(record, out, _SAME)
     done = {_key(r) for r in record["rows"]}
@@ -592,10 +602,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None)
     parser.add_argument("--workdir", default=str(WORKDIR), help="models, data and scratch checkpoints")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--fresh", action="store_true", help="ignore finished rows in --out")
-    parser.add_argument("--adopt", action="store_true",
-                        help="carry the finished rows of --out that other code measured, once this code has "
-                             "reproduced a sample of them (each model's first row, each case's first ticket)")
+    rows = parser.add_mutually_exclusive_group()
+    rows.add_argument("--fresh", action="store_true", help="ignore finished rows in --out")
+    rows.add_argument("--adopt", action="store_true",
+                      help="carry the finished rows of --out that other code measured, once this code has "
+                           "reproduced a sample of them exactly (see `reproduce`)")
     parser.add_argument("--layers", action="store_true",
                         help="instead of the grid: prune every case at the 3 lowest densities (seed 0, no "
                              "fine-tuning) and record the fraction each kind of tensor keeps")

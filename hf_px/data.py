@@ -538,7 +538,8 @@ def sample_task(task: Task, per_class: int = EXAMPLES_PER_CLASS, eval_examples: 
     is none. streaming (default: `task.streaming`) reads the splits as streams, each class's quota drawn
     from the first 2x its size of that class, and stops once every class has them. revision pins a Hub
     dataset. Raises `DataError` naming any class with fewer than `per_class` examples, unless `use_fewer`
-    (a default, not the user's request): then every class gives as many as the smallest has, with a warning.
+    (a default, not the user's request) and the data is not streamed (streamed datasets are the large ones):
+    then every class gives as many as the smallest has, with a warning.
     The eval sample takes what is left, warning when that is fewer than asked or none.
     """
     _check_count("per_class", per_class, 1)
@@ -741,7 +742,7 @@ def _sample_streamed(task: Task, per_class: int, eval_examples: int, seed: int, 
         score_labels=[c for _, _, c in score], score_indices=[p for p, _, _ in score],
         eval_images=[_to_pil(raw, where, image_feature) for _, raw, _ in held], eval_labels=[c for _, _, c in held],
         eval_indices=[p for p, _, _ in held],
-        eval_split=("" if not eval_examples else HELD_OUT if carve else eval_split), seed=seed, streamed=True)
+        eval_split=("" if not held else HELD_OUT if carve else eval_split), seed=seed, streamed=True)
 
 
 def _draw_from_stream(stream, task: Task, split: str, names: list[str], quotas: list[list[int]],
@@ -902,8 +903,8 @@ def training_splits(task: Task, train_examples: int | None = None, eval_examples
             if count is not None:
                 import warnings
                 warnings.warn(f"--eval-examples {count} would hold out more than half of the {labelled} labelled "
-                              f"rows of {where}, which has no eval split: {max(1, labelled // 10)} (10%) are held out "
-                              "instead", stacklevel=2)
+                              f"rows of {where}, which has no eval split: {max(1, labelled // 10)} (a tenth, the "
+                              "default) are held out instead", stacklevel=2)
             count = max(1, labelled // 10)
         eval_source, eval_codes = train, codes
         eval_indices = _spread_indices(codes, count, len(names), seed, set(), where)

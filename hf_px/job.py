@@ -58,7 +58,8 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
                              config.split, config.eval_split)
     with notes(log):
         # a default (not a request) gives way to a small dataset: as many per class as the smallest class has
-        sample = data.sample_task(task, per_class=config.examples_per_class or data.EXAMPLES_PER_CLASS,
+        per_class = data.EXAMPLES_PER_CLASS if config.examples_per_class is None else config.examples_per_class
+        sample = data.sample_task(task, per_class=per_class,
                                   eval_examples=config.eval_examples, seed=config.seed,
                                   use_fewer=config.examples_per_class is None)
 
@@ -76,8 +77,8 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
     floor = layer_density_floor(config.method, config.sparsity, config.min_layer_density)
     shard = criterion.data_parallel and processes > 1
     if shard and len(sample.score_labels) < processes:
-        raise ConfigError(f"{len(sample.score_labels)} scoring images for {processes} processes; raise "
-                          "--examples-per-class or launch fewer processes")
+        raise ConfigError(f"{len(sample.score_labels)} scoring images for {processes} processes; launch fewer "
+                          "processes, or give data with more images per class (and --examples-per-class)")
     # rank r scores examples r, r + P, ...; the head fit and the probe keep the whole sample on every rank
     prune_batches = _to(data.make_batches(sample.score_images[rank::processes], sample.score_labels[rank::processes],
                                           loaded.preprocess, config.batch_size), device) if shard else score_batches
@@ -95,8 +96,9 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
     plan = [
         f"model     {config.model} ({loaded.library}, {sum(p.numel() for p in loaded.model.parameters()):,} parameters)",
         f"task      {task.name} ({len(sample.label_names)} classes): {len(sample.score_labels)} scoring images "
-        f"in batches of {config.batch_size} (--batch-size), "
-        f"{len(sample.eval_labels)} eval images ({sample.eval_split})",
+        f"in batches of {config.batch_size} (--batch-size), " +
+        (f"{len(sample.eval_labels)} eval images ({sample.eval_split})" if sample.eval_labels else
+         "no eval images (no probe accuracy)"),
         f"head      {'replaced and fitted as a ridge probe' if differ else 'ridge probe refit' if fit_head else 'kept'}"
         f" ({', '.join(head_names) or 'none found'})",
         f"targets   {len(targets)} tensors, {total:,} weights; keep {round((1 - config.sparsity) * total):,} "

@@ -54,7 +54,7 @@ def test_every_verb_with_its_defaults_on_50_images(model, fifty_images, tmp_path
                  str(tuned), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert f"has {SPLITS[name][1]} labelled examples, fewer than the" in printed      # the train count gave way
-    assert ("(10%) are held out instead" in printed) == (name == "efficientnet-lite0")
+    assert ("(a tenth, the default) are held out instead" in printed) == (name == "efficientnet-lite0")
     model_back, masks = hf_px.load_sparse(tuned)
     params = dict(model_back.named_parameters())
     assert masks and all(torch.count_nonzero(params[n].detach()[~m]) == 0 for n, m in masks.items())
@@ -62,7 +62,8 @@ def test_every_verb_with_its_defaults_on_50_images(model, fifty_images, tmp_path
     assert (finetuned["eval_examples"], finetuned["train_examples"]) == SPLITS[name]
 
     assert main(["inspect", str(tuned)]) == 0
-    assert "sparsity" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert f"method      {record['method']}" in shown and "90.00% achieved" in shown
     # offline, push checks the folder (a complete checkpoint) and then refuses in one line
     assert main(["push", str(tuned), "me/fifty"]) == 2
     err = capsys.readouterr().err.strip()

@@ -90,11 +90,13 @@ def test_rows_of_other_code_are_adopted_only_when_reproduced(tmp_path):
     out = tmp_path / "study.json"
     machine = {"code": "old", "commit": "abc", "torch": "2.14.1", "device": "cpu", "threads": 1}
     rows = [{"case": "px", "accuracy": 0.8}, {"case": "magnitude", "accuracy": 0.7}]
-    out.write_text(json.dumps({"setting": "quick", "config": {"epochs": 3}, "machine": machine, "rows": rows,
-                               "seconds": 60}))
+    with pytest.raises(ValueError, match="does not exist"):
+        adopt_rows({}, out, ("epochs",), None)
+    out.write_text(json.dumps({"study": "pai", "setting": "quick", "config": {"epochs": 3}, "machine": machine,
+                               "rows": rows, "seconds": 60}))
 
     def record(**changes):
-        return {"setting": "quick", "config": {"epochs": 3}, "rows": [],
+        return {"study": "pai", "setting": "quick", "config": {"epochs": 3}, "rows": [],
                 "machine": {**machine, "code": "new", "commit": "def", **changes}}
 
     asked = []
@@ -108,6 +110,9 @@ def test_rows_of_other_code_are_adopted_only_when_reproduced(tmp_path):
     assert now["rows"] == rows and asked == [rows]
     assert now["earlier_runs"] == [{"commit": "abc", "code": "old", "seconds": 60, "rows": 2,
                                     "adopted_after_reproducing": ["px"]}]
+    # nothing checked (a model the run cannot load, say) refuses too
+    with pytest.raises(ValueError, match="no row could be measured again"):
+        adopt_rows(record(), out, ("epochs",), lambda found: ([], []))
     # one differing number refuses, and the rows stay out
     refused = record()
     with pytest.raises(ValueError, match="does not reproduce .*accuracy 0.8 then, 0.79 now"):
@@ -117,8 +122,12 @@ def test_rows_of_other_code_are_adopted_only_when_reproduced(tmp_path):
     asked.clear()
     with pytest.raises(ValueError, match="--threads"):
         adopt_rows(record(threads=2), out, ("epochs",), reproduced)
+    with pytest.raises(ValueError, match="--threads"):
+        adopt_rows(record(cpu="another CPU"), out, ("epochs",), reproduced)
     with pytest.raises(ValueError, match="config keys differing: epochs"):
         adopt_rows({**record(), "config": {"epochs": 9}}, out, ("epochs",), reproduced)
+    with pytest.raises(ValueError, match="not study 'transfer'"):
+        adopt_rows({**record(), "study": "transfer"}, out, ("epochs",), reproduced)
     assert asked == []
     # the same code resumes without a check
     same = record(code="old")

@@ -88,14 +88,20 @@ def test_smoke_run_and_resume(tmp_path, monkeypatch):
     adopted = study.run("smoke", out, workdir=tmp_path / "work", adopt=True)
     assert adopted["rows"] == saved["rows"]
     checked = adopted["earlier_runs"][-1]["adopted_after_reproducing"]
-    assert len(checked) == len({(r["model"], r["case"]) for r in saved["rows"]})   # every case of every model
-    assert sum(label.endswith("epochs") for label in checked) == len(models)      # one full row per model
+    assert sum(label.endswith("epochs") for label in checked) == 2 * len(models)  # a dense and a pruned row each
+    pruned = [label for label in checked if label.endswith("pruned")]            # and every case pruned again
+    assert len(pruned) == len({(r["model"], r["case"]) for r in saved["rows"] if r["case"] != "dense"})
+    assert all(len(r["masks_sha256"]) == 16 for r in saved["rows"])
+    assert json.loads(out.read_text())["earlier_runs"] == adopted["earlier_runs"]
     saved = json.loads(out.read_text())
-    # and a number this code does not reproduce is named
+    # and a number this code does not reproduce is named, as is a model it cannot load
     row = next(r for r in saved["rows"] if r["case"] == "magnitude")
     folders = study.prepare("smoke", tmp_path / "work")["folders"]
     _, differences = study.reproduce([{**row, "probe": row["probe"] + 0.5}], folders, config, tmp_path / "work", {})
-    assert len(differences) == 1 and f"probe {row['probe'] + 0.5!r} then, {row['probe']!r} now" in differences[0]
+    assert len(differences) == 2     # the row re-run in full, and its ticket pruned again
+    assert all(f"probe {row['probe'] + 0.5!r} then, {row['probe']!r} now" in d for d in differences)
+    checked, differences = study.reproduce([{**row, "model": "gone"}], folders, config, tmp_path / "work", {})
+    assert checked == [] and differences == ["gone: not available in this run, so its rows cannot be checked"]
 
     # a rerun of the same code measures nothing again
     def no_more_runs(*args, **kwargs):

@@ -289,7 +289,7 @@ def test_training_splits_cap_a_recipes_counts_to_a_small_dataset(tmp_path):
                                  eval_examples=500)
     messages = " | ".join(str(w.message) for w in caught)
     assert "--eval-examples 500 would hold out more than half of the 30 labelled rows" in messages
-    assert "3 (10%) are held out instead" in messages and "all 27 are used" in messages
+    assert "3 (a tenth, the default) are held out instead" in messages and "all 27 are used" in messages
     assert len(splits.eval_indices) == 3 and sorted(splits.eval_indices + splits.train_indices) == list(range(30))
     assert len(training_splits(resolve_task(dataset=str(tmp_path / "no-eval")), eval_examples=15).eval_indices) == 15
     datasets.DatasetDict({"train": _tiny([0, 1, 2] * 4), "test": _tiny([0, 1, 2])}).save_to_disk(str(tmp_path / "split"))

@@ -58,8 +58,9 @@ _HELP = {
     "recalibrate_bn": "re-estimate BatchNorm statistics with the current weights before each evaluation and the "
                       "save (precise BatchNorm; models without BatchNorm are unaffected)",
     "calibration_examples": "train images, without augmentation, for that re-estimate",
-    "train_examples": "a class-balanced subset of train of this size (default: all)",
-    "eval_examples": "a class-balanced subset of the eval split of this size (default: all)",
+    "train_examples": "a class-balanced subset of train of at most this size (default: all)",
+    "eval_examples": "a class-balanced subset of the eval split of at most this size (default: all); without an "
+                     "eval split, held out of train, but never more than half of it (else a tenth)",
     "num_workers": "DataLoader worker processes",
     "seed": "seeds the subsets, the shuffling, augmentation and dropout",
     "device": "auto (a GPU if any), cpu or cuda",
