@@ -225,9 +225,12 @@ def run_summary(results: dict) -> str:
     """'Command: `...` (setting `quick`, 28 min on CPU, 1 threads, commit abc123' for a study's section;
     the caller closes the parenthesis."""
     machine = results["machine"]
+    adopted = [run for run in results.get("earlier_runs", []) if run.get("adopted_after_reproducing")]
     return (f"Command: `{results['command']}` (setting `{results['setting']}`, {results.get('seconds', 0) / 60:.0f} "
             f"min on {machine.get('cpu') or machine['device']}, {machine['threads']} threads, commit "
-            f"{machine.get('commit')}")
+            f"{machine.get('commit')}" + "".join(
+                f"; the rows of commit {run['commit']} adopted after {len(run['adopted_after_reproducing'])} of "
+                "them came out the same with this code" for run in adopted))
 
 
 def _relative(path: str) -> str:

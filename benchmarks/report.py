@@ -88,17 +88,11 @@ TRANSFER_FAMILIES = {"vit-mnist": ("Transformers", METHOD_FOR_TRANSFORMERS),
 
 
 def complete_transfer_cells(transfer: dict, model: str) -> list[tuple[float, list]]:
-    """Study 4's (density, ranking) cells of `model` where every case run on it has all the setting's seeds:
-    a partial cell ranks nothing."""
+    """Study 4's (density, ranking) cells of `model` where every case run on it has all the setting's seeds."""
     import study_transfer
 
-    config = transfer["config"]
-    # a model without BatchNorm has no stale-statistics probe in its rows
-    has_batchnorm = any(r.get("probe_stale_batchnorm") is not None for r in transfer["rows"] if r["model"] == model)
-    cases = set(study_transfer.listed_cases(config, model, has_batchnorm))
-    cells = [(d, study_transfer.ranking(transfer, model, d)) for d in config["densities"]]
-    return [(d, ranked) for d, ranked in cells if ranked and {c for c, *_ in ranked} == cases
-            and all(n >= len(config.get("seeds", [0])) for *_, n in ranked)]
+    return [(d, study_transfer.ranking(transfer, model, d)) for d in transfer["config"]["densities"]
+            if study_transfer.complete(transfer, model, d)]
 
 
 def _budget_status(transfer: dict, model: str) -> str:
@@ -139,8 +133,32 @@ def _transfer_method(transfer: dict, model: str, family: str, method: str) -> li
             f"{_budget_status(transfer, model)}). Of the {len(cells)} complete densities, the number at which each case "
             "ties the best fine-tuned accuracy (within one standard deviation): "
             + ", ".join(f"`{c}` {n}" for c, n in sorted(tied.items(), key=lambda item: -item[1]))
-            + f"; {verdict}. Means over seeds (%), best first: " + "; ".join(means) + "."
-            + (_floor_binds(transfer, model, method) if run else "")]
+            + f"; {verdict}. " + _over_densities(transfer, model, cells, method) + " Means over seeds (%), best "
+            "first: " + "; ".join(means) + "." + (_floor_binds(transfer, model, method) if run else "")]
+
+
+def _over_densities(transfer: dict, model: str, cells: list[tuple[float, list]], method: str) -> str:
+    """Each case over all complete densities: its mean accuracy and its largest gap to the best mean of a
+    density (what using it everywhere costs), best first; and what pruning costs for the cases ahead of
+    `method` on that mean."""
+    gaps, means = {}, {}
+    for _, ranked in cells:
+        best = ranked[0][1]
+        for case, mean, _, _ in ranked:
+            gaps[case] = max(gaps.get(case, 0.0), best - mean)
+            means.setdefault(case, []).append(mean)
+    overall = {case: sum(values) / len(values) for case, values in means.items()}
+    order = sorted(overall, key=lambda case: -overall[case])
+    text = ("Over those densities, mean (%) and largest gap to a density's best (points): " + ", ".join(
+        f"`{c}` {100 * overall[c]:.1f} / {100 * gaps[c]:.1f}" for c in order) + ".")
+    ahead = [c for c in order if method in overall and overall[c] > overall[method]]
+    if ahead:
+        def seconds(case):
+            times = [r["prune_s"] for r in transfer["rows"] if r["model"] == model and r["case"] == case]
+            return sum(times) / len(times)
+        text += (f" Pruning one ticket took {seconds(method):.0f} s with `{method}`, against " + ", ".join(
+            f"{seconds(c):.0f} s with `{c}`" for c in ahead) + " (mean over the grid's runs).")
+    return text
 
 
 def _floor_binds(transfer: dict, model: str, method: str) -> str:

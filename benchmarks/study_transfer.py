@@ -497,6 +497,17 @@ def ranking(results: dict, model: str, density: float) -> list[tuple[str, float,
     return sorted(out, key=lambda item: -item[1])
 
 
+def complete(results: dict, model: str, density: float) -> bool:
+    """Whether every case the setting runs on `model` has all its seeds at `density`: a partial cell ranks
+    nothing."""
+    config = results["config"]
+    # a model without BatchNorm has no stale-statistics probe in its rows
+    has_batchnorm = any(r.get("probe_stale_batchnorm") is not None for r in results["rows"] if r["model"] == model)
+    ranked = ranking(results, model, density)
+    return bool(ranked) and {c for c, *_ in ranked} == set(listed_cases(config, model, has_batchnorm)) \
+        and all(n >= len(config.get("seeds", [0])) for *_, n in ranked)
+
+
 def winners(results: dict, model: str, density: float) -> list[str]:
     """The cases whose mean is within one pooled standard deviation of the best (ties are not rankings)."""
     ranked = ranking(results, model, density)
@@ -578,7 +589,7 @@ def report(results: dict) -> str:
                 cells = []
                 for d in densities:
                     cell = common.fmt_pm(_values(results, model, case, d, field))
-                    if field == "finetuned" and case in winners(results, model, d):
+                    if field == "finetuned" and complete(results, model, d) and case in winners(results, model, d):
                         cell = f"**{cell}**"
                     cells.append(cell)
                 if any(c != "–" for c in cells):
@@ -590,7 +601,8 @@ def report(results: dict) -> str:
                       + ".", ""]
         if results.get("plots", {}).get(model):
             lines += [f"![{model}]({results['plots'][model]})", ""]
-    lines += ["Bold: within one standard deviation of the best mean at that density (a tie, not a ranking).", ""]
+    lines += ["Bold: within one standard deviation of the best mean at that density (a tie, not a ranking), "
+              "once every case has all its seeds there.", ""]
     return "\n".join(lines)
 
 

@@ -31,7 +31,8 @@ def _transfer_results():
     The magnitude ticket of seed 1 at 10% has a tensor at 0.005, below auto's floor of 0.1 x 10%."""
     def row(case, density, seed, accuracy, epochs=30, lowest=0.05):
         return {"model": "m", "case": case, "density": density, "seed": seed, "epochs": epochs,
-                "finetuned": accuracy, "probe": 0.5, "collapsed": [], "min_layer_density": lowest}
+                "finetuned": accuracy, "probe": 0.5, "collapsed": [], "min_layer_density": lowest,
+                "prune_s": 10.0 if case == "px" else 1.0}
 
     rows = [row("px", 0.5, s, a) for s, a in enumerate((0.80, 0.82))] + \
         [row("magnitude", 0.5, s, a) for s, a in enumerate((0.81, 0.81))] + \
@@ -48,8 +49,12 @@ def test_transfer_verdicts_on_the_auto_method():
     assert "`magnitude` 2, `px` 1; `magnitude` ties the best at 2 of them: these cells back it" in backed
     assert "50%: `px` 81.0, `magnitude` 81.0; 10%: `magnitude` 70.5, `px` 60.5" in backed
     assert "1 of their 4 tickets have a tensor below it" in backed
+    # over both densities: magnitude 75.75 never behind; px 70.75, 10 points behind at 10%
+    assert "largest gap to a density's best (points): `magnitude` 75." in backed and "/ 0.0, `px` 70." in backed
+    assert "/ 10.0." in backed and "Pruning one ticket took" not in backed     # nothing ahead of magnitude
     [not_backed] = report._transfer_method(transfer, "m", "CNNs", "px")
     assert "`px` ties the best at 1 of them, `magnitude` at 2: these cells do not back it" in not_backed
+    assert "Pruning one ticket took 10 s with `px`, against 1 s with `magnitude`" in not_backed
     [absent] = report._transfer_method(transfer, "m", "Transformers", "px-exact")
     assert "`px-exact` is not among the cases run on this model" in absent
     loses = report._where_px_loses(None, None, transfer)[0]

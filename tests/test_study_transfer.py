@@ -54,6 +54,10 @@ def test_winners_are_ties_with_the_best():
     results = _results(rows)
     assert [case for case, *_ in study.ranking(results, "m", 0.1)] == ["px", "magnitude", "random"]
     assert study.winners(results, "m", 0.1) == ["px", "magnitude"]      # 2 points apart, std 2 points: a tie
+    results["config"]["seeds"] = [0, 1, 2]
+    assert study.complete(results, "m", 0.1)
+    results["rows"] = [r for r in results["rows"] if not (r["case"] == "random" and r["seed"] == 2)]
+    assert not study.complete(results, "m", 0.1)                        # a seed missing: no ties are shown
 
 
 @pytest.mark.skipif(efficientnet_lite0_weights() is None, reason="EfficientNet-Lite0 weights not installed "
