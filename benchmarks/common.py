@@ -131,8 +131,8 @@ def adopt_rows(record: dict, out: Path, same: tuple[str, ...], reproduce) -> Non
                          "machine with the same torch and --threads to adopt its rows")
     checked, differences = reproduce(previous["rows"])
     if differences or (previous["rows"] and not checked):
-        raise ValueError(f"this code does not reproduce {out}: {'; '.join(differences) or 'no row could be measured again'}"
-                         "; rerun with --fresh")
+        what = "; ".join(differences) or "no row could be measured again"
+        raise ValueError(f"this code does not reproduce {out}: {what}; rerun with --fresh")
     _carry_rows(record, previous, code=previous["machine"].get("code"), adopted_after_reproducing=checked)
 
 
