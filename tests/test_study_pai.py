@@ -133,6 +133,10 @@ def test_rows_of_other_code_are_adopted_only_when_reproduced(tmp_path):
     same = record(code="old")
     adopt_rows(same, out, ("epochs",), reproduced)
     assert same["rows"] == rows and asked == [] and "adopted_after_reproducing" not in same["earlier_runs"][0]
+    # a study's section says which rows were adopted, and after how many checks
+    summary = study_pai.common.run_summary({**now, "command": "python s.py", "seconds": 120})
+    assert summary.endswith("commit def; the rows of commit abc adopted after 1 of them came out the same with "
+                            "this code")
 
 
 def test_budget_check_of_the_converged_setting():
