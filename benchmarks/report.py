@@ -130,7 +130,8 @@ def _transfer_method(transfer: dict, model: str, family: str, method: str) -> li
         verdict = (f"`{method}` ties the best at {mine} of them, " + " and ".join(f"`{c}`" for c in rivals)
                    + f" at {most}: these cells do not back it")
     return [f"- **{family}: `{method}`, study 4 first** ({model} pre-trained, pruned, fine-tuned; "
-            f"{_budget_status(transfer, model)}). Of the {len(cells)} complete densit{'y' if len(cells) == 1 else 'ies'}, the number at which each case "
+            f"{_budget_status(transfer, model)}). Of the {len(cells)} complete "
+            f"densit{'y' if len(cells) == 1 else 'ies'}, the number at which each case "
             "ties the best fine-tuned accuracy (within one standard deviation): "
             + ", ".join(f"`{c}` {n}" for c, n in sorted(tied.items(), key=lambda item: -item[1]))
             + f"; {verdict}. " + _over_densities(transfer, model, cells, method) + " Means over seeds (%), best "
