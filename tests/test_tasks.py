@@ -270,6 +270,9 @@ def test_a_default_scoring_sample_gives_way_to_a_small_class(tmp_path):
     assert sorted(sample.eval_labels) == [0, 2] and not set(sample.eval_indices) & set(sample.score_indices)
     with pytest.raises(hf_px.DataError, match="class 'b' .* has 3 examples .* per_class=10"):
         sample_task(task, per_class=10)                                    # asked for: refused
+    _tiny([0, 2] * 4).save_to_disk(str(tmp_path / "absent"))             # class b named but never present
+    with pytest.raises(hf_px.DataError, match="class 'b' .* has 0 examples .* drop the class from the data"):
+        sample_task(resolve_task(dataset=str(tmp_path / "absent")), use_fewer=True)
     _tiny([0, 1, 2] * 3).save_to_disk(str(tmp_path / "exact"))
     with pytest.warns(UserWarning) as caught:
         none_left = sample_task(resolve_task(dataset=str(tmp_path / "exact")), per_class=10, eval_examples=5,
