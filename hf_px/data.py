@@ -898,14 +898,15 @@ def training_splits(task: Task, train_examples: int | None = None, eval_examples
     eval_split = _eval_split_of(task, revision)
     held_out: set[int] = set()
     if eval_split is None:
-        labelled, count = int((codes >= 0).sum()), eval_examples
+        labelled = int((codes >= 0).sum())
+        count, tenth = eval_examples, max(1, labelled // 10)
+        if count is not None and count > labelled // 2:
+            import warnings
+            warnings.warn(f"--eval-examples {count} would hold out more than half of the {labelled} labelled rows "
+                          f"of {where}, which has no eval split: {tenth} (a tenth, the default) are held out "
+                          "instead", stacklevel=2)
         if count is None or count > labelled // 2:
-            if count is not None:
-                import warnings
-                warnings.warn(f"--eval-examples {count} would hold out more than half of the {labelled} labelled "
-                              f"rows of {where}, which has no eval split: {max(1, labelled // 10)} (a tenth, the "
-                              "default) are held out instead", stacklevel=2)
-            count = max(1, labelled // 10)
+            count = tenth
         eval_source, eval_codes = train, codes
         eval_indices = _spread_indices(codes, count, len(names), seed, set(), where)
         held_out = set(eval_indices)
