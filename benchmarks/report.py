@@ -57,8 +57,8 @@ def defaults_section(results: dict[str, dict]) -> str:
     lines = ["## Defaults, and what supports them", "",
              f"`hf-px prune` defaults to `--method auto`: **{METHOD_FOR_TRANSFORMERS}** for models whose forward "
              f"pass computes softmax attention (ViT, DeiT, Swin, text encoders) and **{METHOD_FOR_CNNS}** for the "
-             "rest (`hf_px.recommended_method`). The Python API (`hf_px.prune`, `hf_px.score`) defaults to `px`, "
-             "the method this library is built around; `method=\"auto\"` gives the recommendation there too. px "
+             "rest (`hf_px.recommended_method`), with a per-tensor floor; the Python API (`hf_px.prune`, "
+             "`hf_px.score`) defaults to `method=\"auto\"` too. px "
              f"runs {px.default_rounds} rounds with head=`{px.head}`, batchnorm=`{px.batchnorm}`, "
              f"batchnorm_activation=`{px.batchnorm_activation}`, layernorm=`{px.layernorm}`, "
              f"gate_only=`{px.gate_only}`; px-exact {exact.default_rounds} rounds of {exact.probes} probes. What the "
@@ -111,31 +111,46 @@ def _transfer_method(transfer: dict, model: str, family: str, method: str) -> li
     cells = complete_transfer_cells(transfer, model)
     if not cells:
         return []
+    mine = auto_case(transfer, method)   # the study's case that is auto's ticket
     tied, means = {}, []
     for density, ranked in cells:
         for case in study_transfer.winners(transfer, model, density):
             tied[case] = tied.get(case, 0) + 1
         means.append(f"{density:.0%}: " + ", ".join(f"`{c}` {100 * m:.1f}" for c, m, _, _ in ranked))
-    mine, most = tied.get(method, 0), max(tied.values())
-    rivals = [c for c, n in tied.items() if n == most and c != method]
-    run = any(case == method for _, ranked in cells for case, *_ in ranked)
+    count, most = tied.get(mine, 0), max(tied.values())
+    rivals = [c for c, n in tied.items() if n == most and c != mine]
+    run = any(case == mine for _, ranked in cells for case, *_ in ranked)
     if not run:
-        verdict = f"`{method}` is not among the cases run on this model, so study 4 cannot back it"
-    elif mine == most and mine > len(cells) / 2:
-        verdict = (f"`{method}` ties the best at {mine} of them" + (
+        verdict = f"`{mine}` is not among the cases run on this model, so study 4 cannot back it"
+    elif count == most and count > len(cells) / 2:
+        verdict = (f"`{mine}` ties the best at {count} of them" + (
             " (as do " + ", ".join(f"`{c}`" for c in rivals) + ")" if rivals else "") + ": these cells back it")
-    elif mine == most:
-        verdict = f"`{method}` ties the best at {mine} of them, no more than half: these cells do not back it"
+    elif count == most:
+        verdict = f"`{mine}` ties the best at {count} of them, no more than half: these cells do not back it"
     else:
-        verdict = (f"`{method}` ties the best at {mine} of them, " + " and ".join(f"`{c}`" for c in rivals)
+        verdict = (f"`{mine}` ties the best at {count} of them, " + " and ".join(f"`{c}`" for c in rivals)
                    + f" at {most}: these cells do not back it")
+    same = "" if mine == method else f"; auto's ticket is the study's case `{mine}`, {method} with auto's floor"
     return [f"- **{family}: `{method}`, study 4 first** ({model} pre-trained, pruned, fine-tuned; "
-            f"{_budget_status(transfer, model)}). Of the {len(cells)} complete "
+            f"{_budget_status(transfer, model)}{same}). Of the {len(cells)} complete "
             f"densit{'y' if len(cells) == 1 else 'ies'}, the number at which each case "
             "ties the best fine-tuned accuracy (within one standard deviation): "
             + ", ".join(f"`{c}` {n}" for c, n in sorted(tied.items(), key=lambda item: -item[1]))
-            + f"; {verdict}. " + _over_densities(transfer, model, cells, method) + " Means over seeds (%), best "
-            "first: " + "; ".join(means) + "." + (_floor_binds(transfer, model, method) if run else "")]
+            + f"; {verdict}. " + _over_densities(transfer, model, cells, mine) + " Means over seeds (%), best "
+            "first: " + "; ".join(means) + "." + (_floor_binds(transfer, model, method) if run and mine == method
+                                                  else "")]
+
+
+def auto_case(transfer: dict, method: str) -> str:
+    """Study 4's case that `--method auto` reproduces when it picks `method`: the study's variant of `method`
+    with auto's per-tensor floor where it runs one (e.g. "px, floor"), else `method` itself, whose tickets
+    lack the floor (`_floor_binds` says whether that changes them)."""
+    import study_transfer
+    from hf_px.pruning import AUTO_MIN_LAYER_DENSITY
+
+    with_floor = {"method": method, "floor": AUTO_MIN_LAYER_DENSITY}
+    return next((case for case in transfer["config"]["cases"] if study_transfer.VARIANTS.get(case) == with_floor),
+                method)
 
 
 def _over_densities(transfer: dict, model: str, cells: list[tuple[float, list]], method: str) -> str:
@@ -152,14 +167,12 @@ def _over_densities(transfer: dict, model: str, cells: list[tuple[float, list]],
     order = sorted(overall, key=lambda case: -overall[case])
     text = ("Over those densities, mean (%) and largest gap to a density's best (points): " + ", ".join(
         f"`{c}` {100 * overall[c]:.1f} / {100 * gaps[c]:.1f}" for c in order) + ".")
-    ahead = [c for c in order if method in overall and overall[c] > overall[method]]
-    if ahead:
-        def seconds(case):
-            times = [r["prune_s"] for r in transfer["rows"] if r["model"] == model and r["case"] == case]
-            return sum(times) / len(times)
-        text += (f" Pruning one ticket took {seconds(method):.0f} s with `{method}`, against " + ", ".join(
-            f"{seconds(c):.0f} s with `{c}`" for c in ahead) + " (mean over the grid's runs).")
-    return text
+    def seconds(case):
+        times = [r["prune_s"] for r in transfer["rows"] if r["model"] == model and r["case"] == case]
+        return sum(times) / len(times)
+
+    return text + (" Pruning one ticket took (mean over the grid's runs, same order): "
+                   + ", ".join(f"`{c}` {seconds(c):.0f} s" for c in order) + ".")
 
 
 def _floor_binds(transfer: dict, model: str, method: str) -> str:
@@ -275,7 +288,7 @@ def _cnn_method(pai: dict, transformers: dict | None, method: str) -> list[str]:
                    "better): " + "; ".join(cells) + ".")
     if pretrained_cells:
         backed = pretrained_wins > pretrained_cells / 2
-        out.append(f"  Why {method}: `hf-px prune` takes pre-trained checkpoints, and {method} is the best variant on "
+        out.append(f"  For {method} here: `hf-px prune` takes pre-trained checkpoints, and {method} is the best variant on "
                    f"the one pre-trained CNN here at {pretrained_wins} of {pretrained_cells} densities"
                    + ("" if backed else " (not a majority: these results do not back it there)")
                    + f"; at initialisation it has mean rank {mean_rank.get(method, float('nan')):.1f} in the grid"
@@ -396,11 +409,11 @@ def _api_default(pai: dict | None, transformers: dict | None, transfer: dict | N
             best += _is_plain_px(_ordered(means, higher)[0])
     if not total:
         return []
-    return [f"- **The API default, `px`.** px with its default options (at any number of rounds) has the best mean "
-            f"in {best} of the {total} cells where it ran. It stays the default of `hf_px.prune`/`hf_px.score` "
-            "because it is the method this package implements and reproduces (parity with the authors' code), not "
-            "because these results favour it" + (" (they do)" if best > total / 2 else "") + "; `method=\"auto\"` "
-            "and `hf-px prune` use the recommendation above."]
+    return [f"- **The API default, `auto`.** `hf_px.prune`/`hf_px.score` recommend as `hf-px prune` does. px with "
+            f"its default options (at any number of rounds), the method this package reproduces (parity with the "
+            f"authors' code), has the best mean in {best} of the {total} cells where it ran" + (
+                ", a majority" if best > total / 2 else ", too few to make it the default") + "; pass "
+            "`method=\"px\"` for it as published (no per-tensor floor)."]
 
 
 def _options(results: dict) -> list[str]:

@@ -11,15 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
-from .pruning import AUTO, PruneSpec
+from .pruning import PruneSpec
 
 
 @dataclass(kw_only=True)
 class PruneConfig(PruneSpec):
     """Everything `hf-px prune` does, as data. Field names are the CLI flags (dashes for underscores) and the
-    keys of a `--config` file; the pruning fields and their defaults are `PruneSpec`'s, but for the two below."""
+    keys of a `--config` file; the pruning fields and their defaults are `PruneSpec`'s, but for the one below."""
 
-    method: str = AUTO                          # "auto": px-exact for attention models, else magnitude (docs/results.md)
     allow_empty_layers: bool = False            # accept a target tensor pruned to zero density (else an error)
     model: str | None = None                    # Hub id, "timm/...", "hf-hub:...", timm name or local folder
     task: str | None = None                     # a named task (see `hf_px.data.TASKS`) ...

@@ -110,14 +110,14 @@ def test_a_spec_and_keywords_that_disagree_are_refused_and_defaults_live_in_the_
         hf_px.prune(resnet20(), random_batches(), PruneSpec(method="magnitude"), sparsity=0.5)
     with pytest.raises(ConfigError, match=r"\['method_options'\]"):
         hf_px.prune(resnet20(), random_batches(), PruneSpec(method="px"), batchnorm="batch")
-    # hf_px.prune's keyword defaults are the spec's (one place), and the config overrides only two of them
+    # hf_px.prune's keyword defaults are the spec's (one place), and the config overrides only one of them
     parameters = inspect.signature(hf_px.prune).parameters
     spec_defaults = PruneSpec().to_dict()
     assert {name: parameters[name].default for name in spec_defaults if name in parameters} == {
         name: value for name, value in spec_defaults.items() if name in parameters}
     config = PruneConfig(model="m", task="cifar10", output="out").spec().to_dict()
-    assert {name for name in config if config[name] != spec_defaults[name]} == {"method", "allow_empty_layers"}
-    assert (config["method"], config["allow_empty_layers"]) == ("auto", False)
+    assert {name for name in config if config[name] != spec_defaults[name]} == {"allow_empty_layers"}
+    assert (config["method"], spec_defaults["method"], config["allow_empty_layers"]) == ("auto", "auto", False)
 
 
 def test_every_finetune_field_has_a_flag():

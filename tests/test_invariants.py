@@ -308,14 +308,14 @@ def test_constant_weight_layer_equals_the_dense_op(case, monkeypatch):
 
 
 @pytest.mark.parametrize("model_name,expected", [
-    ("plain_cnn", "magnitude"), ("timm_resnet18", "magnitude"), ("timm_convnext_atto", "magnitude"),
-    ("timm_efficientnet_b0", "magnitude"), ("hf_resnet", "magnitude"), ("timm_vit_tiny", "px-exact"), ("hf_vit_eager", "px-exact"), ("hf_vit_sdpa", "px-exact"),
+    ("plain_cnn", "px"), ("timm_resnet18", "px"), ("timm_convnext_atto", "px"),
+    ("timm_efficientnet_b0", "px"), ("hf_resnet", "px"), ("timm_vit_tiny", "px-exact"), ("hf_vit_eager", "px-exact"), ("hf_vit_sdpa", "px-exact"),
     ("hf_swin", "px-exact"),
 ])
-def test_auto_method_is_px_exact_for_attention_models_and_magnitude_for_the_rest(model_name, expected):
+def test_auto_method_is_px_exact_for_attention_models_and_px_for_the_rest(model_name, expected):
     """method="auto" follows docs/results.md: px-exact where the forward pass computes softmax attention
-    (squeeze-excitation gates alone do not count), magnitude otherwise; prune("auto") equals that method with
-    its per-tensor floor of a tenth of the target density."""
+    (squeeze-excitation gates alone do not count), px otherwise; prune("auto"), also as prune's default,
+    equals that method with its per-tensor floor of a tenth of the target density."""
     import copy
 
     torch.manual_seed(0)
@@ -328,6 +328,8 @@ def test_auto_method_is_px_exact_for_attention_models_and_magnitude_for_the_rest
         chosen = hf_px.prune(copy.deepcopy(model), batches, method=expected, sparsity=0.8, rounds=2, seed=3,
                              min_layer_density=0.1 * 0.2)
         assert all(torch.equal(auto[n], chosen[n]) for n in chosen)
+        default = hf_px.prune(copy.deepcopy(model), batches, sparsity=0.8, rounds=2, seed=3)
+        assert all(torch.equal(default[n], chosen[n]) for n in chosen)
         with pytest.raises(hf_px.ConfigError, match="auto"):
             hf_px.prune(model, batches, method="auto", gate_only="dense")
 

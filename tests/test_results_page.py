@@ -51,14 +51,23 @@ def test_transfer_verdicts_on_the_auto_method():
     assert "1 of their 4 tickets have a tensor below it" in backed
     # over both densities: magnitude 75.75 never behind; px 70.75, 10 points behind at 10%
     assert "largest gap to a density's best (points): `magnitude` 75." in backed and "/ 0.0, `px` 70." in backed
-    assert "/ 10.0." in backed and "Pruning one ticket took" not in backed     # nothing ahead of magnitude
+    assert "/ 10.0. Pruning one ticket took (mean over the grid's runs, same order): `magnitude` 1 s, `px` 10 s." \
+        in backed
     [not_backed] = report._transfer_method(transfer, "m", "CNNs", "px")
     assert "`px` ties the best at 1 of them, `magnitude` at 2: these cells do not back it" in not_backed
-    assert "Pruning one ticket took 10 s with `px`, against 1 s with `magnitude`" in not_backed
+    assert "the grid's runs, same order): `magnitude` 1 s, `px` 10 s." in not_backed
     [absent] = report._transfer_method(transfer, "m", "Transformers", "px-exact")
     assert "`px-exact` is not among the cases run on this model" in absent
     loses = report._where_px_loses(None, None, transfer)[0]
     assert "In 1 of 2 cells" in loses and "study 4 m 10%: magnitude 70.5 vs px 60.5" in loses
+    # auto's ticket is the case with auto's floor where the study runs one: its count decides
+    transfer["config"]["cases"].append("px, floor")
+    transfer["rows"] += [{**r, "case": "px, floor", "finetuned": r["finetuned"] + 0.2} for r in transfer["rows"]
+                         if r["case"] == "magnitude"]
+    [floored] = report._transfer_method(transfer, "m", "CNNs", "px")
+    assert "auto's ticket is the study's case `px, floor`, px with auto's floor" in floored
+    assert "`px, floor` ties the best at 2 of them: these cells back it" in floored
+    assert "tensor below it" not in floored          # the case has the floor: nothing for auto to change
 
 
 def test_complete_transfer_cells_follow_the_settings():
