@@ -136,7 +136,7 @@ def _transfer_method(transfer: dict, model: str, family: str, method: str) -> li
             f"densit{'y' if len(cells) == 1 else 'ies'}, the number at which each case "
             "ties the best fine-tuned accuracy (within one standard deviation): "
             + ", ".join(f"`{c}` {n}" for c, n in sorted(tied.items(), key=lambda item: -item[1]))
-            + f"; {verdict}. " + _over_densities(transfer, model, cells, mine) + " Means over seeds (%), best "
+            + f"; {verdict}. " + _over_densities(transfer, model, cells) + " Means over seeds (%), best "
             "first: " + "; ".join(means) + "." + (_floor_binds(transfer, model, method) if run and mine == method
                                                   else "")]
 
@@ -153,10 +153,9 @@ def auto_case(transfer: dict, method: str) -> str:
                 method)
 
 
-def _over_densities(transfer: dict, model: str, cells: list[tuple[float, list]], method: str) -> str:
+def _over_densities(transfer: dict, model: str, cells: list[tuple[float, list]]) -> str:
     """Each case over all complete densities: its mean accuracy and its largest gap to the best mean of a
-    density (what using it everywhere costs), best first; and what pruning costs for the cases ahead of
-    `method` on that mean."""
+    density (what using it everywhere costs), best first; and the time pruning one of its tickets took."""
     gaps, means = {}, {}
     for _, ranked in cells:
         best = ranked[0][1]
@@ -167,6 +166,7 @@ def _over_densities(transfer: dict, model: str, cells: list[tuple[float, list]],
     order = sorted(overall, key=lambda case: -overall[case])
     text = ("Over those densities, mean (%) and largest gap to a density's best (points): " + ", ".join(
         f"`{c}` {100 * overall[c]:.1f} / {100 * gaps[c]:.1f}" for c in order) + ".")
+
     def seconds(case):
         times = [r["prune_s"] for r in transfer["rows"] if r["model"] == model and r["case"] == case]
         return sum(times) / len(times)
