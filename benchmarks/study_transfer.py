@@ -97,6 +97,7 @@ SETTINGS = {
 }
 EFFICIENTNET_SIZE = 32   # its stem and 4 stride-2 stages leave 1x1 features at 32 px: the cheapest size that works
 VIT_SIZE = 28            # Fashion-MNIST's own size: 16 patches of 7x7
+CHANCE = 0.1             # Fashion-MNIST's 10 classes
 OUT = common.RESULTS / "study_transfer.json"
 WORKDIR = common.ROOT / "data" / "study_transfer"
 MNIST_DIGITS = common.ROOT / "data" / "mnist" / "package" / "src" / "digits"
@@ -395,6 +396,11 @@ def _scratch(workdir: Path) -> Path:
     return workdir / f"scratch-{os.getpid()}"
 
 
+def at_chance(results: dict, model: str) -> list[dict]:
+    """The model's degenerate runs: a fine-tuned accuracy within a point of chance."""
+    return [r for r in results["rows"] if r["model"] == model and r["finetuned"] <= CHANCE + 0.01]
+
+
 def listed_cases(config: dict, model_name: str, has_batchnorm: bool) -> list[str]:
     """The setting's cases run on a model: less its `skip` list, and the BatchNorm variants on a model without."""
     skip = config.get("skip", {}).get(model_name, [])
@@ -604,6 +610,11 @@ def report(results: dict) -> str:
         if collapsed:
             lines += ["Tickets with a tensor at zero density: " + ", ".join(f"{c} at {d:.0%}" for c, d in collapsed)
                       + ".", ""]
+        if at_chance(results, model):   # kept in the means (they are what the method gave), and named
+            lines += ["Runs that ended within a point of chance (10 classes: the fine-tuned ticket learned nothing, "
+                      "though fine-tuning did not diverge; counted in the means above): " + ", ".join(
+                          f"{r['case']} at {r['density']:.0%} seed {r['seed']} ({100 * r['finetuned']:.1f}%)"
+                          for r in at_chance(results, model)) + ".", ""]
         if results.get("plots", {}).get(model):
             lines += [f"![{model}]({results['plots'][model]})", ""]
     lines += ["Bold: within one standard deviation of the best mean at that density (a tie, not a ranking), "

@@ -58,6 +58,9 @@ def test_winners_are_ties_with_the_best():
     assert study.complete(results, "m", 0.1)
     results["rows"] = [r for r in results["rows"] if not (r["case"] == "random" and r["seed"] == 2)]
     assert not study.complete(results, "m", 0.1)                        # a seed missing: no ties are shown
+    assert study.at_chance(results, "m") == []
+    results["rows"][-1]["finetuned"] = 0.105                            # 10 classes: within a point of chance
+    assert study.at_chance(results, "m") == [results["rows"][-1]] and study.at_chance(results, "other") == []
 
 
 @pytest.mark.skipif(efficientnet_lite0_weights() is None, reason="EfficientNet-Lite0 weights not installed "
