@@ -330,6 +330,8 @@ def test_auto_method_is_px_exact_for_attention_models_and_px_for_the_rest(model_
         assert all(torch.equal(auto[n], chosen[n]) for n in chosen)
         default = hf_px.prune(copy.deepcopy(model), batches, sparsity=0.8, rounds=2, seed=3)
         assert all(torch.equal(default[n], chosen[n]) for n in chosen)
+        default_scores, chosen_scores = hf_px.score(model, batches), hf_px.score(model, batches, method=expected)
+        assert all(torch.equal(default_scores[n], chosen_scores[n]) for n in chosen_scores)
         with pytest.raises(hf_px.ConfigError, match="auto"):
             hf_px.prune(model, batches, method="auto", gate_only="dense")
 
