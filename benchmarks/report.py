@@ -104,8 +104,10 @@ def _budget_status(transfer: dict, model: str) -> str:
 
 
 def _transfer_method(transfer: dict, model: str, family: str, method: str) -> list[str]:
-    """Does study 4 back `method` as auto's pick for `family`? Counted over the complete densities of the model
-    that stands for the family: at how many each case ties the best fine-tuned accuracy."""
+    """Does study 4 back `method` as auto's pick for `family`? Over the complete densities of the model that
+    stands for the family, a default must serve whatever sparsity a user asks for: it is backed when its
+    largest gap to a density's best fine-tuned accuracy is the smallest of all cases. How often each case ties
+    the best is shown beside it."""
     import study_transfer
 
     cells = complete_transfer_cells(transfer, model)
@@ -117,19 +119,16 @@ def _transfer_method(transfer: dict, model: str, family: str, method: str) -> li
         for case in study_transfer.winners(transfer, model, density):
             tied[case] = tied.get(case, 0) + 1
         means.append(f"{density:.0%}: " + ", ".join(f"`{c}` {100 * m:.1f}" for c, m, _, _ in ranked))
-    count, most = tied.get(mine, 0), max(tied.values())
-    rivals = [c for c, n in tied.items() if n == most and c != mine]
-    run = any(case == mine for _, ranked in cells for case, *_ in ranked)
-    if not run:
+    _, gaps = _over_densities_values(cells)
+    safest = min(gaps, key=gaps.get)
+    if mine not in gaps:
         verdict = f"`{mine}` is not among the cases run on this model, so study 4 cannot back it"
-    elif count == most and count > len(cells) / 2:
-        verdict = (f"`{mine}` ties the best at {count} of them" + (
-            " (as do " + ", ".join(f"`{c}`" for c in rivals) + ")" if rivals else "") + ": these cells back it")
-    elif count == most:
-        verdict = f"`{mine}` ties the best at {count} of them, no more than half: these cells do not back it"
+    elif gaps[mine] <= gaps[safest]:
+        verdict = (f"`{mine}` has the smallest largest gap to a density's best, {100 * gaps[mine]:.1f} points: "
+                   "these cells back it")
     else:
-        verdict = (f"`{mine}` ties the best at {count} of them, " + " and ".join(f"`{c}`" for c in rivals)
-                   + f" at {most}: these cells do not back it")
+        verdict = (f"`{mine}`'s largest gap to a density's best is {100 * gaps[mine]:.1f} points, `{safest}`'s "
+                   f"{100 * gaps[safest]:.1f}: these cells do not back it")
     same = "" if mine == method else f"; auto's ticket is the study's case `{mine}`, {method} with auto's floor"
     return [f"- **{family}: `{method}`, study 4 first** ({model} pre-trained, pruned, fine-tuned; "
             f"{_budget_status(transfer, model)}{same}). Of the {len(cells)} complete "
@@ -137,8 +136,8 @@ def _transfer_method(transfer: dict, model: str, family: str, method: str) -> li
             "ties the best fine-tuned accuracy (within one standard deviation): "
             + ", ".join(f"`{c}` {n}" for c, n in sorted(tied.items(), key=lambda item: -item[1]))
             + f"; {verdict}. " + _over_densities(transfer, model, cells) + " Means over seeds (%), best "
-            "first: " + "; ".join(means) + "." + (_floor_binds(transfer, model, method) if run and mine == method
-                                                  else "")]
+            "first: " + "; ".join(means) + "." + (_floor_binds(transfer, model, method) if mine in gaps and
+                                                  mine == method else "")]
 
 
 def auto_case(transfer: dict, method: str) -> str:
@@ -153,16 +152,21 @@ def auto_case(transfer: dict, method: str) -> str:
                 method)
 
 
-def _over_densities(transfer: dict, model: str, cells: list[tuple[float, list]]) -> str:
-    """Each case over all complete densities: its mean accuracy and its largest gap to the best mean of a
-    density (what using it everywhere costs), best first; and the time pruning one of its tickets took."""
+def _over_densities_values(cells: list[tuple[float, list]]) -> tuple[dict, dict]:
+    """Each case's mean accuracy over the complete densities, and its largest gap to a density's best mean
+    (what using it at every sparsity costs)."""
     gaps, means = {}, {}
     for _, ranked in cells:
         best = ranked[0][1]
         for case, mean, _, _ in ranked:
             gaps[case] = max(gaps.get(case, 0.0), best - mean)
             means.setdefault(case, []).append(mean)
-    overall = {case: sum(values) / len(values) for case, values in means.items()}
+    return {case: sum(values) / len(values) for case, values in means.items()}, gaps
+
+
+def _over_densities(transfer: dict, model: str, cells: list[tuple[float, list]]) -> str:
+    """`_over_densities_values` as text, best mean first, with the time pruning one ticket took."""
+    overall, gaps = _over_densities_values(cells)
     order = sorted(overall, key=lambda case: -overall[case])
     text = ("Over those densities, mean (%) and largest gap to a density's best (points): " + ", ".join(
         f"`{c}` {100 * overall[c]:.1f} / {100 * gaps[c]:.1f}" for c in order) + ".")

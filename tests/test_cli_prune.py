@@ -99,8 +99,8 @@ def test_pruned_checkpoint_loads_without_hf_px_and_gives_the_same_logits(library
     assert kept == total - int(0.6 * total)   # hf_px.masks.kept_count
 
     provenance = json.loads((output / "hf_px.json").read_text())
-    # the default method "auto": px-exact for an attention model (the ViT), px for the ResNet
-    method = {"transformers": "px-exact", "timm": "px"}[library]
+    # the default method "auto": px-exact for an attention model (the ViT), magnitude for the ResNet
+    method = {"transformers": "px-exact", "timm": "magnitude"}[library]
     assert provenance["method"] == method and provenance["rounds"] == 3 and provenance["sparsity"] == 0.6
     assert provenance["config"]["method"] == "auto"
     assert len(provenance["score_indices"]) == 20 and len(provenance["eval_indices"]) == 10

@@ -308,13 +308,13 @@ def test_constant_weight_layer_equals_the_dense_op(case, monkeypatch):
 
 
 @pytest.mark.parametrize("model_name,expected", [
-    ("plain_cnn", "px"), ("timm_resnet18", "px"), ("timm_convnext_atto", "px"),
-    ("timm_efficientnet_b0", "px"), ("hf_resnet", "px"), ("timm_vit_tiny", "px-exact"), ("hf_vit_eager", "px-exact"), ("hf_vit_sdpa", "px-exact"),
+    ("plain_cnn", "magnitude"), ("timm_resnet18", "magnitude"), ("timm_convnext_atto", "magnitude"),
+    ("timm_efficientnet_b0", "magnitude"), ("hf_resnet", "magnitude"), ("timm_vit_tiny", "px-exact"), ("hf_vit_eager", "px-exact"), ("hf_vit_sdpa", "px-exact"),
     ("hf_swin", "px-exact"),
 ])
-def test_auto_method_is_px_exact_for_attention_models_and_px_for_the_rest(model_name, expected):
+def test_auto_method_is_px_exact_for_attention_models_and_magnitude_for_the_rest(model_name, expected):
     """method="auto" follows docs/results.md: px-exact where the forward pass computes softmax attention
-    (squeeze-excitation gates alone do not count), px otherwise; prune("auto"), also as prune's default,
+    (squeeze-excitation gates alone do not count), magnitude otherwise; prune("auto"), also as prune's default,
     equals that method with its per-tensor floor of a tenth of the target density."""
     import copy
 

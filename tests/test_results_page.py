@@ -46,7 +46,8 @@ def _transfer_results():
 def test_transfer_verdicts_on_the_auto_method():
     transfer = _transfer_results()
     [backed] = report._transfer_method(transfer, "m", "CNNs", "magnitude")
-    assert "`magnitude` 2, `px` 1; `magnitude` ties the best at 2 of them: these cells back it" in backed
+    assert ("`magnitude` 2, `px` 1; `magnitude` has the smallest largest gap to a density's best, 0.0 points: "
+            "these cells back it") in backed
     assert "50%: `px` 81.0, `magnitude` 81.0; 10%: `magnitude` 70.5, `px` 60.5" in backed
     assert "1 of their 4 tickets have a tensor below it" in backed
     # over both densities: magnitude 75.75 never behind; px 70.75, 10 points behind at 10%
@@ -54,7 +55,8 @@ def test_transfer_verdicts_on_the_auto_method():
     assert "/ 10.0. Pruning one ticket took (mean over the grid's runs, same order): `magnitude` 1 s, `px` 10 s." \
         in backed
     [not_backed] = report._transfer_method(transfer, "m", "CNNs", "px")
-    assert "`px` ties the best at 1 of them, `magnitude` at 2: these cells do not back it" in not_backed
+    assert "`px`'s largest gap to a density's best is 10.0 points, `magnitude`'s 0.0: these cells do not back it" \
+        in not_backed
     assert "the grid's runs, same order): `magnitude` 1 s, `px` 10 s." in not_backed
     [absent] = report._transfer_method(transfer, "m", "Transformers", "px-exact")
     assert "`px-exact` is not among the cases run on this model" in absent
@@ -66,7 +68,8 @@ def test_transfer_verdicts_on_the_auto_method():
                          if r["case"] == "magnitude"]
     [floored] = report._transfer_method(transfer, "m", "CNNs", "px")
     assert "auto's ticket is the study's case `px, floor`, px with auto's floor" in floored
-    assert "`px, floor` ties the best at 2 of them: these cells back it" in floored
+    assert "`px, floor` has the smallest largest gap to a density's best, 0.0 points: these cells back it" \
+        in floored
     assert "tensor below it" not in floored          # the case has the floor: nothing for auto to change
 
 

@@ -89,13 +89,19 @@ def test_smoke_run_and_resume(tmp_path, monkeypatch):
     if "vit-mnist" in models:
         assert saved["pretraining"]["train_digits"] == 10 * config["pretrain"]["digits_per_class"]
 
-    # `--method auto` on the CNN is the case "px, floor" (docs/results.md, "Defaults"): the same ticket
+    # `--method auto` on the CNN is its method with auto's floor (docs/results.md, "Defaults"): the same ticket
     if "efficientnet-lite0" in models:
+        from hf_px.pruning import AUTO_MIN_LAYER_DENSITY, METHOD_FOR_CNNS
+
         folders = study.prepare("smoke", tmp_path / "work")["folders"]
-        monkeypatch.setitem(study.VARIANTS, "auto", dict(method="auto", rounds=config["rounds"]["px"]))
-        auto = study.prune_case("efficientnet-lite0", folders, "auto", 0.2, 0, config, tmp_path / "auto")
-        row = next(r for r in saved["rows"] if r["model"] == "efficientnet-lite0" and r["case"] == "px, floor")
-        assert auto.provenance.method == "px" and study.ticket_fields(auto)["masks_sha256"] == row["masks_sha256"]
+        rounds = config["rounds"].get(METHOD_FOR_CNNS)
+        monkeypatch.setitem(study.VARIANTS, "auto", dict(method="auto", rounds=rounds))
+        monkeypatch.setitem(study.VARIANTS, "chosen", dict(method=METHOD_FOR_CNNS, rounds=rounds,
+                                                           floor=AUTO_MIN_LAYER_DENSITY))
+        auto, chosen = (study.prune_case("efficientnet-lite0", folders, case, 0.2, 0, config, tmp_path / case)
+                        for case in ("auto", "chosen"))
+        assert auto.provenance.method == METHOD_FOR_CNNS
+        assert study.ticket_fields(auto)["masks_sha256"] == study.ticket_fields(chosen)["masks_sha256"]
 
     # rows of other code are adopted once this code reproduces their sample: here, the same numbers again
     saved["machine"]["code"] = "other code"
