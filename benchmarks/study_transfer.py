@@ -75,9 +75,9 @@ SETTINGS = {
                   rounds={"px": 2, "synflow": 2, "ntk-sap": 2, "px-exact": 1},
                   pretrain=dict(digits_per_class=20, epochs=1)),
     # hours on 2 CPU cores (resumable): the methods and PX variants that decide the defaults (the rest: --full):
-    # what --method auto picks (px-exact on attention models, px with its floor on the rest: "px, floor"), px
-    # at its default and the variants earlier results point to, and random as the floor every method must
-    # clear. px-exact only on the ViT: auto never picks it for a CNN, and study 2 found it far behind on
+    # what --method auto picks (px-exact on attention models, magnitude on the rest), px at its default and
+    # the variants earlier results point to ("px, floor" is px as auto would run it), and random as the floor
+    # every method must clear. px-exact only on the ViT: auto never picks it for a CNN, and study 2 found it far behind on
     # EfficientNet-Lite0; and gate_only on the ViT alone: EfficientNet-Lite0 has no weights off every path, so
     # it would repeat px.
     # 90 epochs: at 30 the dense models ended 2.8 (EfficientNet) and 2.9 (ViT) points below 90
