@@ -73,6 +73,24 @@ def test_transfer_verdicts_on_the_auto_method():
     assert "tensor below it" not in floored          # the case has the floor: nothing for auto to change
 
 
+def test_a_default_is_judged_by_its_largest_gap_not_by_its_ties():
+    """A noisy case ties the best at both densities (its spread covers the gap) but is 5 points behind at 10%;
+    a steady one ties only at 10% and is never more than 3 points behind: the steady one is backed."""
+    values = {"top": {0.5: (0.83, 0.83), 0.1: (0.60, 0.60)}, "noisy": {0.5: (0.70, 0.94), 0.1: (0.50, 0.80)},
+              "steady": {0.5: (0.80, 0.80), 0.1: (0.70, 0.70)}}
+    rows = [{"model": "m", "case": case, "density": density, "seed": seed, "epochs": 30, "finetuned": accuracy,
+             "probe": 0.5, "collapsed": [], "min_layer_density": 0.5, "prune_s": 1.0}
+            for case, cells in values.items() for density, pair in cells.items() for seed, accuracy in enumerate(pair)]
+    transfer = {"config": {"models": ["m"], "cases": list(values), "densities": [0.5, 0.1], "seeds": [0, 1],
+                           "epochs": {"m": 30}, "longer": 3}, "rows": rows}
+    [steady] = report._transfer_method(transfer, "m", "CNNs", "steady")
+    assert "`noisy` 2, `top` 1, `steady` 1;" in steady
+    assert "`steady` has the smallest largest gap to a density's best, 3.0 points: these cells back it" in steady
+    [noisy] = report._transfer_method(transfer, "m", "CNNs", "noisy")
+    assert "`noisy`'s largest gap to a density's best is 5.0 points, `steady`'s 3.0: these cells do not back it" \
+        in noisy
+
+
 def test_complete_transfer_cells_follow_the_settings():
     """A cell is complete when every case the setting runs on the model has all its seeds; rows of a case the
     setting no longer lists do not count, and a listed case with no rows yet keeps every cell open."""
