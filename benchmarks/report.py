@@ -129,6 +129,9 @@ def _transfer_method(transfer: dict, model: str, family: str, method: str) -> li
     else:
         verdict = (f"`{mine}`'s largest gap to a density's best is {100 * gaps[mine]:.1f} points, `{safest}`'s "
                    f"{100 * gaps[safest]:.1f}: these cells do not back it")
+        if "gate_only=px-exact" in safest:
+            verdict += (f"; auto keeps `{mine}` for now, because `{safest}` is measured on this one model and "
+                        "hf_px refuses gate_only=px-exact across processes")
     same = "" if mine == method else f"; auto's ticket is the study's case `{mine}`, {method} with auto's floor"
     return [f"- **{family}: `{method}`, study 4 first** ({model} pre-trained, pruned, fine-tuned; "
             f"{_budget_status(transfer, model)}{same}). Of the {len(cells)} complete "

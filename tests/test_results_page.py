@@ -89,6 +89,13 @@ def test_a_default_is_judged_by_its_largest_gap_not_by_its_ties():
     [noisy] = report._transfer_method(transfer, "m", "CNNs", "noisy")
     assert "`noisy`'s largest gap to a density's best is 5.0 points, `steady`'s 3.0: these cells do not back it" \
         in noisy
+    # the one pick the page explains keeping: a transformer's safest case that auto cannot run everywhere
+    for row in transfer["rows"]:
+        row["case"] = "px, gate_only=px-exact" if row["case"] == "steady" else row["case"]
+    transfer["config"]["cases"] = ["top", "noisy", "px, gate_only=px-exact"]
+    [kept] = report._transfer_method(transfer, "m", "Transformers", "noisy")
+    assert "these cells do not back it; auto keeps `noisy` for now, because `px, gate_only=px-exact` is measured" \
+        in kept
 
 
 def test_complete_transfer_cells_follow_the_settings():
