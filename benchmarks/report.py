@@ -119,9 +119,9 @@ def _transfer_method(transfer: dict, model: str, family: str, method: str) -> li
         for case in study_transfer.winners(transfer, model, density):
             tied[case] = tied.get(case, 0) + 1
         means.append(f"{density:.0%}: " + ", ".join(f"`{c}` {100 * m:.1f}" for c, m, _, _ in ranked))
-    _, gaps = _over_densities_values(cells)
-    safest = min(gaps, key=gaps.get)
-    if mine not in gaps:
+    overall, gaps = _over_densities_values(cells)
+    safest, run = min(gaps, key=gaps.get), mine in gaps
+    if not run:
         verdict = f"`{mine}` is not among the cases run on this model, so study 4 cannot back it"
     elif gaps[mine] <= gaps[safest]:
         verdict = (f"`{mine}` has the smallest largest gap to a density's best, {100 * gaps[mine]:.1f} points: "
@@ -138,9 +138,9 @@ def _transfer_method(transfer: dict, model: str, family: str, method: str) -> li
             f"densit{'y' if len(cells) == 1 else 'ies'}, the number at which each case "
             "ties the best fine-tuned accuracy (within one standard deviation): "
             + ", ".join(f"`{c}` {n}" for c, n in sorted(tied.items(), key=lambda item: -item[1]))
-            + f"; {verdict}. " + _over_densities(transfer, model, cells) + " Means over seeds (%), best "
-            "first: " + "; ".join(means) + "." + (_floor_binds(transfer, model, method) if mine in gaps and
-                                                  mine == method else "")]
+            + f"; {verdict}. " + _over_densities(transfer, model, overall, gaps) + " Means over seeds (%), best "
+            "first: " + "; ".join(means) + "." + (_floor_binds(transfer, model, method) if run and mine == method
+                                                  else "")]
 
 
 def auto_case(transfer: dict, method: str) -> str:
@@ -167,9 +167,8 @@ def _over_densities_values(cells: list[tuple[float, list]]) -> tuple[dict, dict]
     return {case: sum(values) / len(values) for case, values in means.items()}, gaps
 
 
-def _over_densities(transfer: dict, model: str, cells: list[tuple[float, list]]) -> str:
+def _over_densities(transfer: dict, model: str, overall: dict, gaps: dict) -> str:
     """`_over_densities_values` as text, best mean first, with the time pruning one ticket took."""
-    overall, gaps = _over_densities_values(cells)
     order = sorted(overall, key=lambda case: -overall[case])
     text = ("Over those densities, mean (%) and largest gap to a density's best (points): " + ", ".join(
         f"`{c}` {100 * overall[c]:.1f} / {100 * gaps[c]:.1f}" for c in order) + ".")

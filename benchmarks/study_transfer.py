@@ -610,11 +610,12 @@ def report(results: dict) -> str:
         if collapsed:
             lines += ["Tickets with a tensor at zero density: " + ", ".join(f"{c} at {d:.0%}" for c, d in collapsed)
                       + ".", ""]
-        if at_chance(results, model):   # kept in the means (they are what the method gave), and named
+        degenerate = at_chance(results, model)
+        if degenerate:   # kept in the means (they are what the method gave), and named
             lines += ["Runs that ended within a point of chance (10 classes: the fine-tuned ticket learned nothing, "
                       "though fine-tuning did not diverge; counted in the means above): " + ", ".join(
                           f"{r['case']} at {r['density']:.0%} seed {r['seed']} ({100 * r['finetuned']:.1f}%)"
-                          for r in at_chance(results, model)) + ".", ""]
+                          for r in degenerate) + ".", ""]
         if results.get("plots", {}).get(model):
             lines += [f"![{model}]({results['plots'][model]})", ""]
     lines += ["Bold: within one standard deviation of the best mean at that density (a tie, not a ranking), "
