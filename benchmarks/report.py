@@ -23,7 +23,7 @@ import common  # noqa: E402
 import gpu_check  # noqa: E402
 import study_pai  # noqa: E402
 import study_transformers  # noqa: E402
-from hf_px.pruning import METHOD_FOR_CNNS, METHOD_FOR_TRANSFORMERS  # noqa: E402
+from hf_px.pruning import AUTO_FOR_CNNS, AUTO_FOR_TRANSFORMERS, describe_choice  # noqa: E402
 
 # (key, module that renders it, its JSON file's stem, the command that writes it); transfer first: the
 # toolkit's own use case
@@ -55,9 +55,10 @@ def defaults_section(results: dict[str, dict]) -> str:
 
     px, exact = make_criterion("px"), make_criterion("px-exact")
     lines = ["## Defaults, and what supports them", "",
-             f"`hf-px prune` defaults to `--method auto`: **{METHOD_FOR_TRANSFORMERS}** for models whose forward "
-             f"pass computes softmax attention (ViT, DeiT, Swin, text encoders) and **{METHOD_FOR_CNNS}** for the "
-             "rest (`hf_px.recommended_method`), with a per-tensor floor; the Python API (`hf_px.prune`, "
+             f"`hf-px prune` defaults to `--method auto`: **{describe_choice(AUTO_FOR_TRANSFORMERS)}** for models "
+             "whose forward pass computes softmax attention (ViT, DeiT, Swin, text encoders) and "
+             f"**{describe_choice(AUTO_FOR_CNNS)}** for the rest (`hf_px.auto_choice`), with a per-tensor floor; "
+             "the Python API (`hf_px.prune`, "
              "`hf_px.score`) defaults to `method=\"auto\"` too. px "
              f"runs {px.default_rounds} rounds with head=`{px.head}`, batchnorm=`{px.batchnorm}`, "
              f"batchnorm_activation=`{px.batchnorm_activation}`, layernorm=`{px.layernorm}`, "
@@ -67,13 +68,13 @@ def defaults_section(results: dict[str, dict]) -> str:
     pai, transformers, transfer = results.get("pai"), results.get("transformers"), results.get("transfer")
     # study 4 (the toolkit's use case) first, then the studies without fine-tuning or from initialisation
     if transfer:
-        for model, (family, method) in TRANSFER_FAMILIES.items():
+        for model, (family, choice) in TRANSFER_FAMILIES.items():
             if model in transfer["config"]["models"]:
-                lines += _transfer_method(transfer, model, family, method)
+                lines += _transfer_method(transfer, model, family, choice)
     if transformers:
-        lines += _transformers_method(transformers, METHOD_FOR_TRANSFORMERS)
+        lines += _transformers_method(transformers, AUTO_FOR_TRANSFORMERS)
     if pai:
-        lines += _cnn_method(pai, transformers, METHOD_FOR_CNNS)
+        lines += _cnn_method(pai, transformers, AUTO_FOR_CNNS["method"])
         lines += _rounds(pai, px.default_rounds)
     if transformers:
         lines += _options(transformers)
@@ -82,9 +83,9 @@ def defaults_section(results: dict[str, dict]) -> str:
     return "\n".join(lines + [""])
 
 
-# study 4's models and the family of `--method auto` each stands for: (family, the method auto picks for it)
-TRANSFER_FAMILIES = {"vit-mnist": ("Transformers", METHOD_FOR_TRANSFORMERS),
-                     "efficientnet-lite0": ("CNNs", METHOD_FOR_CNNS)}
+# study 4's models and the family of `--method auto` each stands for: (family, what auto runs on it)
+TRANSFER_FAMILIES = {"vit-mnist": ("Transformers", AUTO_FOR_TRANSFORMERS),
+                     "efficientnet-lite0": ("CNNs", AUTO_FOR_CNNS)}
 
 
 def complete_transfer_cells(transfer: dict, model: str) -> list[tuple[float, list]]:
@@ -103,56 +104,62 @@ def _budget_status(transfer: dict, model: str) -> str:
             "budget not converged: provisional" if check else "budget check pending: provisional")
 
 
-def _transfer_method(transfer: dict, model: str, family: str, method: str) -> list[str]:
-    """Does study 4 back `method` as auto's pick for `family`? Over the complete densities of the model that
-    stands for the family, a default must serve whatever sparsity a user asks for: it is backed when its
-    largest gap to a density's best fine-tuned accuracy is the smallest of all cases. How often each case ties
-    the best is shown beside it."""
+def _transfer_method(transfer: dict, model: str, family: str, choice: dict) -> list[str]:
+    """Does study 4 back `choice` (an `auto_choice`) as auto's pick for `family`? Over the complete densities
+    of the model that stands for the family, a default must serve whatever sparsity a user asks for: it is
+    backed when its largest gap to a density's best fine-tuned accuracy is the smallest of all cases. How
+    often each case ties the best is shown beside it."""
     import study_transfer
 
     cells = complete_transfer_cells(transfer, model)
     if not cells:
         return []
-    mine = auto_case(transfer, method)   # the study's case that is auto's ticket
+    picked = describe_choice(choice)
+    mine, floored = auto_case(transfer, choice)   # the study's case that is auto's ticket
     tied, means = {}, []
     for density, ranked in cells:
         for case in study_transfer.winners(transfer, model, density):
             tied[case] = tied.get(case, 0) + 1
         means.append(f"{density:.0%}: " + ", ".join(f"`{c}` {100 * m:.1f}" for c, m, _, _ in ranked))
     overall, gaps = _over_densities_values(cells)
-    safest, run = min(gaps, key=gaps.get), mine in gaps
-    if not run:
-        verdict = f"`{mine}` is not among the cases run on this model, so study 4 cannot back it"
+    safest = min(gaps, key=gaps.get)
+    if mine not in gaps:
+        verdict = f"`{picked}` is not among the cases run on this model, so study 4 cannot back it"
     elif gaps[mine] <= gaps[safest]:
         verdict = (f"`{mine}` has the smallest largest gap to a density's best, {100 * gaps[mine]:.1f} points: "
                    "these cells back it")
     else:
         verdict = (f"`{mine}`'s largest gap to a density's best is {100 * gaps[mine]:.1f} points, `{safest}`'s "
                    f"{100 * gaps[safest]:.1f}: these cells do not back it")
-        if "gate_only=px-exact" in safest:
-            verdict += (f"; auto keeps `{mine}` for now, because `{safest}` is measured on this one model and "
-                        "hf_px refuses gate_only=px-exact across processes")
-    same = "" if mine == method else f"; auto's ticket is the study's case `{mine}`, {method} with auto's floor"
-    return [f"- **{family}: `{method}`, study 4 first** ({model} pre-trained, pruned, fine-tuned; "
+    same = "" if mine not in gaps else (f"; auto's ticket is the study's case `{mine}`" + (
+        ", with auto's floor" if floored else ", which lacks auto's floor"))
+    return [f"- **{family}: {picked}, study 4 first** ({model} pre-trained, pruned, fine-tuned; "
             f"{_budget_status(transfer, model)}{same}). Of the {len(cells)} complete "
             f"densit{'y' if len(cells) == 1 else 'ies'}, the number at which each case "
             "ties the best fine-tuned accuracy (within one standard deviation): "
             + ", ".join(f"`{c}` {n}" for c, n in sorted(tied.items(), key=lambda item: -item[1]))
             + f"; {verdict}. " + _over_densities(transfer, model, overall, gaps) + " Means over seeds (%), best "
-            "first: " + "; ".join(means) + "." + (_floor_binds(transfer, model, method) if run and mine == method
-                                                  else "")]
+            "first: " + "; ".join(means) + "." + (_floor_binds(transfer, model, mine)
+                                                  if mine in gaps and not floored else "")]
 
 
-def auto_case(transfer: dict, method: str) -> str:
-    """Study 4's case that `--method auto` reproduces when it picks `method`: the study's variant of `method`
-    with auto's per-tensor floor where it runs one (e.g. "px, floor"), else `method` itself, whose tickets
-    lack the floor (`_floor_binds` says whether that changes them)."""
+def auto_case(transfer: dict, choice: dict) -> tuple[str | None, bool]:
+    """Study 4's case that `--method auto` reproduces when it runs `choice` (an `auto_choice`), and whether
+    that case has auto's per-tensor floor: the study's variant of the choice with the floor where it runs one
+    (e.g. "px, floor"), else the case of the choice alone, whose tickets lack the floor (`_floor_binds` says
+    whether that changes them); (None, False) when the study runs neither."""
     import study_transfer
     from hf_px.pruning import AUTO_MIN_LAYER_DENSITY
 
-    with_floor = {"method": method, "floor": AUTO_MIN_LAYER_DENSITY}
-    return next((case for case in transfer["config"]["cases"] if study_transfer.VARIANTS.get(case) == with_floor),
-                method)
+    def settings(case):   # (the case's method, options and rounds as an `auto_choice`, its floor)
+        options = dict(study_transfer.VARIANTS.get(case, {"method": case}))
+        floor = options.pop("floor", 0.0)
+        return {"method_options": {}, "rounds": None, **options}, floor
+
+    cases = [case for case in transfer["config"]["cases"] if settings(case)[0] == choice]
+    floored = [case for case in cases if settings(case)[1] == AUTO_MIN_LAYER_DENSITY]
+    plain = [case for case in cases if settings(case)[1] == 0.0]
+    return (floored[0], True) if floored else (plain[0], False) if plain else (None, False)
 
 
 def _over_densities_values(cells: list[tuple[float, list]]) -> tuple[dict, dict]:
@@ -181,16 +188,16 @@ def _over_densities(transfer: dict, model: str, overall: dict, gaps: dict) -> st
                    + ", ".join(f"`{c}` {seconds(c):.0f} s" for c in order) + ".")
 
 
-def _floor_binds(transfer: dict, model: str, method: str) -> str:
+def _floor_binds(transfer: dict, model: str, case: str) -> str:
     """How often auto's per-tensor floor would have changed the case's masks (a tensor below it)."""
     from hf_px.pruning import AUTO_MIN_LAYER_DENSITY
 
-    rows = [r for r in transfer["rows"] if r["model"] == model and r["case"] == method]
+    rows = [r for r in transfer["rows"] if r["model"] == model and r["case"] == case]
     if not rows:
         return ""
     below = sum(r["min_layer_density"] < AUTO_MIN_LAYER_DENSITY * r["density"] for r in rows)
     return (f" `--method auto` adds a per-tensor floor of {AUTO_MIN_LAYER_DENSITY:g} x the density, which the "
-            f"study's `{method}` runs lack: {below} of their {len(rows)} tickets have a tensor below it"
+            f"study's `{case}` runs lack: {below} of their {len(rows)} tickets have a tensor below it"
             + (" (elsewhere auto's masks are the same)." if below else ", so auto's masks are the same."))
 
 
@@ -215,27 +222,29 @@ def _ordered(means: dict[str, float], higher: bool) -> list[str]:
     return sorted(means, key=lambda v: -means[v] if higher else means[v])
 
 
-def _transformers_method(results: dict, method: str) -> list[str]:
+def _transformers_method(results: dict, choice: dict) -> list[str]:
+    """Study 2's word on auto's transformer pick `choice` (pruned, not fine-tuned): its rank in each cell."""
+    label = next((name for name, (method, options) in study_transformers.VARIANTS.items()
+                  if method == choice["method"] and options == choice["method_options"]), None)
     cells, best, ahead = [], 0, 0
     for part in ("vit", "text"):
-        metric, higher, label = _PART_METRIC[part]
+        metric, higher, name = _PART_METRIC[part]
         for density in _densities(results, part):
             means = _part_means(results, part, density)
-            if method not in means or "px" not in means:
+            if label not in means or "px" not in means:
                 continue
             order = _ordered(means, higher)
-            best += order[0] == method
-            ahead += order.index(method) < order.index("px")
-            cells.append(f"{label} at {density:.0%}: {means[method]:.3f} vs px {means['px']:.3f}, rank "
-                         f"{order.index(method) + 1} of {len(order)}")
+            best += order[0] == label
+            ahead += order.index(label) < order.index("px")
+            cells.append(f"{name} at {density:.0%}: {means[label]:.3f}, rank {order.index(label) + 1} of "
+                         f"{len(order)}" + ("" if order[0] == label else f", best {order[0]} {means[order[0]]:.3f}"))
     if not cells:
         return []
-    return [f"- **Transformers, study 2: `{method}`.** On the trained transformers of study 2 (pruned, no fine-tuning; "
-            f"ViT by accuracy retention, MiniLM by similarity ρ) {method} is the best variant in {best} of "
-            f"{len(cells)} (model, density) cells and ahead of px with its default options in {ahead} of "
-            f"{len(cells)} (" + "; ".join(cells) + "). px-exact also needs no per-op rule and scores W_Q/W_K "
-            "directly; it costs a forward and one backward per probe per batch and round, and it is not "
-            "data-parallel."]
+    return [f"- **Transformers, study 2 second: `{label}`.** On the trained transformers of study 2 (pruned, not "
+            "fine-tuned, at that study's rounds; ViT by accuracy retention, MiniLM by similarity ρ) it is the best "
+            f"variant in {best} of {len(cells)} (model, density) cells and ahead of px with its default options in "
+            f"{ahead} of {len(cells)} (" + "; ".join(cells) + "). Study 4 decides where the two disagree: users "
+            "fine-tune what they prune."]
 
 
 def _cnn_method(pai: dict, transformers: dict | None, method: str) -> list[str]:

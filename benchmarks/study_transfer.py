@@ -47,7 +47,8 @@ METHODS = ["px", "px-exact", "random", "magnitude", "snip", "grasp", "synflow", 
 # a tenth of the target density (what --method auto keeps; against layer collapse), the head as a path,
 # BatchNorm statistics re-estimated between rounds (BatchNorm models only), and the weights on no path
 # (attention's W_Q/W_K) ranked by px-exact instead of by magnitude (models with such weights only), also at 20
-# rounds (each px round then scores those weights with px-exact: a fifth of the rounds, a fifth of that cost)
+# rounds (each px round then scores those weights with px-exact: a fifth of the rounds, a fifth of that cost),
+# and that with auto's floor (what --method auto runs on attention models: `hf_px.pruning.AUTO_FOR_TRANSFORMERS`)
 VARIANTS = {
     "px, 1 round": dict(method="px", rounds=1),
     "px, 20 rounds": dict(method="px", rounds=20),
@@ -56,6 +57,8 @@ VARIANTS = {
     "px, BN every round": dict(method="px", recalibrate_every_round=True),
     "px, gate_only=px-exact": dict(method="px", method_options={"gate_only": "px-exact"}),
     "px, gate_only=px-exact, 20 rounds": dict(method="px", rounds=20, method_options={"gate_only": "px-exact"}),
+    "px, gate_only=px-exact, 20 rounds, floor": dict(method="px", rounds=20, method_options={"gate_only": "px-exact"},
+                                                     floor=0.1),
 }
 DENSE = "dense"
 DENSE_SPARSITY = 1e-6   # `hf-px prune` needs a sparsity in (0, 1): this one removes a handful of weights
@@ -75,17 +78,19 @@ SETTINGS = {
                   rounds={"px": 2, "synflow": 2, "ntk-sap": 2, "px-exact": 1},
                   pretrain=dict(digits_per_class=20, epochs=1)),
     # hours on 2 CPU cores (resumable): the methods and PX variants that decide the defaults (the rest: --full):
-    # what --method auto picks (px-exact on attention models, magnitude on the rest), px at its default and
-    # the variants earlier results point to ("px, floor" is px as auto would run it), and random as the floor
-    # every method must clear. px-exact only on the ViT: auto never picks it for a CNN, and study 2 found it far behind on
-    # EfficientNet-Lite0; and gate_only on the ViT alone: EfficientNet-Lite0 has no weights off every path, so
-    # it would repeat px.
+    # what --method auto runs (magnitude, and "px, gate_only=px-exact, 20 rounds, floor" on attention models),
+    # px-exact (study 2's pick for transformers), px at its default and the variants earlier results point to
+    # ("px, floor" is px as auto would run it), and random as the floor every method must clear. px-exact only
+    # on the ViT: study 2 found it far behind on EfficientNet-Lite0; and gate_only on the ViT alone:
+    # EfficientNet-Lite0 has no weights off every path, so it would repeat px.
     # 90 epochs: at 30 the dense models ended 2.8 (EfficientNet) and 2.9 (ViT) points below 90
     "quick": dict(models=["vit-mnist", "efficientnet-lite0"],
                   cases=["px", "px-exact", "magnitude", "random", "px, 1 round", "px, floor", "px, head=path",
-                         "px, gate_only=px-exact", "px, gate_only=px-exact, 20 rounds"],
+                         "px, gate_only=px-exact", "px, gate_only=px-exact, 20 rounds",
+                         "px, gate_only=px-exact, 20 rounds, floor"],
                   skip={"efficientnet-lite0": ["px-exact", "px, gate_only=px-exact",
-                                               "px, gate_only=px-exact, 20 rounds"]},
+                                               "px, gate_only=px-exact, 20 rounds",
+                                               "px, gate_only=px-exact, 20 rounds, floor"]},
                   densities=[0.5, 0.2, 0.1, 0.05, 0.02], seeds=[0, 1, 2], train_per_class=50, test_per_class=100,
                   score_per_class=10, epochs={"efficientnet-lite0": 90, "vit-mnist": 90}, longer=3,
                   monitor_examples=100, rounds={"synflow": 20, "ntk-sap": 10},   # px and px-exact: their defaults

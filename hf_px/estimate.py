@@ -30,6 +30,10 @@ def forwards_per_image(criterion) -> float:
     """About how many forward passes over every scoring image one round of `criterion` costs."""
     if criterion.name == "px-exact":       # one forward, then one backward (~2 forwards) per probe
         return 1.0 + 2.0 * criterion.probes
+    if criterion.name == "px" and getattr(criterion, "gate_only", None) == "px-exact":   # and px-exact for W_Q/W_K
+        from .criteria import make_criterion
+
+        return _FORWARDS_PER_IMAGE["px"] + forwards_per_image(make_criterion("px-exact"))
     if criterion.name == "ntk-sap":        # per repeat: two forwards (fresh and perturbed weights), one backward
         return 6.0 * criterion.repeats
     return _FORWARDS_PER_IMAGE.get(criterion.name, 3.0)

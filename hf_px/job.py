@@ -20,11 +20,10 @@ from tqdm.auto import tqdm
 from . import card, checkpoint, data, distributed, head, hub, models
 from .batchnorm import batchnorm_layers, recalibrate_batchnorm_
 from .config import PruneConfig
-from .criteria import make_criterion
 from .errors import ConfigError, HfPxError, HubError, ModelError
 from .estimate import estimate_prune, measure_forward, refine
 from .masks import layer_densities
-from .pruning import layer_density_floor, prune, recommended_method
+from .pruning import auto_criterion, layer_density_floor, prune
 from .record import BatchNormRecord, CheckpointRecord, ProbeRecord, layer_table
 from .targets import find_head, resolve_targets
 
@@ -71,9 +70,11 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
     eval_batches = _to(data.make_batches(sample.eval_images, sample.eval_labels, loaded.preprocess,
                                          config.batch_size), device) if sample.eval_labels else []
     example = score_batches[0][0][:2]
+    chosen = {"method_options": config.method_options}
     if criterion is None:
-        criterion = make_criterion(recommended_method(loaded.model, example))
-    method, rounds = criterion.name, config.rounds or criterion.default_rounds
+        criterion, chosen = auto_criterion(loaded.model, example)
+    method, options = criterion.name, chosen["method_options"]
+    rounds = config.rounds or chosen.get("rounds") or criterion.default_rounds
     floor = layer_density_floor(config.method, config.sparsity, config.min_layer_density)
     shard = criterion.data_parallel and processes > 1
     if shard and len(sample.score_labels) < processes:
@@ -103,7 +104,7 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
         f" ({', '.join(head_names) or 'none found'})",
         f"targets   {len(targets)} tensors, {total:,} weights; keep {round((1 - config.sparsity) * total):,} "
         f"({1 - config.sparsity:.2%})",
-        f"method    {method}{' ' + str(config.method_options) if config.method_options else ''}"
+        f"method    {method}{' ' + str(options) if options else ''}"
         f"{' (auto)' if config.method == 'auto' else ''}, "
         f"rounds {rounds}, seed {config.seed}" + (f", min layer density {floor:.4g}" if floor else ""),
         f"device    {device}",
@@ -152,7 +153,8 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
             sample, config.calibration_examples or len(sample.score_labels))
         calibration_batches = _to(data.make_batches(images, labels, loaded.preprocess, config.batch_size), device)
     # the spec as it runs (recorded): the method chosen for "auto", its default rounds, the floor
-    ran = dataclasses.replace(config.spec(), method=method, rounds=rounds, min_layer_density=floor)
+    ran = dataclasses.replace(config.spec(), method=method, method_options=options, rounds=rounds,
+                              min_layer_density=floor)
     with notes(log):   # a tensor at zero density is reported by the summary and refused below; the targets
         # are resolved above (include/exclude applied)
         masks = prune(loaded.model, prune_batches, dataclasses.replace(ran, allow_empty_layers=True, include=None,

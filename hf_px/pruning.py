@@ -22,30 +22,45 @@ from .masks import all_finite, check_masks, density_schedule, masks_from_scores
 from .targets import find_head, resolve_targets
 
 AUTO = "auto"
-# The methods docs/results.md supports ("Defaults, and what supports them"), chosen by `method="auto"` (the
-# default of `hf_px.prune`, `hf_px.score` and `hf-px prune`): study 4 (pre-trained, pruned, fine-tuned) first,
-# judged by the largest gap to the best over its densities, since a default must serve any sparsity. On
-# EfficientNet-Lite0 (4 of 5 densities when this was set), px with auto's floor ("px, floor") leads magnitude
-# by up to 1.4 points at 50-10% density but trails it by 5.6 at 5%; magnitude is never more than 2.3 points
-# behind the best, at an eighth of the pruning time.
-METHOD_FOR_CNNS = "magnitude"
-METHOD_FOR_TRANSFORMERS = "px-exact"
+# What `method="auto"` runs (the default of `hf_px.prune`, `hf_px.score` and `hf-px prune`), by kind of model:
+# the case of study 4 (pre-trained, pruned, fine-tuned) whose largest loss to the best case over the densities
+# is smallest, since a default must serve any sparsity (docs/results.md, "Defaults, and what supports them",
+# names the cells and margins). On EfficientNet-Lite0, magnitude: PX variants lead it at 50-10% density by
+# less than it leads them at 5%, and it prunes several times faster. On the ViT, px with W_Q/W_K ranked by
+# px-exact (`gate_only`), at 20 rounds, a fifth of px's default: px-exact falls furthest behind it at 2%.
+AUTO_FOR_CNNS = {"method": "magnitude", "method_options": {}, "rounds": None}
+AUTO_FOR_TRANSFORMERS = {"method": "px", "method_options": {"gate_only": "px-exact"}, "rounds": 20}
 # "auto" also keeps every target tensor at >= this fraction of the target density: a global threshold
 # otherwise empties whole tensors whose scores sit on another scale. On a randomly initialised ViT the
 # attention is near uniform, so px-exact's W_Q/W_K scores (second order in the small weights) fall far
-# below every other tensor's and 90% sparsity empties all of them (tests/test_errors.py).
+# below every other tensor's and 90% sparsity empties all of them (tests/test_cli_robustness.py); PX
+# empties the same ViT's MLPs (tests/test_distributed_prune.py).
 AUTO_MIN_LAYER_DENSITY = 0.1
 
 
-def recommended_method(model: nn.Module, example: Tensor) -> str:
-    """The method the project's benchmarks support for `model`: METHOD_FOR_TRANSFORMERS if its forward
-    pass on `example` computes softmax attention, else METHOD_FOR_CNNS."""
+def auto_choice(model: nn.Module, example: Tensor) -> dict:
+    """What `method="auto"` runs on `model`: {"method", "method_options", "rounds"} (None: the method's
+    default) of AUTO_FOR_TRANSFORMERS if its forward pass on `example` computes softmax attention, else of
+    AUTO_FOR_CNNS."""
     from .surrogate import trace_of
 
     with preserved(model):
         model.eval()
         attention = trace_of(model, example[:1]).has_attention
-    return METHOD_FOR_TRANSFORMERS if attention else METHOD_FOR_CNNS
+    return copy.deepcopy(AUTO_FOR_TRANSFORMERS if attention else AUTO_FOR_CNNS)
+
+
+def describe_choice(choice: dict) -> str:
+    """An `auto_choice` in words: "px (gate_only=px-exact, 20 rounds)", "magnitude"."""
+    details = [f"{key}={value}" for key, value in choice["method_options"].items()]
+    details += [f"{choice['rounds']} rounds"] if choice["rounds"] else []
+    return choice["method"] + (f" ({', '.join(details)})" if details else "")
+
+
+def auto_criterion(model: nn.Module, example: Tensor) -> tuple[Criterion, dict]:
+    """The configured criterion of `auto_choice`, and the choice."""
+    chosen = auto_choice(model, example)
+    return make_criterion(chosen["method"], **chosen["method_options"]), chosen
 
 
 def check_method(method: "str | Criterion", options: dict) -> Criterion | None:
@@ -64,7 +79,7 @@ def check_method(method: "str | Criterion", options: dict) -> Criterion | None:
         return make_criterion(method, **options)
     if options:
         raise ConfigError(f"method='auto' takes no method options (got {sorted(options)}); name the method "
-                          f"({METHOD_FOR_CNNS} or {METHOD_FOR_TRANSFORMERS}) to pass options")
+                          f"({AUTO_FOR_CNNS['method']} or {AUTO_FOR_TRANSFORMERS['method']}) to pass options")
     return None
 
 
@@ -88,7 +103,7 @@ class PruneSpec:
     Checked on construction: a bad value raises `ConfigError` (an unknown method `UnknownMethodError`).
     """
 
-    method: "str | Criterion" = AUTO     # a registered name, "auto" (`recommended_method`) or a configured Criterion
+    method: "str | Criterion" = AUTO     # a registered name, "auto" (`auto_choice`) or a configured Criterion
     method_options: dict = field(default_factory=dict)   # a named method's options, e.g. {"gate_only": "dense"}
     sparsity: float = 0.9                # the fraction of the target weights removed
     rounds: int | None = None            # None: the method's default (100 for px)
@@ -145,7 +160,7 @@ def score(model: nn.Module, batches: Iterable, method: "str | Criterion" = AUTO,
     targets: parameter names to score; None means every Linear/Conv weight except the classifier head.
     include/exclude: name patterns (globs or dotted suffixes) that narrow the targets (`hf_px.targets`).
     masks: current boolean masks of the targets (pruned entries score 0); None means all kept.
-    method: "auto" (the default: `recommended_method`), a name from `hf_px.list_methods()`, or a
+    method: "auto" (the default: `auto_choice`), a name from `hf_px.list_methods()`, or a
     configured `Criterion` instance such as `PX(head="path")`.
     options: the method's own options when `method` is a name (see each criterion's docstring).
     The model is left exactly as found, also when this raises.
@@ -159,7 +174,7 @@ def score(model: nn.Module, batches: Iterable, method: "str | Criterion" = AUTO,
     criterion = check_method(method, options)
     with preserved(model):
         batches, targets, head = _prepare(model, batches, targets, include, exclude)
-        criterion = criterion or make_criterion(recommended_method(model, first_images(batches, _device(model))))
+        criterion = criterion or auto_criterion(model, first_images(batches, _device(model)))[0]
         masks = _initial_masks(model, targets, masks)
         return _checked(criterion, criterion.score(model, batches, targets, masks, head, seed), targets, masks)
 
@@ -172,11 +187,11 @@ def prune(model: nn.Module, batches: Iterable, method: "str | Criterion | PruneS
           allow_empty_layers: bool = PruneSpec.allow_empty_layers, on_round=None, **options) -> dict[str, Tensor]:
     """Prune `model` in place to `sparsity` over the targets; return boolean masks keyed by name.
 
-    method: "auto" (the default: `recommended_method`, with its per-tensor floor), a name from
+    method: "auto" (the default: `auto_choice`, with its per-tensor floor), a name from
     `hf_px.list_methods()`, a configured `Criterion` instance, or a whole `PruneSpec` (which then holds
     every setting below but targets, calibration, progress and on_round). targets/include/exclude: as in
     `score`.
-    Round r of `rounds` (None: the method's default, 100 for px) keeps density d ** ((r+1)/rounds) with
+    Round r of `rounds` (None: the method's default, 100 for px, or auto's) keeps density d ** ((r+1)/rounds) with
     one global threshold; each round re-scores the masked network, and masks only shrink. Exactly
     `masks.kept_count(1 - sparsity, N)` target weights are kept (the authors' count; ties at the threshold
     broken by position). Pruned weights are zeroed in place at the end.
@@ -201,8 +216,10 @@ def prune(model: nn.Module, batches: Iterable, method: "str | Criterion | PruneS
     calibration = reiterable(calibration) if calibration is not None else None
     with preserved(model):
         batches, targets, head = _prepare(model, batches, targets, spec.include, spec.exclude)
-        criterion = criterion or make_criterion(recommended_method(model, first_images(batches, _device(model))))
-        rounds = criterion.default_rounds if spec.rounds is None else spec.rounds
+        chosen = {}
+        if criterion is None:
+            criterion, chosen = auto_criterion(model, first_images(batches, _device(model)))
+        rounds = spec.rounds or chosen.get("rounds") or criterion.default_rounds
         masks = _initial_masks(model, targets, None)
         started = time.perf_counter()
         score_round = criterion.scorer(model, batches, targets, head, spec.seed)   # the model's structure, once

@@ -453,7 +453,7 @@ class Trace:
 
     @property
     def has_attention(self) -> bool:
-        """Whether the model computes softmax attention (a transformer, for `recommended_method`)."""
+        """Whether the model computes softmax attention (a transformer, for `pruning.auto_choice`)."""
         return any(op in _SOFTMAX or op in _SDPA for op in self.ops)
 
 

@@ -14,6 +14,7 @@ import yaml
 
 import hf_px
 from hf_px.cli import main
+from hf_px.pruning import AUTO_FOR_CNNS, AUTO_FOR_TRANSFORMERS
 from hf_px.config import PruneConfig
 from hf_px.job import run_prune
 
@@ -99,9 +100,12 @@ def test_pruned_checkpoint_loads_without_hf_px_and_gives_the_same_logits(library
     assert kept == total - int(0.6 * total)   # hf_px.masks.kept_count
 
     provenance = json.loads((output / "hf_px.json").read_text())
-    # the default method "auto": px-exact for an attention model (the ViT), magnitude for the ResNet
-    method = {"transformers": "px-exact", "timm": "magnitude"}[library]
-    assert provenance["method"] == method and provenance["rounds"] == 3 and provenance["sparsity"] == 0.6
+    # the default method "auto": AUTO_FOR_TRANSFORMERS for an attention model (the ViT), magnitude for the ResNet,
+    # recorded with the options it ran
+    choice = {"transformers": AUTO_FOR_TRANSFORMERS, "timm": AUTO_FOR_CNNS}[library]
+    method = choice["method"]
+    assert (provenance["method"], provenance["method_options"]) == (method, choice["method_options"])
+    assert provenance["rounds"] == 3 and provenance["sparsity"] == 0.6
     assert provenance["config"]["method"] == "auto"
     assert len(provenance["score_indices"]) == 20 and len(provenance["eval_indices"]) == 10
     assert provenance["label_names"] == fashion

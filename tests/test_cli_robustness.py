@@ -16,6 +16,7 @@ import hf_px
 from hf_px import hub, models
 from hf_px.cli import main
 from hf_px.data import FASHION_MNIST_CLASSES
+from hf_px.pruning import AUTO_FOR_TRANSFORMERS
 
 pytestmark = [pytest.mark.needs_fashion_mnist, pytest.mark.usefixtures("no_network")]   # see conftest.py
 SMALL = ["--examples-per-class", "2", "--eval-examples", "10", "--rounds", "2", "--no-progress"]
@@ -138,7 +139,9 @@ def test_the_default_method_never_empties_a_tensor(model, vit_folder, dataset, t
                  str(tmp_path / "out"), *SMALL]) == 0
     assert "layers at zero density: none" in capsys.readouterr().out
     record = json.loads((tmp_path / "out" / "hf_px.json").read_text())
-    assert record["method"] == "px-exact" and record["min_layer_density"] == pytest.approx(0.01)
+    assert (record["method"], record["method_options"]) == (AUTO_FOR_TRANSFORMERS["method"],
+                                                            AUTO_FOR_TRANSFORMERS["method_options"])
+    assert record["min_layer_density"] == pytest.approx(0.01)
     for name, density in record["layer_densities"].items():
         assert density >= 0.01, name        # the floor: a tenth of the 10% target density
 

@@ -17,7 +17,6 @@ import torch.multiprocessing as mp
 import hf_px
 from hf_px.cli import main
 from hf_px.distributed import sum_float64_across_processes, world
-from hf_px.errors import ConfigError
 from hf_px.testing import random_batches, resnet20
 
 
@@ -54,12 +53,7 @@ def _sum_worker(rank, rendezvous, out):
     try:
         values, exponent = _PARTS[rank]
         total, common = sum_float64_across_processes(torch.tensor(values, dtype=torch.float64), exponent)
-        try:
-            hf_px.criteria.make_criterion("px", gate_only="px-exact")
-            refused = ""
-        except ConfigError as error:
-            refused = str(error)
-        torch.save({"total": total, "exponent": common, "world": world(), "refused": refused}, f"{out}{rank}.pt")
+        torch.save({"total": total, "exponent": common, "world": world()}, f"{out}{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -73,7 +67,6 @@ def test_sum_float64_across_processes_moves_both_ranks_to_the_smallest_exponent(
         got = torch.load(tmp_path / f"rank{rank}.pt")
         assert got["exponent"] == -3 and got["world"] == (rank, 2)
         assert torch.equal(got["total"], expected)
-        assert "gate_only" in got["refused"] and "magnitude" in got["refused"]   # px-exact is not data-parallel
     assert world() == (0, 1) and sum_float64_across_processes(torch.ones(2, dtype=torch.float64), 5)[1] == 5
 
 
@@ -119,13 +112,16 @@ def test_px_on_two_shards_gives_the_masks_of_one_process_on_all_batches(tmp_path
 
 @pytest.mark.slow
 @pytest.mark.needs_fashion_mnist
-@pytest.mark.parametrize("head", ["path", "real"])
+@pytest.mark.parametrize("method", ["head=path", "head=real", "auto"])
 def test_accelerate_launch_two_processes_writes_one_checkpoint_with_the_one_process_masks(
-        head, vit_folder, dataset, tmp_path, monkeypatch):
+        method, vit_folder, dataset, tmp_path, monkeypatch):
+    """px shards the images across the processes; auto's px with gate_only=px-exact cannot, so every process
+    scores them all."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    chosen = ["--method", "px", "--option", method] if method != "auto" else []   # auto: the default
     args = ["prune", str(vit_folder), "--dataset", str(dataset), "--sparsity", "0.9", "--rounds", "5",
             "--examples-per-class", "2", "--batch-size", "8", "--no-progress", "--device", "cpu",
-            "--eval-examples", "20", "--method", "px", "--option", f"head={head}",
+            "--eval-examples", "20", *chosen,
             "--allow-empty-layers"]   # PX empties the random tiny ViT's MLPs at 90%: not what this test is about
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
@@ -137,7 +133,8 @@ def test_accelerate_launch_two_processes_writes_one_checkpoint_with_the_one_proc
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert sorted(os.listdir(tmp_path)) == ["two"]          # one checkpoint, nothing else written
     assert run.stdout.count("loading ") == 1 and run.stdout.count("saved ") == 1, run.stdout
-    assert "processes 2, each scoring its shard" in run.stdout
+    assert ("processes 2, each scoring all images (px is not data-parallel)" if method == "auto" else
+            "processes 2, each scoring its shard") in run.stdout, run.stdout
 
     with _one_thread():
         assert main(args + ["--output", str(tmp_path / "one")]) == 0

@@ -23,6 +23,9 @@ def test_estimate_known_answers():
     assert exact.peak_bytes == 3 * 4040 + 1000
     px = estimate_prune(make_criterion("px"), 100, measured, 1000, _model(), "cpu")
     assert px.seconds == pytest.approx(0.2 * 3 * 1000 * 100)
+    # auto's transformer pick: a px round, then px-exact's 17 forwards for the weights on no path
+    gated = estimate_prune(make_criterion("px", gate_only="px-exact"), 20, measured, 1000, _model(), "cpu")
+    assert gated.seconds == pytest.approx(0.2 * (3 + 17) * 1000 * 20)
     magnitude = estimate_prune(make_criterion("magnitude"), 1, measured, 1000, _model(), "cpu")
     assert magnitude.seconds == pytest.approx(2.0)     # data-free: about one batch's forward per round
     unknown = estimate_prune(make_criterion("px"), 1, Measurement(2.0, 10, None), 10, _model(), "cpu")

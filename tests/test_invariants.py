@@ -307,30 +307,35 @@ def test_constant_weight_layer_equals_the_dense_op(case, monkeypatch):
     assert calls, "the constant weight was not recognised: the shortcut is not exercised"
 
 
-@pytest.mark.parametrize("model_name,expected", [
-    ("plain_cnn", "magnitude"), ("timm_resnet18", "magnitude"), ("timm_convnext_atto", "magnitude"),
-    ("timm_efficientnet_b0", "magnitude"), ("hf_resnet", "magnitude"), ("timm_vit_tiny", "px-exact"), ("hf_vit_eager", "px-exact"), ("hf_vit_sdpa", "px-exact"),
-    ("hf_swin", "px-exact"),
+@pytest.mark.parametrize("model_name,attention", [
+    ("plain_cnn", False), ("timm_resnet18", False), ("timm_convnext_atto", False), ("timm_efficientnet_b0", False),
+    ("hf_resnet", False), ("timm_vit_tiny", True), ("hf_vit_eager", True), ("hf_vit_sdpa", True), ("hf_swin", True),
 ])
-def test_auto_method_is_px_exact_for_attention_models_and_magnitude_for_the_rest(model_name, expected):
-    """method="auto" follows docs/results.md: px-exact where the forward pass computes softmax attention
-    (squeeze-excitation gates alone do not count), magnitude otherwise; prune("auto"), also as prune's default,
-    equals that method with its per-tensor floor of a tenth of the target density."""
+def test_auto_runs_the_transformer_choice_on_attention_models_and_the_cnn_choice_on_the_rest(model_name, attention):
+    """method="auto" follows docs/results.md: AUTO_FOR_TRANSFORMERS where the forward pass computes softmax
+    attention (squeeze-excitation gates alone do not count), AUTO_FOR_CNNS otherwise; prune("auto"), also as
+    prune's default, equals that method with its options and rounds and a per-tensor floor of a tenth of the
+    target density."""
     import copy
 
+    from hf_px.pruning import AUTO_FOR_CNNS, AUTO_FOR_TRANSFORMERS
+
+    expected = AUTO_FOR_TRANSFORMERS if attention else AUTO_FOR_CNNS
     torch.manual_seed(0)
     model = tiny_zoo()[model_name]()
-    assert hf_px.recommended_method(model, torch.randn(2, 3, 32, 32)) == expected
-    assert model.training, "recommended_method changed the model's mode"
+    assert hf_px.auto_choice(model, torch.randn(2, 3, 32, 32)) == expected
+    assert model.training, "auto_choice changed the model's mode"
     if model_name in ("plain_cnn", "hf_vit_sdpa"):
         batches = random_batches(n_batches=1, batch_size=4)
-        auto = hf_px.prune(copy.deepcopy(model), batches, method="auto", sparsity=0.8, rounds=2, seed=3)
-        chosen = hf_px.prune(copy.deepcopy(model), batches, method=expected, sparsity=0.8, rounds=2, seed=3,
-                             min_layer_density=0.1 * 0.2)
+        auto = hf_px.prune(copy.deepcopy(model), batches, method="auto", sparsity=0.8, seed=3)
+        chosen = hf_px.prune(copy.deepcopy(model), batches, method=expected["method"], sparsity=0.8,
+                             rounds=expected["rounds"] or 1, seed=3, min_layer_density=0.1 * 0.2,
+                             **expected["method_options"])
         assert all(torch.equal(auto[n], chosen[n]) for n in chosen)
-        default = hf_px.prune(copy.deepcopy(model), batches, sparsity=0.8, rounds=2, seed=3)
+        default = hf_px.prune(copy.deepcopy(model), batches, sparsity=0.8, seed=3)
         assert all(torch.equal(default[n], chosen[n]) for n in chosen)
-        default_scores, chosen_scores = hf_px.score(model, batches), hf_px.score(model, batches, method=expected)
+        default_scores = hf_px.score(model, batches)
+        chosen_scores = hf_px.score(model, batches, method=expected["method"], **expected["method_options"])
         assert all(torch.equal(default_scores[n], chosen_scores[n]) for n in chosen_scores)
         with pytest.raises(hf_px.ConfigError, match="auto"):
             hf_px.prune(model, batches, method="auto", gate_only="dense")

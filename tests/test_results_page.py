@@ -43,9 +43,16 @@ def _transfer_results():
                        "epochs": {"m": 30}, "longer": 3}, "rows": rows}
 
 
+def _choice(method: str, rounds: int | None = None, **options) -> dict:
+    """An `hf_px.pruning.auto_choice`."""
+    return {"method": method, "method_options": options, "rounds": rounds}
+
+
 def test_transfer_verdicts_on_the_auto_method():
     transfer = _transfer_results()
-    [backed] = report._transfer_method(transfer, "m", "CNNs", "magnitude")
+    [backed] = report._transfer_method(transfer, "m", "CNNs", _choice("magnitude"))
+    assert "**CNNs: magnitude, study 4 first**" in backed
+    assert "auto's ticket is the study's case `magnitude`, which lacks auto's floor" in backed
     assert ("`magnitude` 2, `px` 1; `magnitude` has the smallest largest gap to a density's best, 0.0 points: "
             "these cells back it") in backed
     assert "50%: `px` 81.0, `magnitude` 81.0; 10%: `magnitude` 70.5, `px` 60.5" in backed
@@ -54,11 +61,11 @@ def test_transfer_verdicts_on_the_auto_method():
     assert "largest gap to a density's best (points): `magnitude` 75." in backed and "/ 0.0, `px` 70." in backed
     assert "/ 10.0. Pruning one ticket took (mean over the grid's runs, same order): `magnitude` 1 s, `px` 10 s." \
         in backed
-    [not_backed] = report._transfer_method(transfer, "m", "CNNs", "px")
+    [not_backed] = report._transfer_method(transfer, "m", "CNNs", _choice("px"))
     assert "`px`'s largest gap to a density's best is 10.0 points, `magnitude`'s 0.0: these cells do not back it" \
         in not_backed
     assert "the grid's runs, same order): `magnitude` 1 s, `px` 10 s." in not_backed
-    [absent] = report._transfer_method(transfer, "m", "Transformers", "px-exact")
+    [absent] = report._transfer_method(transfer, "m", "Transformers", _choice("px-exact"))
     assert "`px-exact` is not among the cases run on this model" in absent
     loses = report._where_px_loses(None, None, transfer)[0]
     assert "In 1 of 2 cells" in loses and "study 4 m 10%: magnitude 70.5 vs px 60.5" in loses
@@ -66,8 +73,8 @@ def test_transfer_verdicts_on_the_auto_method():
     transfer["config"]["cases"].append("px, floor")
     transfer["rows"] += [{**r, "case": "px, floor", "finetuned": r["finetuned"] + 0.002} for r in transfer["rows"]
                          if r["case"] == "magnitude"]
-    [floored] = report._transfer_method(transfer, "m", "CNNs", "px")
-    assert "auto's ticket is the study's case `px, floor`, px with auto's floor" in floored
+    [floored] = report._transfer_method(transfer, "m", "CNNs", _choice("px"))
+    assert "auto's ticket is the study's case `px, floor`, with auto's floor" in floored
     assert "`px, floor` has the smallest largest gap to a density's best, 0.0 points: these cells back it" \
         in floored
     assert "tensor below it" not in floored          # the case has the floor: nothing for auto to change
@@ -83,19 +90,26 @@ def test_a_default_is_judged_by_its_largest_gap_not_by_its_ties():
             for case, cells in values.items() for density, pair in cells.items() for seed, accuracy in enumerate(pair)]
     transfer = {"config": {"models": ["m"], "cases": list(values), "densities": [0.5, 0.1], "seeds": [0, 1],
                            "epochs": {"m": 30}, "longer": 3}, "rows": rows}
-    [steady] = report._transfer_method(transfer, "m", "CNNs", "steady")
+    [steady] = report._transfer_method(transfer, "m", "CNNs", _choice("steady"))
     assert "`noisy` 2, `top` 1, `steady` 1;" in steady
     assert "`steady` has the smallest largest gap to a density's best, 3.0 points: these cells back it" in steady
-    [noisy] = report._transfer_method(transfer, "m", "CNNs", "noisy")
+    [noisy] = report._transfer_method(transfer, "m", "CNNs", _choice("noisy"))
     assert "`noisy`'s largest gap to a density's best is 5.0 points, `steady`'s 3.0: these cells do not back it" \
         in noisy
-    # the one pick the page explains keeping: a transformer's safest case that auto cannot run everywhere
-    for row in transfer["rows"]:
-        row["case"] = "px, gate_only=px-exact" if row["case"] == "steady" else row["case"]
-    transfer["config"]["cases"] = ["top", "noisy", "px, gate_only=px-exact"]
-    [kept] = report._transfer_method(transfer, "m", "Transformers", "noisy")
-    assert "these cells do not back it; auto keeps `noisy` for now, because `px, gate_only=px-exact` is measured" \
-        in kept
+
+
+def test_auto_case_is_the_variant_of_the_choice_with_auto_s_floor_where_the_study_runs_one():
+    """A choice with options and rounds is judged on the study's variant with the same ones: the one with auto's
+    floor first, else the one without (whose tickets lack the floor), else none."""
+    choice = _choice("px", 20, gate_only="px-exact")
+    plain, floored = "px, gate_only=px-exact, 20 rounds", "px, gate_only=px-exact, 20 rounds, floor"
+    transfer = {"config": {"cases": ["px", "px-exact", "px, gate_only=px-exact", plain, floored]}}
+    assert report.auto_case(transfer, choice) == (floored, True)
+    transfer["config"]["cases"].remove(floored)
+    assert report.auto_case(transfer, choice) == (plain, False)
+    transfer["config"]["cases"].remove(plain)
+    assert report.auto_case(transfer, choice) == (None, False)       # 100 rounds is another case
+    assert report.auto_case(transfer, _choice("px-exact")) == ("px-exact", False)
 
 
 def test_complete_transfer_cells_follow_the_settings():
@@ -139,10 +153,15 @@ def test_defaults_section_counts_against_hand_made_results():
         _row("vit", "px layernorm=identity", 0.2, 0, retention=0.55),
         _row("cnn", "px", 0.9, 0, kl=0.5), _row("cnn", "magnitude", 0.9, 0, kl=0.1),
     ]}
-    lines = report._transformers_method(transformers, "px-exact")
-    assert len(lines) == 1
+    lines = report._transformers_method(transformers, _choice("px-exact"))
+    assert len(lines) == 1 and "study 2 second: `px-exact`" in lines[0]
     assert "best variant in 1 of 2 (model, density) cells and ahead of px with its default options in 2 of 2" in lines[0]
-    assert "the trained tiny ViT at 20%: 0.800 vs px 0.600, rank 1 of 4" in lines[0]
+    assert ("the trained tiny ViT at 50%: 0.950, rank 2 of 4, best magnitude 0.970; the trained tiny ViT at 20%: "
+            "0.800, rank 1 of 4)") in lines[0]
+    # the choice is found among study 2's variants by its method and options (rounds are the study's own)
+    assert "study 2 second: `px layernorm=identity`" in report._transformers_method(
+        transformers, _choice("px", 20, layernorm="identity"))[0]
+    assert report._transformers_method(transformers, _choice("px", gate_only="dense")) == []   # not run
     assert report._options(transformers)[0].endswith("`layernorm=identity` at 1 of 2 densities.")
     loses = report._where_px_loses(None, transformers)[0]
     assert "In 2 of 3 cells" in loses

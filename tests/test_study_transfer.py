@@ -89,18 +89,22 @@ def test_smoke_run_and_resume(tmp_path, monkeypatch):
     if "vit-mnist" in models:
         assert saved["pretraining"]["train_digits"] == 10 * config["pretrain"]["digits_per_class"]
 
-    # `--method auto` on the CNN is its method with auto's floor (docs/results.md, "Defaults"): the same ticket
-    if "efficientnet-lite0" in models:
-        from hf_px.pruning import AUTO_MIN_LAYER_DENSITY, METHOD_FOR_CNNS
+    # `--method auto` is the study's case of its choice with auto's floor (docs/results.md, "Defaults"): the
+    # same ticket, on each kind of model (at 2 rounds: the smoke setting's)
+    from hf_px.pruning import AUTO_FOR_CNNS, AUTO_FOR_TRANSFORMERS, AUTO_MIN_LAYER_DENSITY
 
-        folders = study.prepare("smoke", tmp_path / "work")["folders"]
-        rounds = config["rounds"].get(METHOD_FOR_CNNS)
+    folders = study.prepare("smoke", tmp_path / "work")["folders"]
+    for model in models:
+        choice = AUTO_FOR_TRANSFORMERS if model == "vit-mnist" else AUTO_FOR_CNNS
+        rounds = 2 if choice["method"] == "px" else None
         monkeypatch.setitem(study.VARIANTS, "auto", dict(method="auto", rounds=rounds))
-        monkeypatch.setitem(study.VARIANTS, "chosen", dict(method=METHOD_FOR_CNNS, rounds=rounds,
+        monkeypatch.setitem(study.VARIANTS, "chosen", dict(method=choice["method"], rounds=rounds,
+                                                           method_options=choice["method_options"],
                                                            floor=AUTO_MIN_LAYER_DENSITY))
-        auto, chosen = (study.prune_case("efficientnet-lite0", folders, case, 0.2, 0, config, tmp_path / case)
+        auto, chosen = (study.prune_case(model, folders, case, 0.2, 0, config, tmp_path / case)
                         for case in ("auto", "chosen"))
-        assert auto.provenance.method == METHOD_FOR_CNNS
+        assert (auto.provenance.method, auto.provenance.method_options) == (choice["method"],
+                                                                            choice["method_options"])
         assert study.ticket_fields(auto)["masks_sha256"] == study.ticket_fields(chosen)["masks_sha256"]
 
     # rows of other code are adopted once this code reproduces their sample: here, the same numbers again

@@ -13,6 +13,15 @@ from . import finetune, inspect, prune, push
 VERBS = {"prune": prune, "finetune": finetune, "inspect": inspect, "push": push}
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Flag help wrapped at spaces only, so that a method name such as px-exact is never split at its hyphen."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
@@ -22,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in VERBS.items():
         module.add_arguments(verbs.add_parser(name, help=module.__doc__.splitlines()[0],
                                               description=module.__doc__,
-                                              formatter_class=argparse.RawDescriptionHelpFormatter))
+                                              formatter_class=HelpFormatter))
     return parser
 
 

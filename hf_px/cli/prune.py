@@ -23,7 +23,7 @@ def _help() -> dict[str, str]:
     """Each flag's help, in the order `--help` lists them (built when asked: it names the registered methods)."""
     from ..criteria import list_methods
     from ..data import TASKS
-    from ..pruning import METHOD_FOR_CNNS, METHOD_FOR_TRANSFORMERS
+    from ..pruning import AUTO_FOR_CNNS, AUTO_FOR_TRANSFORMERS, describe_choice
 
     return {
         "task": f"a named task: {', '.join(TASKS)}",
@@ -32,11 +32,12 @@ def _help() -> dict[str, str]:
         "label_column": "the dataset's label column (default: the task's, or 'label')",
         "split": "split of the scoring sample (default: train)",
         "eval_split": "split of the held-out probe sample (default: the task's eval split)",
-        "method": f"auto (default), {', '.join(list_methods())}. auto: {METHOD_FOR_TRANSFORMERS} for models with "
-                  f"softmax attention, {METHOD_FOR_CNNS} for the rest (what docs/results.md supports), keeping every "
+        "method": f"auto (default), {', '.join(list_methods())}. auto: {describe_choice(AUTO_FOR_TRANSFORMERS)} for "
+                  f"models with softmax attention, {describe_choice(AUTO_FOR_CNNS)} for the rest (what "
+                  "docs/results.md supports), keeping every "
                   "target tensor at >= a tenth of the target density",
         "sparsity": "fraction of target weights removed",
-        "rounds": "pruning rounds (default: the method's, 100 for px)",
+        "rounds": "pruning rounds (default: the method's, 100 for px, or auto's)",
         "min_layer_density": "every target tensor keeps at least this fraction of its weights (default: 0, or a "
                              "tenth of 1 - sparsity with --method auto)",
         "allow_empty_layers": "save a result with target tensors at zero density (default: an error)",

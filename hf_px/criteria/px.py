@@ -16,8 +16,7 @@ from torch import Tensor, nn
 
 from .._dtypes import compute_dtype, model_dtype
 from ..batches import first_images
-from ..distributed import sum_float64_across_processes, world
-from ..errors import ConfigError
+from ..distributed import sum_float64_across_processes
 from ..surrogate import (SurrogateOptions, Trace, data_term, kernel_term, parameter_roles, pass_parameters,
                          split_head_bias, trace_of)
 from .base import Criterion, make_criterion, register_method
@@ -48,11 +47,11 @@ class PX(Criterion):
 
     Under torch.distributed, give each process its own shard of the batches: PX sums its data term
     across processes (in float64), so every process gets the same scores, as one process would on all the
-    batches (up to float rounding). gate_only="px-exact" is not data-parallel.
+    batches (up to float rounding). With gate_only="px-exact" PX is not data-parallel (px-exact needs every
+    image): give every process all the batches, as for px-exact; nothing is then summed across processes.
     """
 
     default_rounds = 100
-    data_parallel = True
     head: str = "real"
     batchnorm: str = "eval"
     batchnorm_activation: str = "abs"
@@ -67,12 +66,11 @@ class PX(Criterion):
         self._check_choice("layernorm", ("gate", "identity"))
         self._check_choice("gate_only", GATE_ONLY_POLICIES)
         self._check_choice("kernel_dtype", ("auto", "float32", "float64"))
-        self._check_data_parallel()
 
-    def _check_data_parallel(self):
-        if self.gate_only == "px-exact" and world()[1] > 1:
-            raise ConfigError(f"px option gate_only='px-exact' scores every process's shard alone, so "
-                              f"{world()[1]} processes would disagree; use gate_only=magnitude or run one process")
+    @property
+    def data_parallel(self) -> bool:
+        """Whether each process scores its own shard (see above): not when px-exact ranks the gate-only weights."""
+        return self.gate_only != "px-exact"
 
     def score(self, model, batches, targets, masks, head, seed):
         return self.scorer(model, batches, targets, head, seed)(masks)
@@ -80,7 +78,6 @@ class PX(Criterion):
     def scorer(self, model, batches, targets, head, seed):
         """Round scoring for one `prune` call. The model's structure is found here, once: the traced op
         graph and its cuts, every parameter's role, the gate-only entries and their magnitude order."""
-        self._check_data_parallel()
         example = first_images(batches, next(model.parameters()).device)[:1]
         options = SurrogateOptions(2, self.batchnorm, self.batchnorm_activation, self.layernorm)
         trace = trace_of(model, example)
@@ -103,7 +100,8 @@ class PX(Criterion):
         data, data_exponent = data_term(model, batches, real, activation, options, trace, dtype,
                                         output_bias=split_head_bias(activation, roles))
         del real, activation    # masked rounds hold weight-sized copies: free them before the kernel pass
-        data, data_exponent = sum_float64_across_processes(data, data_exponent)   # a no-op in one process
+        if self.data_parallel:   # each process holds its shard's data term (a no-op in one process)
+            data, data_exponent = sum_float64_across_processes(data, data_exponent)
 
         kernel_dtype = self._kernel_dtype(model)
         kernel, leaves = pass_parameters(model, "kernel", roles, masks, kernel_dtype)
