@@ -28,6 +28,8 @@ from hf_px.pruning import AUTO_FOR_CNNS, AUTO_FOR_TRANSFORMERS, describe_choice 
 # (key, module that renders it, its JSON file's stem, the command that writes it); transfer first: the
 # toolkit's own use case
 STUDIES = [("transfer", "study_transfer", "study_transfer", "python benchmarks/study_transfer.py"),
+           ("transfer_second_vit", "study_transfer", "study_transfer_second_vit",
+            "python benchmarks/study_transfer.py --second-vit"),
            ("pai", "study_pai", "study_pai", "python benchmarks/study_pai.py"),
            ("pai_converged", "study_pai", "study_pai_converged", "python benchmarks/study_pai.py --converged"),
            ("transformers", "study_transformers", "study_transformers", "python benchmarks/study_transformers.py"),
@@ -67,10 +69,10 @@ def defaults_section(results: dict[str, dict]) -> str:
              "evaluation sets):", ""]
     pai, transformers, transfer = results.get("pai"), results.get("transformers"), results.get("transfer")
     # study 4 (the toolkit's use case) first, then the studies without fine-tuning or from initialisation
-    if transfer:
+    for grid in (transfer, results.get("transfer_second_vit")):
         for model, (family, choice) in TRANSFER_FAMILIES.items():
-            if model in transfer["config"]["models"]:
-                lines += _transfer_method(transfer, model, family, choice)
+            if grid and model in grid["config"]["models"]:
+                lines += _transfer_method(grid, model, family, choice)
     if transformers:
         lines += _transformers_method(transformers, AUTO_FOR_TRANSFORMERS)
     if pai:
@@ -85,7 +87,8 @@ def defaults_section(results: dict[str, dict]) -> str:
 
 # study 4's models and the family of `--method auto` each stands for: (family, what auto runs on it)
 TRANSFER_FAMILIES = {"vit-mnist": ("Transformers", AUTO_FOR_TRANSFORMERS),
-                     "efficientnet-lite0": ("CNNs", AUTO_FOR_CNNS)}
+                     "efficientnet-lite0": ("CNNs", AUTO_FOR_CNNS),
+                     "vit-mnist-deep": ("Transformers, a second ViT", AUTO_FOR_TRANSFORMERS)}
 
 
 def complete_transfer_cells(transfer: dict, model: str) -> list[tuple[float, list]]:
@@ -240,8 +243,9 @@ def _transformers_method(results: dict, choice: dict) -> list[str]:
                          f"{len(order)}" + ("" if order[0] == label else f", best {order[0]} {means[order[0]]:.3f}"))
     if not cells:
         return []
-    return [f"- **Transformers, study 2 second: `{label}`.** On the trained transformers of study 2 (pruned, not "
-            "fine-tuned, at that study's rounds; ViT by accuracy retention, MiniLM by similarity ρ) it is the best "
+    return [f"- **Transformers, study 2 (no fine-tuning, so second to study 4): `{label}`.** On the trained "
+            "transformers of study 2 (pruned, not fine-tuned, at that study's rounds; ViT by accuracy retention, "
+            "MiniLM by similarity ρ) it is the best "
             f"variant in {best} of {len(cells)} (model, density) cells and ahead of px with its default options in "
             f"{ahead} of {len(cells)} (" + "; ".join(cells) + "). Study 4 decides where the two disagree: users "
             "fine-tune what they prune."]

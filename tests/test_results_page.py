@@ -11,7 +11,8 @@ import report  # noqa: E402
 def test_results_page_matches_the_committed_results():
     results = report.load_results()
     assert {"pai", "transformers", "cost", "bench", "batchnorm"} <= set(results) <= {
-        "pai", "transformers", "cost", "bench", "gpu", "batchnorm", "transfer", "pai_converged", "transfer_layers"}, \
+        "pai", "transformers", "cost", "bench", "gpu", "batchnorm", "transfer", "pai_converged", "transfer_layers",
+        "transfer_second_vit"}, \
         "a study's JSON is missing from benchmarks/results/"
     page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
     assert page == report.render(results), "docs/results.md differs from the JSON: run python benchmarks/report.py"
@@ -154,12 +155,12 @@ def test_defaults_section_counts_against_hand_made_results():
         _row("cnn", "px", 0.9, 0, kl=0.5), _row("cnn", "magnitude", 0.9, 0, kl=0.1),
     ]}
     lines = report._transformers_method(transformers, _choice("px-exact"))
-    assert len(lines) == 1 and "study 2 second: `px-exact`" in lines[0]
+    assert len(lines) == 1 and "study 2 (no fine-tuning, so second to study 4): `px-exact`" in lines[0]
     assert "best variant in 1 of 2 (model, density) cells and ahead of px with its default options in 2 of 2" in lines[0]
     assert ("the trained tiny ViT at 50%: 0.950, rank 2 of 4, best magnitude 0.970; the trained tiny ViT at 20%: "
             "0.800, rank 1 of 4)") in lines[0]
     # the choice is found among study 2's variants by its method and options (rounds are the study's own)
-    assert "study 2 second: `px layernorm=identity`" in report._transformers_method(
+    assert "study 2 (no fine-tuning, so second to study 4): `px layernorm=identity`" in report._transformers_method(
         transformers, _choice("px", 20, layernorm="identity"))[0]
     assert report._transformers_method(transformers, _choice("px", gate_only="dense")) == []   # not run
     assert report._options(transformers)[0].endswith("`layernorm=identity` at 1 of 2 densities.")

@@ -63,6 +63,28 @@ def test_winners_are_ties_with_the_best():
     assert study.at_chance(results, "m") == [results["rows"][-1]] and study.at_chance(results, "other") == []
 
 
+def test_the_second_vit_is_another_vit_judged_on_auto_s_own_ticket():
+    """`--second-vit`: another depth and head count, pre-trained from another seed, with the quick grid's recipe
+    and budget; among its cases, the one `--method auto` reproduces (auto's choice with auto's floor)."""
+    import report
+
+    from hf_px.pruning import AUTO_FOR_TRANSFORMERS
+
+    config, quick = study.SETTINGS["second-vit"], study.SETTINGS["quick"]
+    assert set(config) == set(quick) - {"skip"}
+    model = study.vit_mnist("vit-mnist-deep", 0)
+    assert len(model.blocks) == 6 and model.blocks[0].attn.num_heads == 8
+    assert len(study.vit_mnist("vit-mnist", 0).blocks) == 4
+    assert config["pretrain"]["seed"] != quick["pretrain"].get("seed", 0)
+    assert study.RECIPES["vit-mnist-deep"] == study.RECIPES["vit-mnist"]
+    assert config["epochs"]["vit-mnist-deep"] == quick["epochs"]["vit-mnist"]
+    # the same images and budget check (its cases set their own rounds)
+    same = [k for k in study._SAME if k not in ("epochs", "pretrain", "rounds")]
+    assert {k: config[k] for k in same} == {k: quick[k] for k in same}
+    assert report.auto_case({"config": config}, AUTO_FOR_TRANSFORMERS) == ("px, gate_only=px-exact, 20 rounds, floor",
+                                                                             True)
+
+
 @pytest.mark.skipif(efficientnet_lite0_weights() is None, reason="EfficientNet-Lite0 weights not installed "
                     "(bash scripts/setup.sh)")
 def test_smoke_run_and_resume(tmp_path, monkeypatch):
