@@ -569,6 +569,8 @@ def plots(results: dict, directory: Path) -> dict:
         if dense:
             ax.axhline(100 * common.mean_std(dense)[0], color="k", linewidth=0.8, label="dense, fine-tuned")
         ax.set_xscale("log")
+        ax.set_xticks([100 * d for d in densities], [f"{100 * d:g}" for d in densities])
+        ax.minorticks_off()
         ax.set_xlabel("density (% of target weights kept)")
         ax.set_ylabel("Fashion-MNIST test top-1 after fine-tuning (%)")
         ax.set_title(f"{model} -> Fashion-MNIST")
@@ -665,6 +667,8 @@ def main(argv=None) -> int:
     rows.add_argument("--adopt", action="store_true",
                       help="carry the finished rows of --out that other code measured, once this code has "
                            "reproduced a sample of them exactly (see `reproduce`)")
+    parser.add_argument("--plots", action="store_true",
+                        help="instead of the grid: draw the plots again from --out's rows (nothing is measured)")
     parser.add_argument("--layers", action="store_true",
                         help="instead of the grid: prune every case at the 3 lowest densities (seed 0, no "
                              "fine-tuning) and record the fraction each kind of tensor keeps")
@@ -676,7 +680,11 @@ def main(argv=None) -> int:
     stem = ("study_transfer" + ("" if setting == "quick" else f"_{setting.replace('-', '_')}")
             + ("_layers" if args.layers else ""))
     out = Path(args.out) if args.out else OUT.with_name(f"{stem}.json")
-    if args.layers:
+    if args.plots:
+        results = json.loads(out.read_text())
+        results["plots"] = plots(results, common.IMAGES)
+        common.write_json(results, out)
+    elif args.layers:
         where_the_weights_go(setting, out, Path(args.workdir))
     else:
         run(setting, out, Path(args.workdir), fresh=args.fresh, adopt=args.adopt)
