@@ -588,8 +588,9 @@ def report(results: dict) -> str:
              f"Every run is `hf-px prune` then `hf-px finetune` (the functions behind them), the fine-tuned checkpoint "
              f"loaded back and judged on all {10 * config['test_per_class']} Fashion-MNIST test images. Fine-tuning "
              f"set: {10 * config['train_per_class']} class-balanced train images; the scoring sample: "
-             f"{config['score_per_class']} of them per class, drawn by the seed. Inputs {EFFICIENTNET_SIZE}x"
-             f"{EFFICIENTNET_SIZE} for EfficientNet-Lite0, {VIT_SIZE}x{VIT_SIZE} for the ViT. "
+             f"{config['score_per_class']} of them per class, drawn by the seed. Inputs: "
+             + ", ".join(f"{EFFICIENTNET_SIZE}x{EFFICIENTNET_SIZE} for EfficientNet-Lite0" if m == "efficientnet-lite0"
+                         else f"{VIT_SIZE}x{VIT_SIZE} for {m}" for m in config["models"]) + ". "
              f"Rounds: {', '.join(f'{m} {r}' for m, r in config['rounds'].items()) or 'none set'}; px and the "
              "others their defaults unless the case says otherwise. Cells: mean ± std over seeds of the fine-tuned accuracy (%); the probe is the ridge head on "
              "the pruned (BatchNorm-recalibrated) features at pruning time, before any training.", ""]
