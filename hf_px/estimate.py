@@ -52,6 +52,11 @@ def measure_forward(model: nn.Module, images: torch.Tensor) -> Measurement:
     """Time one forward pass of `model` on `images` and measure the activations it keeps for a backward.
     Leaves the model as it was (no gradients are computed)."""
     device = images.device
+    # a first pass at a new input shape sets up kernels and buffers (on the CPU, several times a pass's
+    # cost for a small model), which no round pays again: it is run first, untimed
+    with torch.no_grad():
+        logits_of(model(images))
+    _sync(device)
     before = _memory_in_use(device)
     start = time.perf_counter()
     with torch.enable_grad():

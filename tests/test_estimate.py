@@ -57,6 +57,11 @@ def test_measure_forward_times_and_leaves_no_gradients():
     assert measured.seconds > 0 and measured.batch_size == 32
     assert measured.kept_bytes is None or measured.kept_bytes >= 0
     assert all(p.grad is None for p in model.parameters())
+    # the timed pass comes after an untimed one (a first pass at a new shape pays a set-up no round pays)
+    grad_enabled = []
+    model[1].register_forward_hook(lambda *args: grad_enabled.append(torch.is_grad_enabled()))
+    estimate.measure_forward(model, torch.randn(32, 64))
+    assert grad_enabled == [False, True]
 
 
 @pytest.mark.needs_fashion_mnist
