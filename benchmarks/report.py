@@ -125,15 +125,16 @@ def _transfer_method(transfer: dict, model: str, family: str, choice: dict) -> l
             tied[case] = tied.get(case, 0) + 1
         means.append(f"{density:.0%}: " + ", ".join(f"`{c}` {100 * m:.1f}" for c, m, _, _ in ranked))
     overall, gaps = _over_densities_values(cells)
-    safest = min(gaps, key=gaps.get)
+    shown = {case: round(100 * gap, 1) for case, gap in gaps.items()}   # in points, as printed: equal is a tie
+    safest = min(shown, key=shown.get)
     if mine not in gaps:
         verdict = f"`{picked}` is not among the cases run on this model, so study 4 cannot back it"
-    elif gaps[mine] <= gaps[safest]:
-        verdict = (f"`{mine}` has the smallest largest gap to a density's best, {100 * gaps[mine]:.1f} points: "
+    elif shown[mine] <= shown[safest]:
+        verdict = (f"`{mine}` has the smallest largest gap to a density's best, {shown[mine]:.1f} points: "
                    "these cells back it")
     else:
-        verdict = (f"`{mine}`'s largest gap to a density's best is {100 * gaps[mine]:.1f} points, `{safest}`'s "
-                   f"{100 * gaps[safest]:.1f}: these cells do not back it")
+        verdict = (f"`{mine}`'s largest gap to a density's best is {shown[mine]:.1f} points, `{safest}`'s "
+                   f"{shown[safest]:.1f}: these cells do not back it")
     same = "" if mine not in gaps else (f"; auto's ticket is the study's case `{mine}`" + (
         ", with auto's floor" if floored else ", which lacks auto's floor"))
     return [f"- **{family}: {picked}, study 4 first** ({model} pre-trained, pruned, fine-tuned; "
