@@ -80,8 +80,9 @@ def defaults_section(results: dict[str, dict]) -> str:
         lines += _rounds(pai, px.default_rounds)
     if transformers:
         lines += _options(transformers)
-    lines += _api_default(pai, transformers, transfer)
-    lines += _where_px_loses(pai, transformers, transfer)
+    grids = [grid for grid in (transfer, results.get("transfer_second_vit")) if grid]
+    lines += _api_default(pai, transformers, *grids)
+    lines += _where_px_loses(pai, transformers, *grids)
     return "\n".join(lines + [""])
 
 
@@ -371,12 +372,13 @@ def _is_px(label: str) -> bool:
     return label == "px" or label.startswith(("px ", "px,", "px-exact"))
 
 
-def _cells(pai: dict | None, transformers: dict | None, transfer: dict | None = None):
+def _cells(pai: dict | None, transformers: dict | None, *transfers: dict):
     """Every (study, model, density) cell of the studies: (name, {variant: mean}, higher is better, scale,
-    digits); study 4's complete cells first."""
-    for model in (transfer or {}).get("config", {}).get("models", []):
-        for density, ranked in complete_transfer_cells(transfer, model):
-            yield f"study 4 {model} {density:.0%}", {case: mean for case, mean, _, _ in ranked}, True, 100.0, 1
+    digits); the complete cells of study 4's grids (`transfers`) first."""
+    for transfer in transfers:
+        for model in transfer["config"]["models"]:
+            for density, ranked in complete_transfer_cells(transfer, model):
+                yield f"study 4 {model} {density:.0%}", {case: mean for case, mean, _, _ in ranked}, True, 100.0, 1
     if pai:
         config = pai["config"]
         for model in config["models"]:
@@ -395,10 +397,10 @@ def _cells(pai: dict | None, transformers: dict | None, transfer: dict | None = 
                        higher, 1.0, 3)
 
 
-def _where_px_loses(pai: dict | None, transformers: dict | None, transfer: dict | None = None) -> list[str]:
+def _where_px_loses(pai: dict | None, transformers: dict | None, *transfers: dict) -> list[str]:
     """Every cell whose best mean is a method other than PX, with PX's best there."""
     cells, total = [], 0
-    for name, means, higher, scale, digits in _cells(pai, transformers, transfer):
+    for name, means, higher, scale, digits in _cells(pai, transformers, *transfers):
         if not means:
             continue
         total += 1
@@ -421,9 +423,9 @@ def _is_plain_px(label: str) -> bool:
         or re.fullmatch(r"px, \d+ rounds?", label) is not None
 
 
-def _api_default(pai: dict | None, transformers: dict | None, transfer: dict | None = None) -> list[str]:
+def _api_default(pai: dict | None, transformers: dict | None, *transfers: dict) -> list[str]:
     best = total = 0
-    for _, means, higher, _, _ in _cells(pai, transformers, transfer):
+    for _, means, higher, _, _ in _cells(pai, transformers, *transfers):
         if any(_is_plain_px(v) for v in means):
             total += 1
             best += _is_plain_px(_ordered(means, higher)[0])
