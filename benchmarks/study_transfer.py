@@ -106,8 +106,8 @@ SETTINGS = {
     # is auto's transformer pick more than one ViT's? Another depth, head count and pre-training seed; the
     # three lowest densities (where the cases part on the first ViT), the quick grid's recipe and budget check
     "second-vit": dict(models=["vit-mnist-deep"],
-                       cases=["px-exact", "px, gate_only=px-exact, 20 rounds, floor", "px, gate_only=px-exact, 20 rounds",
-                              "magnitude"],
+                       cases=["px-exact", "px, gate_only=px-exact, 20 rounds, floor",
+                              "px, gate_only=px-exact, 20 rounds", "magnitude"],
                        densities=[0.1, 0.05, 0.02], seeds=[0, 1, 2], train_per_class=50, test_per_class=100,
                        score_per_class=10, epochs={"vit-mnist-deep": 90}, longer=3, monitor_examples=100, rounds={},
                        pretrain=dict(digits_per_class=900, epochs=30, seed=1)),
@@ -143,8 +143,8 @@ def mnist_digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 def vit_mnist_folder(folder: Path, name: str, digits_per_class: int, epochs: int, seed: int = 0) -> dict:
     """The small timm ViT `name` (`VIT_ARGS`) pre-trained on MNIST digits, saved as a local timm folder (the
-    layout of a Hub repo);
-    reused when `folder` holds one pre-trained with the same settings. Returns the pre-training record.
+    layout of a Hub repo); reused when `folder` holds one pre-trained with the same settings. Returns the
+    pre-training record.
 
     Training: AdamW, cosine, on `digits_per_class` digits of each class (random crops with 2 px padding);
     its accuracy on the digits held out of training is recorded (the package has no test split).
@@ -599,8 +599,8 @@ def report(results: dict) -> str:
         vit = next(VIT_ARGS[m] for m in config["models"] if m in VIT_ARGS)
         lines += [f"The ViT ({vit['depth']} blocks of width {vit['embed_dim']}, {vit['num_heads']} heads, "
                   f"{vit['patch_size']}x{vit['patch_size']} patches; pre-training seed "
-                  f"{pretraining['settings']['seed']}) was pre-trained here on {pretraining['train_digits']} MNIST digits for "
-                  f"{pretraining['settings']['epochs']} epochs ({pretraining['held_out_accuracy']:.1%} on "
+                  f"{pretraining['settings']['seed']}) was pre-trained here on {pretraining['train_digits']} MNIST "
+                  f"digits for {pretraining['settings']['epochs']} epochs ({pretraining['held_out_accuracy']:.1%} on "
                   f"{pretraining['held_out_digits']} held-out digits).", ""]
     for model in config["models"]:
         if model in results.get("skipped", {}):
