@@ -73,6 +73,8 @@ def render_card(record: CheckpointRecord, plot_file: str | None) -> str:
         library=record.library,
         method=method,
         method_options=json.dumps(record.method_options, sort_keys=True) if record.method_options else None,
+        chosen_by_auto=(record.config or {}).get("method") == "auto",
+        floor=record.min_layer_density,
         sparsity=record.sparsity,
         global_density=record.global_density,
         rounds=record.rounds,

@@ -64,6 +64,7 @@ def test_every_verb_with_its_defaults_on_50_images(model, fifty_images, tmp_path
     assert main(["inspect", str(tuned)]) == 0
     shown = capsys.readouterr().out
     assert f"method      {record['method']}" in shown and "90.00% achieved" in shown
+    assert record["min_layer_density"] == pytest.approx(0.01) and ", min layer density 0.01" in shown   # auto's floor
     # offline, push checks the folder (a complete checkpoint) and then refuses in one line
     assert main(["push", str(tuned), "me/fifty"]) == 2
     err = capsys.readouterr().err.strip()
