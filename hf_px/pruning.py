@@ -31,10 +31,11 @@ AUTO = "auto"
 AUTO_FOR_CNNS = {"method": "magnitude", "method_options": {}, "rounds": None}
 AUTO_FOR_TRANSFORMERS = {"method": "px", "method_options": {"gate_only": "px-exact"}, "rounds": 20}
 # "auto" also keeps every target tensor at >= this fraction of the target density: a global threshold
-# otherwise empties whole tensors whose scores sit on another scale. On a randomly initialised ViT the
-# attention is near uniform, so px-exact's W_Q/W_K scores (second order in the small weights) fall far
-# below every other tensor's and 90% sparsity empties all of them (tests/test_cli_robustness.py); PX
-# empties the same ViT's MLPs (tests/test_distributed_prune.py).
+# otherwise empties whole tensors whose scores sit on another scale. PX all but empties the MLPs of study 4's
+# pre-trained ViT at 5% density and below (docs/results.md, "Where the weights go"), and without this floor
+# the second ViT's tickets have whole tensors at zero; on a randomly initialised ViT the attention is near
+# uniform, so px-exact's W_Q/W_K scores (second order in the small weights) fall far below every other
+# tensor's and 90% sparsity empties all of them (tests/test_cli_robustness.py).
 AUTO_MIN_LAYER_DENSITY = 0.1
 
 
