@@ -230,7 +230,8 @@ def run_summary(results: dict) -> str:
             f"min on {machine.get('cpu') or machine['device']}, {machine['threads']} threads, commit "
             f"{machine.get('commit')}" + "".join(
                 f"; the rows of commit {run['commit']} adopted after {len(run['adopted_after_reproducing'])} of "
-                "them came out the same with this code" for run in adopted))
+                "them came out the same with this code" for run in adopted)
+            + (f"; {results['setting_renamed']}" if results.get("setting_renamed") else ""))
 
 
 def _relative(path: str) -> str:

@@ -27,7 +27,8 @@ from hf_px.pruning import AUTO_FOR_CNNS, AUTO_FOR_TRANSFORMERS, describe_choice 
 
 # (key, module that renders it, its JSON file's stem, the command that writes it); transfer first: the
 # toolkit's own use case
-STUDIES = [("transfer", "study_transfer", "study_transfer", "python benchmarks/study_transfer.py"),
+STUDIES = [("transfer", "study_transfer", "study_transfer", "python benchmarks/study_transfer.py --grid"),
+           ("transfer_quick", "study_transfer", "study_transfer_quick", "python benchmarks/study_transfer.py"),
            ("transfer_second_vit", "study_transfer", "study_transfer_second_vit",
             "python benchmarks/study_transfer.py --second-vit"),
            ("pai", "study_pai", "study_pai", "python benchmarks/study_pai.py"),
@@ -493,6 +494,8 @@ def render(results: dict[str, dict]) -> str:
             parts += [importlib.import_module(module).report(results[key]), ""]
             if key == "transfer" and "transfer_layers" in results:
                 parts += [importlib.import_module(module).layers_report(results["transfer_layers"]), ""]
+            if key == "transfer_quick" and "transfer" in results:
+                parts += [importlib.import_module(module).agreement(results[key], results["transfer"]), ""]
         else:
             parts += [f"## {stem}: not run yet", "", f"Run `{command}`.", ""]
     if "bench" in results:

@@ -2,7 +2,8 @@
 small downstream dataset, then fine-tuned with its masks fixed, through the functions behind `hf-px prune` and
 `hf-px finetune` (`hf_px.job.run_prune`, `hf_px.finetune.run_finetune`), checkpoints written and read back.
 
-    python benchmarks/study_transfer.py            # quick: CPU (2 cores), resumable
+    python benchmarks/study_transfer.py            # quick: the cells that decide the defaults, within 2 h on 2 CPU cores
+    python benchmarks/study_transfer.py --grid     # the grid the results page ranks (about 9 h on 2 cores, resumable)
     python benchmarks/study_transfer.py --full     # every method and variant, more seeds and data: a GPU
     python benchmarks/study_transfer.py --smoke    # seconds: what the test suite runs
     python benchmarks/study_transfer.py --adopt    # resume rows other code measured, once a sample reproduces
@@ -81,14 +82,14 @@ SETTINGS = {
                   epochs={"efficientnet-lite0": 1, "vit-mnist": 1}, longer=3, monitor_examples=10,
                   rounds={"px": 2, "synflow": 2, "ntk-sap": 2, "px-exact": 1},
                   pretrain=dict(digits_per_class=20, epochs=1)),
-    # hours on 2 CPU cores (resumable): the methods and PX variants that decide the defaults (the rest: --full):
+    # about 9 h on 2 CPU cores (resumable): the methods and PX variants that decide the defaults (the rest: --full):
     # what --method auto runs (magnitude, and "px, gate_only=px-exact, 20 rounds, floor" on attention models),
     # px-exact (study 2's pick for transformers), px at its default and the variants earlier results point to
     # ("px, floor" is px as auto would run it), and random as the floor every method must clear. px-exact only
     # on the ViT: study 2 found it far behind on EfficientNet-Lite0; and gate_only on the ViT alone:
     # EfficientNet-Lite0 has no weights off every path, so it would repeat px.
     # 90 epochs: at 30 the dense models ended 2.8 (EfficientNet) and 2.9 (ViT) points below 90
-    "quick": dict(models=["vit-mnist", "efficientnet-lite0"],
+    "grid": dict(models=["vit-mnist", "efficientnet-lite0"],
                   cases=["px", "px-exact", "magnitude", "random", "px, 1 round", "px, floor", "px, head=path",
                          "px, gate_only=px-exact", "px, gate_only=px-exact, 20 rounds",
                          "px, gate_only=px-exact, 20 rounds, floor"],
@@ -104,7 +105,7 @@ SETTINGS = {
                  test_per_class=100, score_per_class=10, epochs={"efficientnet-lite0": 90, "vit-mnist": 90},
                  longer=3, monitor_examples=100, rounds={}, pretrain=dict(digits_per_class=900, epochs=30)),
     # is auto's transformer pick more than one ViT's? Another depth, head count and pre-training seed; the
-    # three lowest densities (where the cases part on the first ViT), the quick grid's recipe and budget check
+    # three lowest densities (where the cases part on the first ViT), the grid's recipe and budget check
     "second-vit": dict(models=["vit-mnist-deep"],
                        cases=["px-exact", "px, gate_only=px-exact, 20 rounds, floor",
                               "px, gate_only=px-exact, 20 rounds", "magnitude"],
@@ -112,6 +113,14 @@ SETTINGS = {
                        score_per_class=10, epochs={"vit-mnist-deep": 90}, longer=3, monitor_examples=100, rounds={},
                        pretrain=dict(digits_per_class=900, epochs=30, seed=1)),
 }
+# within 2 hours on 2 CPU cores: the grid's cells that decide --method auto, measured with the grid's settings
+# (so each quick row is the grid's row of that case, density and seed, measured again): on each model auto's
+# pick, px at its default, magnitude and random, at 10% and 2% density, with the dense reference and the
+# budget check. It writes its own JSON; the results page compares it with the grid.
+SETTINGS["quick"] = dict(SETTINGS["grid"], cases=["px, gate_only=px-exact, 20 rounds, floor", "px", "magnitude",
+                                                  "random"],
+                         skip={"efficientnet-lite0": ["px, gate_only=px-exact, 20 rounds, floor"]},
+                         densities=[0.1, 0.02])
 EFFICIENTNET_SIZE = 32   # its stem and 4 stride-2 stages leave 1x1 features at 32 px: the cheapest size that works
 VIT_SIZE = 28            # Fashion-MNIST's own size: 16 patches of 7x7
 CHANCE = 0.1             # Fashion-MNIST's 10 classes
@@ -520,6 +529,23 @@ def budget_check(results: dict, model: str) -> dict | None:
                                _values(results, model, DENSE, 1.0, epochs=epochs * results["config"]["longer"]))
 
 
+def agreement(quick: dict, grid: dict) -> str:
+    """The quick run's rows against the grid's rows of the same model, case, density, seed and epochs: the same
+    settings, so the same numbers unless the code has changed what it measures since the grid ran."""
+    def key(row):
+        return row["model"], row["case"], row["density"], row["seed"], row["epochs"]
+
+    measured = {key(r): r for r in grid["rows"]}
+    pairs = [(r, measured[key(r)]) for r in quick["rows"] if key(r) in measured]
+    if not pairs:
+        return "None of the quick run's rows has a counterpart in the grid yet."
+    same = sum(a["finetuned"] == b["finetuned"] and a["probe"] == b["probe"] for a, b in pairs)
+    largest = max(abs(a["finetuned"] - b["finetuned"]) for a, b in pairs)
+    return (f"Against the grid (`--grid`, study 4's tables above): {same} of the quick run's {len(pairs)} runs gave "
+            f"the grid's fine-tuned accuracy and probe exactly; the largest difference in fine-tuned accuracy is "
+            f"{100 * largest:.1f} points.")
+
+
 def ranking(results: dict, model: str, density: float) -> list[tuple[str, float, float, int]]:
     """(case, mean, std, seeds) of the fine-tuned accuracy at one density, best first."""
     out = []
@@ -575,14 +601,15 @@ def plots(results: dict, directory: Path) -> dict:
         ax.set_ylabel("Fashion-MNIST test top-1 after fine-tuning (%)")
         ax.set_title(f"{model} -> Fashion-MNIST")
         ax.legend(fontsize=7, ncol=2)
-        paths[model] = common.save_figure(fig, f"study_transfer_{model}.png", directory)
+        paths[model] = common.save_figure(fig, f"study_transfer_{results['setting']}_{model}.png", directory)
     return paths
 
 
 def report(results: dict) -> str:
     config = results["config"]
-    title = ("Study 4, a second transformer: auto's pick on another ViT" if results["setting"] == "second-vit" else
-             "Study 4: transfer (pre-trained → pruned with 10 images per class → fine-tuned)")
+    title = {"second-vit": "Study 4, a second transformer: auto's pick on another ViT",
+             "quick": "Study 4, quick: the cells that decide `--method auto`, measured again within 2 hours"}.get(
+        results["setting"], "Study 4: transfer (pre-trained → pruned with 10 images per class → fine-tuned)")
     lines = [f"## {title}", "",
              f"{common.run_summary(results)}; {len(results['rows'])} runs).", "",
              f"Every run is `hf-px prune` then `hf-px finetune` (the functions behind them), the fine-tuned checkpoint "
@@ -656,7 +683,10 @@ def report(results: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--full", action="store_true")
+    group.add_argument("--grid", action="store_true",
+                       help="the grid the results page ranks: every case that decides the defaults at 5 densities "
+                            "(about 9 h on 2 cores, resumable)")
+    group.add_argument("--full", action="store_true", help="every method and variant, 5 seeds (a GPU)")
     group.add_argument("--smoke", action="store_true")
     group.add_argument("--second-vit", action="store_true",
                        help="auto's transformer pick, px-exact and magnitude on a second ViT (`SETTINGS`)")
@@ -676,9 +706,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    setting = "full" if args.full else "smoke" if args.smoke else "second-vit" if args.second_vit else "quick"
-    # one file per setting: a smoke or full run never replaces the quick study's rows
-    stem = ("study_transfer" + ("" if setting == "quick" else f"_{setting.replace('-', '_')}")
+    setting = ("full" if args.full else "smoke" if args.smoke else "second-vit" if args.second_vit
+               else "grid" if args.grid or args.layers else "quick")
+    # one file per setting: a smoke, quick or full run never replaces the grid's rows (the page's main tables)
+    stem = ("study_transfer" + ("" if setting == "grid" else f"_{setting.replace('-', '_')}")
             + ("_layers" if args.layers else ""))
     out = Path(args.out) if args.out else OUT.with_name(f"{stem}.json")
     if args.plots:

@@ -64,25 +64,50 @@ def test_winners_are_ties_with_the_best():
 
 
 def test_the_second_vit_is_another_vit_judged_on_auto_s_own_ticket():
-    """`--second-vit`: another depth and head count, pre-trained from another seed, with the quick grid's recipe
+    """`--second-vit`: another depth and head count, pre-trained from another seed, with the grid's recipe
     and budget; among its cases, the one `--method auto` reproduces (auto's choice with auto's floor)."""
     import report
 
     from hf_px.pruning import AUTO_FOR_TRANSFORMERS
 
-    config, quick = study.SETTINGS["second-vit"], study.SETTINGS["quick"]
-    assert set(config) == set(quick) - {"skip"}
+    config, grid = study.SETTINGS["second-vit"], study.SETTINGS["grid"]
+    assert set(config) == set(grid) - {"skip"}
     model = study.vit_mnist("vit-mnist-deep", 0)
     assert len(model.blocks) == 6 and model.blocks[0].attn.num_heads == 8
     assert len(study.vit_mnist("vit-mnist", 0).blocks) == 4
-    assert config["pretrain"]["seed"] != quick["pretrain"].get("seed", 0)
+    assert config["pretrain"]["seed"] != grid["pretrain"].get("seed", 0)
     assert study.RECIPES["vit-mnist-deep"] == study.RECIPES["vit-mnist"]
-    assert config["epochs"]["vit-mnist-deep"] == quick["epochs"]["vit-mnist"]
+    assert config["epochs"]["vit-mnist-deep"] == grid["epochs"]["vit-mnist"]
     # the same images and budget check (its cases set their own rounds)
     same = [k for k in study._SAME if k not in ("epochs", "pretrain", "rounds")]
-    assert {k: config[k] for k in same} == {k: quick[k] for k in same}
+    assert {k: config[k] for k in same} == {k: grid[k] for k in same}
     assert report.auto_case({"config": config}, AUTO_FOR_TRANSFORMERS) == ("px, gate_only=px-exact, 20 rounds, floor",
                                                                              True)
+
+
+def test_quick_setting_is_the_grid_s_deciding_cells_measured_again():
+    """The two-hour default re-measures a subset of the grid with the grid's settings: on each model auto's own
+    case, px, magnitude and random; so every quick row has a grid row to equal, which `agreement` counts."""
+    import report
+
+    from hf_px.pruning import AUTO_FOR_CNNS, AUTO_FOR_TRANSFORMERS
+
+    quick, grid = study.SETTINGS["quick"], study.SETTINGS["grid"]
+    assert {k: quick[k] for k in study._SAME} == {k: grid[k] for k in study._SAME}
+    assert set(quick["cases"]) < set(grid["cases"]) and set(quick["densities"]) < set(grid["densities"])
+    assert quick["seeds"] == grid["seeds"] and quick["models"] == grid["models"]
+    for model, choice in (("vit-mnist", AUTO_FOR_TRANSFORMERS), ("efficientnet-lite0", AUTO_FOR_CNNS)):
+        cases = study.listed_cases(quick, model, has_batchnorm=model != "vit-mnist")
+        auto, _ = report.auto_case({"config": {**quick, "cases": cases}}, choice)
+        assert auto in cases and {"px", "magnitude", "random"} <= set(cases)
+
+    grid_rows = [_row("m", "px", 0.1, s, 10, a, probe=0.4) for s, a in enumerate((0.70, 0.72, 0.74))]
+    quick_rows = [dict(r) for r in grid_rows[:2]] + [_row("m", "px", 0.1, 0, 30, 0.9)]   # no grid row at 30 epochs
+    quick_rows[1]["finetuned"] = 0.735
+    text = study.agreement({"rows": quick_rows}, {"rows": grid_rows})
+    assert "1 of the quick run's 2 runs gave the grid's fine-tuned accuracy and probe exactly" in text
+    assert "largest difference in fine-tuned accuracy is 1.5 points" in text
+    assert "no" in study.agreement({"rows": quick_rows[2:]}, {"rows": grid_rows}).lower()
 
 
 @pytest.mark.skipif(efficientnet_lite0_weights() is None, reason="EfficientNet-Lite0 weights not installed "
