@@ -123,54 +123,67 @@ def run(setting: str, out: Path, fresh: bool = False) -> dict:
             longer["train"], config["test"], seed=0))
         schedules["longer"] = (x_long, y_long, longer["epochs"])
     for model_name in config["models"]:
-        for seed in config["seeds"]:
-            initial = build(model_name, seed).to(device)
-            batches = common.scoring_batches(x_train, y_train, config["per_class"], seed)
-            cases = [("grid", "dense", 1.0, 0)] + [("grid", m, d, _rounds(config, m)) for d in config["densities"]
-                                                   for m in config["methods"]]
-            ablation = config["rounds_ablation"]
-            if model_name == ablation["model"]:   # how many rounds PX needs, at the lowest density
-                cases += [("grid", "px", ablation["density"], r) for r in ablation["rounds"]]
-            if longer:   # right after the grid's dense row: a budget check that fails shows in minutes
-                cases[1:1] = [("longer", m, d, r) for d in longer["densities"] for m, r in longer["cases"]]
-            for schedule, method, density, rounds in cases:
-                x_fit, y_fit, epochs = schedules[schedule]
-                key = (model_name, method, density, seed, rounds, schedule)
-                if key in done:
-                    continue
-                done.add(key)
-                model = copy.deepcopy(initial)
-                t0 = time.perf_counter()
-                if method == "dense":
-                    params = dict(model.named_parameters())
-                    masks = {n: torch.ones_like(params[n], dtype=torch.bool) for n in hf_px.prunable_weights(model)}
-                else:
-                    masks = hf_px.prune(model, batches, method=method, sparsity=1 - density, rounds=rounds, seed=seed)
-                prune_s = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                losses = common.train_masked(model, masks, x_fit, y_fit, epochs, seed=seed,
-                                             batch_size=config["batch_size"], augment=config.get("augment", True))
-                train_s = time.perf_counter() - t0
-                densities = hf_px.layer_densities(masks)
-                row = {"model": model_name, "method": method, "density": density, "seed": seed, "rounds": rounds,
-                       "accuracy": common.accuracy(model, x_test, y_test), "final_train_loss": losses[-1],
-                       "global_density": hf_px.global_density(masks), "layer_densities": densities,
-                       "collapsed": [n for n, d in densities.items() if d == 0.0],
-                       "min_layer_density": min(densities.values()), "prune_s": round(prune_s, 2),
-                       "train_s": round(train_s, 2)}
-                if schedule != "grid":
-                    row.update(schedule=schedule, train=len(x_fit), epochs=epochs)
-                record["rows"].append(row)
-                record["seconds"] = round(time.perf_counter() - started, 1)
-                common.write_json(record, out)
-                print(f"{model_name:<8} {schedule:<6} seed {seed} {method:<9} density {density:6.2%} rounds {rounds:>3}: accuracy "
-                      f"{row['accuracy']:.2%}, {len(row['collapsed'])} tensors at zero, prune {prune_s:.1f}s, "
-                      f"train {train_s:.1f}s", flush=True)
+        starts = {}   # seed -> (initial weights, scoring batches), shared by every method of that seed
+        for schedule, method, density, rounds, seed in jobs(config, model_name):
+            x_fit, y_fit, epochs = schedules[schedule]
+            key = (model_name, method, density, seed, rounds, schedule)
+            if key in done:
+                continue
+            if seed not in starts:
+                starts[seed] = (build(model_name, seed).to(device),
+                                common.scoring_batches(x_train, y_train, config["per_class"], seed))
+            initial, batches = starts[seed]
+            done.add(key)
+            model = copy.deepcopy(initial)
+            t0 = time.perf_counter()
+            if method == "dense":
+                params = dict(model.named_parameters())
+                masks = {n: torch.ones_like(params[n], dtype=torch.bool) for n in hf_px.prunable_weights(model)}
+            else:
+                masks = hf_px.prune(model, batches, method=method, sparsity=1 - density, rounds=rounds, seed=seed)
+            prune_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            losses = common.train_masked(model, masks, x_fit, y_fit, epochs, seed=seed,
+                                         batch_size=config["batch_size"], augment=config.get("augment", True))
+            train_s = time.perf_counter() - t0
+            densities = hf_px.layer_densities(masks)
+            row = {"model": model_name, "method": method, "density": density, "seed": seed, "rounds": rounds,
+                   "accuracy": common.accuracy(model, x_test, y_test), "final_train_loss": losses[-1],
+                   "global_density": hf_px.global_density(masks), "layer_densities": densities,
+                   "collapsed": [n for n, d in densities.items() if d == 0.0],
+                   "min_layer_density": min(densities.values()), "prune_s": round(prune_s, 2),
+                   "train_s": round(train_s, 2)}
+            if schedule != "grid":
+                row.update(schedule=schedule, train=len(x_fit), epochs=epochs)
+            record["rows"].append(row)
+            record["seconds"] = round(time.perf_counter() - started, 1)
+            common.write_json(record, out)
+            print(f"{model_name:<8} {schedule:<6} seed {seed} {method:<9} density {density:6.2%} rounds {rounds:>3}: accuracy "
+                  f"{row['accuracy']:.2%}, {len(row['collapsed'])} tensors at zero, prune {prune_s:.1f}s, "
+                  f"train {train_s:.1f}s", flush=True)
     record["seconds"] = round(time.perf_counter() - started, 1)
     # the smoke run draws beside its JSON, so that it never touches the committed plots in docs/img
     record["plots"] = plots(record, common.IMAGES if setting != "smoke" else out.parent)
     common.write_json(record, out)
     return record
+
+
+def jobs(config: dict, model_name: str) -> list[tuple[str, str, float, int, int]]:
+    """The runs of one model as (schedule, method, density, rounds, seed), in the order that makes a partial
+    run useful soonest: the dense rows, the first seed's budget check (a budget that fails shows within the
+    first rows), then density by density from the sparsest (the end where PX is claimed to lead), every seed
+    of a cell before the next cell, the rounds ablation right after its density, and the rest of the
+    longer-training check last. Each row is seeded by itself, so the order moves no number."""
+    seeds, ablation = config["seeds"], config["rounds_ablation"]
+    longer = config.get("longer") or {"densities": [], "cases": []}
+    checks = [("longer", m, d, r, s) for s in seeds for d in longer["densities"] for m, r in longer["cases"]]
+    first = [job for job in checks if job[1] == "dense" and job[4] == seeds[0]]
+    order = [("grid", "dense", 1.0, 0, s) for s in seeds] + first
+    for density in sorted(config["densities"]):
+        order += [("grid", m, density, _rounds(config, m), s) for s in seeds for m in config["methods"]]
+        if model_name == ablation["model"] and density == ablation["density"]:   # how many rounds PX needs
+            order += [("grid", "px", density, r, s) for s in seeds for r in ablation["rounds"]]
+    return order + [job for job in checks if job not in first]
 
 
 # ------------------------------------------------------------------------------------------------ report

@@ -184,3 +184,24 @@ def test_verdicts_wait_for_every_seed_of_every_method():
     results["rows"] += [row("random", 0, 0.7), row("random", 1, 0.72)]
     assert study_pai._verdicts(results, "m")[0].startswith("- at 5.0% density the best method is **px** (81.0%); "
                                                            "px ranks 1 of 2 and is above random (+10.0 points")
+
+
+@pytest.mark.parametrize("setting", sorted(study_pai.SETTINGS))
+def test_jobs_run_every_case_once_sparsest_cells_first(setting):
+    """The run order covers the setting's cases exactly once (checked against the plain nested loops), and puts
+    every seed of a (method, density) cell before the next density, from the sparsest."""
+    config = study_pai.SETTINGS[setting]
+    ablation, longer = config["rounds_ablation"], config.get("longer") or {"densities": [], "cases": []}
+    for model in config["models"]:
+        order = study_pai.jobs(config, model)
+        expected = {("grid", "dense", 1.0, 0, s) for s in config["seeds"]}
+        expected |= {("grid", m, d, study_pai._rounds(config, m), s) for m in config["methods"]
+                     for d in config["densities"] for s in config["seeds"]}
+        expected |= {("longer", m, d, r, s) for m, r in longer["cases"] for d in longer["densities"]
+                     for s in config["seeds"]}
+        if model == ablation["model"]:
+            expected |= {("grid", "px", ablation["density"], r, s) for r in ablation["rounds"] for s in config["seeds"]}
+        assert len(order) == len(set(order)) and set(order) == expected
+        grid = [job for job in order if job[0] == "grid" and job[1] != "dense"]
+        assert [job[2] for job in grid] == sorted(job[2] for job in grid)
+        assert all(job[0] == "grid" and job[1] == "dense" for job in order[:len(config["seeds"])])
