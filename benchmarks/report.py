@@ -74,6 +74,9 @@ def defaults_section(results: dict[str, dict]) -> str:
         for model, (family, choice) in TRANSFER_FAMILIES.items():
             if grid and model in grid["config"]["models"]:
                 lines += _transfer_method(grid, model, family, choice)
+    converged = results.get("pai_converged")
+    if converged:   # study 1 second: from initialisation, but trained to convergence
+        lines += _converged_method(converged, AUTO_FOR_CNNS["method"])
     if transformers:
         lines += _transformers_method(transformers, AUTO_FOR_TRANSFORMERS)
     if pai:
@@ -82,8 +85,8 @@ def defaults_section(results: dict[str, dict]) -> str:
     if transformers:
         lines += _options(transformers)
     grids = [grid for grid in (transfer, results.get("transfer_second_vit")) if grid]
-    lines += _api_default(pai, transformers, *grids)
-    lines += _where_px_loses(pai, transformers, *grids)
+    lines += _api_default(pai, transformers, *grids, converged=converged)
+    lines += _where_px_loses(pai, transformers, *grids, converged=converged)
     return "\n".join(lines + [""])
 
 
@@ -104,7 +107,11 @@ def complete_transfer_cells(transfer: dict, model: str) -> list[tuple[float, lis
 def _budget_status(transfer: dict, model: str) -> str:
     import study_transfer
 
-    check = study_transfer.budget_check(transfer, model)
+    return _status(study_transfer.budget_check(transfer, model))
+
+
+def _status(check: dict | None) -> str:
+    """A `common.budget_check` in three words."""
     return ("budget converged" if check and check["converged"] else
             "budget not converged: provisional" if check else "budget check pending: provisional")
 
@@ -254,6 +261,36 @@ def _transformers_method(results: dict, choice: dict) -> list[str]:
             "fine-tune what they prune."]
 
 
+def _converged_method(converged: dict, method: str) -> list[str]:
+    """Study 1 at a budget that converges: does it back `method` (auto's CNN pick) at its complete densities?"""
+    config, out = converged["config"], []
+    for model in config["models"]:
+        check = study_pai.budget_check(converged, model)
+        budget = ("budget pending" if check is None else
+                  f"dense {100 * common.mean_std(check['short'])[0]:.1f}% vs {100 * common.mean_std(check['long'])[0]:.1f}% "
+                  f"at 3x the epochs ({len(check['long'])} of {len(config['seeds'])} seeds so far), "
+                  + ("converged" if check["converged"] else "not converged: provisional"))
+        cells = study_pai.complete_cells(converged, model)
+        head = (f"- **CNNs, study 1 at a budget that converges ({model} from initialisation, {config['epochs']} "
+                f"epochs on {config['train']} images; {budget}).**")
+        if not cells:
+            out.append(f"{head} {len(converged['rows'])} runs so far; no density has every seed of every method yet.")
+            continue
+        wins, gaps, best_px = 0, [], 0
+        texts = []
+        for density, means in cells:
+            order = _ordered({case: mean for case, (mean, _) in means.items()}, True)
+            wins += order[0] == method
+            gaps.append(means[order[0]][0] - means[method][0])
+            best_px += _is_px(order[0])
+            texts.append(f"{density:.1%}: " + ", ".join(f"{case} {100 * means[case][0]:.1f} ± {100 * means[case][1]:.1f}"
+                                                         for case in order))
+        out.append(f"{head} {len(cells)} of {len(config['densities'])} densities complete; " + "; ".join(texts)
+                   + f". `{method}` has the best mean at {wins} of {len(cells)} and is at most {100 * max(gaps):.1f} "
+                   f"points behind the best; PX (any rounds) is best at {best_px} of {len(cells)}.")
+    return out
+
+
 def _cnn_method(pai: dict, transformers: dict | None, method: str) -> list[str]:
     config = pai["config"]
     longer_gap = None
@@ -373,13 +410,18 @@ def _is_px(label: str) -> bool:
     return label == "px" or label.startswith(("px ", "px,", "px-exact"))
 
 
-def _cells(pai: dict | None, transformers: dict | None, *transfers: dict):
+def _cells(pai: dict | None, transformers: dict | None, *transfers: dict, converged: dict | None = None):
     """Every (study, model, density) cell of the studies: (name, {variant: mean}, higher is better, scale,
-    digits); the complete cells of study 4's grids (`transfers`) first."""
+    digits); the complete cells of study 4's grids (`transfers`) first, then those of study 1 at a budget
+    that converges (`converged`)."""
     for transfer in transfers:
         for model in transfer["config"]["models"]:
             for density, ranked in complete_transfer_cells(transfer, model):
                 yield f"study 4 {model} {density:.0%}", {case: mean for case, mean, _, _ in ranked}, True, 100.0, 1
+    for model in (converged or {"config": {"models": []}})["config"]["models"]:
+        for density, means in study_pai.complete_cells(converged, model):
+            yield (f"study 1 converged {model} {density:.1%}", {case: mean for case, (mean, _) in means.items()},
+                   True, 100.0, 1)
     if pai:
         config = pai["config"]
         for model in config["models"]:
@@ -398,10 +440,11 @@ def _cells(pai: dict | None, transformers: dict | None, *transfers: dict):
                        higher, 1.0, 3)
 
 
-def _where_px_loses(pai: dict | None, transformers: dict | None, *transfers: dict) -> list[str]:
+def _where_px_loses(pai: dict | None, transformers: dict | None, *transfers: dict,
+                    converged: dict | None = None) -> list[str]:
     """Every cell whose best mean is a method other than PX, with PX's best there."""
     cells, total = [], 0
-    for name, means, higher, scale, digits in _cells(pai, transformers, *transfers):
+    for name, means, higher, scale, digits in _cells(pai, transformers, *transfers, converged=converged):
         if not means:
             continue
         total += 1
@@ -424,9 +467,10 @@ def _is_plain_px(label: str) -> bool:
         or re.fullmatch(r"px, \d+ rounds?", label) is not None
 
 
-def _api_default(pai: dict | None, transformers: dict | None, *transfers: dict) -> list[str]:
+def _api_default(pai: dict | None, transformers: dict | None, *transfers: dict,
+                 converged: dict | None = None) -> list[str]:
     best = total = 0
-    for _, means, higher, _, _ in _cells(pai, transformers, *transfers):
+    for _, means, higher, _, _ in _cells(pai, transformers, *transfers, converged=converged):
         if any(_is_plain_px(v) for v in means):
             total += 1
             best += _is_plain_px(_ordered(means, higher)[0])
@@ -510,8 +554,9 @@ CLAIM_END = "<!-- /when-to-use-px -->"
 
 
 def when_to_use_px(results: dict[str, dict]) -> str:
-    """The README's short claim, from study 4 (pre-trained -> pruned -> fine-tuned) alone: per model and
-    density, whether PX (its default or a variant) ties the best fine-tuned accuracy, and who leads where not."""
+    """The README's short claim, from study 4 (pre-trained -> pruned -> fine-tuned) and then study 1 at a budget
+    that converges: per model and density, whether PX (its default or a variant) ties the best accuracy, and
+    who leads where not."""
     import study_transfer
 
     transfer = results.get("transfer")
@@ -543,11 +588,40 @@ def when_to_use_px(results: dict[str, dict]) -> str:
                      f"{'s' * (seeds != 1)} or more, {status}): PX (px in any variant, or px-exact) ties the best at "
                      + (", ".join(ties) or "no density") + "; it is behind at " + (", ".join(behind) or "no density")
                      + ".")
+    lines += _converged_claim(results.get("pai_converged"))
     if len(lines) == 2:   # budget checks only, so far
         return ("Study 4 (pre-trained → pruned → fine-tuned, the toolkit's use case) has measured its dense budget "
                 "checks but no pruned ticket yet; until it has, [docs/results.md](docs/results.md) has the evidence "
                 "of the other studies.")
     return "\n".join(lines)
+
+
+def _converged_claim(converged: dict | None) -> list[str]:
+    """The claim's line from study 1 at a budget that converges (trained from initialisation, second to study
+    4): where PX ties the best (within one standard deviation over seeds, as study 4's ties) and where not."""
+    lines = []
+    for model in (converged or {"config": {"models": []}})["config"]["models"]:
+        cells = study_pai.complete_cells(converged, model)
+        if not cells:
+            continue
+        status = _status(study_pai.budget_check(converged, model))
+        ties, behind = [], []
+        for density, means in cells:
+            best = max(means, key=lambda case: means[case][0])
+            tied = [c for c, (mean, std) in means.items()
+                    if _is_px(c) and means[best][0] - mean <= max(means[best][1], std, 0.005) + 1e-9]
+            if tied:
+                ties.append(f"{density:.1%} ({' / '.join(tied)})")
+            else:
+                best_px = max((c for c in means if _is_px(c)), key=lambda c: means[c][0], default=None)
+                behind.append(f"{density:.1%} ({best} {100 * means[best][0]:.1f}%" + (
+                    f" vs {best_px} {100 * means[best_px][0]:.1f}%" if best_px else "") + ")")
+        lines.append(f"- **{model} trained from initialisation** (study 1 at a budget that converges, "
+                     f"{len(cells)} of {len(converged['config']['densities'])} densities complete, "
+                     f"{len(converged['config']['seeds'])} seeds, {status}): PX ties the best at "
+                     + (", ".join(ties) or "no density") + "; it is behind at " + (", ".join(behind) or "no density")
+                     + ".")
+    return lines
 
 
 def with_claim(readme: str, claim: str) -> str:

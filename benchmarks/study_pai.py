@@ -318,6 +318,25 @@ def budget_check(results: dict, model: str) -> dict | None:
                                [r["accuracy"] for r in _rows(results, "longer", model=model, method="dense")])
 
 
+def complete_cells(results: dict, model: str) -> list[tuple[float, dict[str, tuple[float, float]]]]:
+    """(density, {case: (mean, std)}) of the grid's densities, sparsest first, where every method has all the
+    setting's seeds: the methods by name, and at the rounds ablation's density its px runs as 'px (1 round)'
+    (each once it too has every seed). A density still running has no cell: a partial one ranks nothing."""
+    config, cells = results["config"], []
+    ablation = config["rounds_ablation"]
+    for density in sorted(config["densities"]):
+        runs = {m: [r["accuracy"] for r in _rows(results, model=model, method=m, density=density)]
+                for m in config["methods"]}
+        if model == ablation["model"] and density == ablation["density"]:
+            runs.update({_case_label("px", n): [r["accuracy"] for r in _rows(
+                results, model=model, method="px", density=density, rounds=n)] for n in ablation["rounds"]
+                if n != _rounds(config, "px")})
+        complete = {case: values for case, values in runs.items() if len(values) == len(config["seeds"])}
+        if all(m in complete for m in config["methods"]):
+            cells.append((density, {case: common.mean_std(values) for case, values in complete.items()}))
+    return cells
+
+
 def _case_label(method: str, rounds: int) -> str:
     """'magnitude' for a one-shot method; 'px (100 rounds)' for an iterative one."""
     from hf_px.criteria import make_criterion

@@ -3,9 +3,12 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import report  # noqa: E402
+import study_pai  # noqa: E402
 
 
 def test_results_page_matches_the_committed_results():
@@ -172,3 +175,51 @@ def test_defaults_section_counts_against_hand_made_results():
     assert "In 2 of 3 cells" in loses
     assert "the trained tiny ViT 50% (retention): magnitude 0.970 vs px-exact 0.950" in loses
     assert "EfficientNet-Lite0 90% (kl): magnitude 0.100 vs px 0.500" in loses   # lower KL is better
+
+
+def _converged_results():
+    """Study 1's converged setting on two seeds: at 0.5% px 80/82 (81 ± 1.4), px at 1 round 85/85 and magnitude
+    84/84; at 5% magnitude 90/90 and px 88/88, but magnitude's second seed at 1.8% is still missing."""
+    config = dict(study_pai.SETTINGS["converged"], methods=["px", "magnitude"], densities=[0.05, 0.018, 0.005],
+                  seeds=[0, 1])
+
+    def row(method, density, seed, accuracy, rounds=None, schedule="grid"):
+        rounds = study_pai._rounds(config, method) if rounds is None else rounds
+        extra = {"schedule": schedule, "train": 20000, "epochs": 27} if schedule == "longer" else {}
+        return {"model": "resnet20", "method": method, "density": density, "seed": seed, "rounds": rounds,
+                "accuracy": accuracy, "collapsed": [], **extra}
+
+    rows = [row("dense", 1.0, s, 0.90, 0) for s in (0, 1)] + [row("dense", 1.0, 0, 0.91, 0, "longer")]
+    rows += [row("px", 0.005, 0, 0.80), row("px", 0.005, 1, 0.82), row("magnitude", 0.005, 0, 0.84),
+             row("magnitude", 0.005, 1, 0.84), row("px", 0.005, 0, 0.85, 1), row("px", 0.005, 1, 0.85, 1)]
+    rows += [row("px", 0.018, s, 0.86) for s in (0, 1)] + [row("magnitude", 0.018, 0, 0.87)]
+    rows += [row(m, 0.05, s, a) for s in (0, 1) for m, a in (("px", 0.88), ("magnitude", 0.90))]
+    return {"setting": "converged", "config": config, "rows": rows}
+
+
+def test_converged_study_1_ranks_complete_densities_only():
+    converged = _converged_results()
+    cells = study_pai.complete_cells(converged, "resnet20")
+    assert [density for density, _ in cells] == [0.005, 0.05]          # 1.8% waits for magnitude's seed 1
+    means = cells[0][1]
+    assert set(means) == {"px", "magnitude", "px (1 round)"}
+    assert means["px"][0] == pytest.approx(0.81) and means["px"][1] == pytest.approx(0.01414, abs=1e-4)
+    [line] = report._converged_method(converged, "magnitude")
+    assert "dense 90.0% vs 91.0% at 3x the epochs (1 of 2 seeds so far), converged" in line
+    assert "2 of 3 densities complete; 0.5%: px (1 round) 85.0 ± 0.0, magnitude 84.0 ± 0.0, px 81.0 ± 1.4" in line
+    assert "5.0%: magnitude 90.0 ± 0.0, px 88.0 ± 0.0" in line
+    assert ("`magnitude` has the best mean at 1 of 2 and is at most 1.0 points behind the best; PX (any rounds) "
+            "is best at 1 of 2.") in line
+    # the README's claim: px at 1 round ties the best at 0.5% (it is the best); at 5% px is 2 points behind
+    [claim] = report._converged_claim(converged)
+    assert "PX ties the best at 0.5% (px (1 round)); it is behind at 5.0% (magnitude 90.0% vs px 88.0%)" in claim
+    loses = report._where_px_loses(None, None, converged=converged)[0]
+    assert "In 1 of 2 cells" in loses and "study 1 converged resnet20 5.0%: magnitude 90.0 vs px 88.0" in loses
+
+
+def test_converged_study_1_without_a_complete_density_says_so():
+    converged = _converged_results()
+    converged["rows"] = converged["rows"][:4]
+    [line] = report._converged_method(converged, "magnitude")
+    assert line.endswith("4 runs so far; no density has every seed of every method yet.")
+    assert report._converged_claim(converged) == []
