@@ -251,6 +251,25 @@ def write_json(record: dict, path: str | Path) -> Path:
     return path
 
 
+def write_shared(record: dict, path: str | Path, same: tuple[str, ...], key) -> Path:
+    """`write_json` for a study run as several processes at once (`--shard`), each measuring its share of the
+    rows into the same JSON: under a lock, first take in the rows that the other shards of the run (the same
+    setting, code and values of the config keys `same`) have written there, so no shard overwrites another's.
+    `key(row)` names a row."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(path.suffix + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            on_disk = json.loads(path.read_text())
+            if not _setting_differs(on_disk, record, same) and same_code(on_disk["machine"], record["machine"]):
+                known = {key(row) for row in record["rows"]}
+                record["rows"] += [row for row in on_disk["rows"] if key(row) not in known]
+        return write_json(record, path)
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:

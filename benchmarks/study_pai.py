@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import sys
 import time
@@ -100,8 +101,10 @@ def build(name: str, seed: int) -> nn.Module:
     return resnet20(num_classes=10, in_channels=1) if name == "resnet20" else SmallVGG()
 
 
-def run(setting: str, out: Path, fresh: bool = False) -> dict:
-    """Measure every case of `setting` not already in `out` (resuming an interrupted run of the same code)."""
+def run(setting: str, out: Path, fresh: bool = False, shard: tuple[int, int] = (0, 1)) -> dict:
+    """Measure every case of `setting` not already in `out` (resuming an interrupted run of the same code).
+    `shard` (index, count): measure only every count-th run of `jobs` from the index-th, so that `count`
+    processes started together share the work; each takes the others' rows into `out` as it writes."""
     import hf_px
 
     config = SETTINGS[setting]
@@ -114,6 +117,7 @@ def run(setting: str, out: Path, fresh: bool = False) -> dict:
         record["rows"] = [r for r in record["rows"] if r.get("schedule", "grid") == "grid"
                           or (r["train"], r["epochs"]) == (longer["train"], longer["epochs"])]
     done = {_key(r) for r in record["rows"]}
+    save = common.write_json if shard[1] == 1 else functools.partial(common.write_shared, same=_SAME, key=_key)
     started = time.perf_counter()
     x_train, y_train, x_test, y_test = (t.to(device) for t in common.fashion_mnist_tensors(
         config["train"], config["test"], seed=0))
@@ -124,10 +128,10 @@ def run(setting: str, out: Path, fresh: bool = False) -> dict:
         schedules["longer"] = (x_long, y_long, longer["epochs"])
     for model_name in config["models"]:
         starts = {}   # seed -> (initial weights, scoring batches), shared by every method of that seed
-        for schedule, method, density, rounds, seed in jobs(config, model_name):
+        for index, (schedule, method, density, rounds, seed) in enumerate(jobs(config, model_name)):
             x_fit, y_fit, epochs = schedules[schedule]
             key = (model_name, method, density, seed, rounds, schedule)
-            if key in done:
+            if key in done or index % shard[1] != shard[0]:
                 continue
             if seed not in starts:
                 starts[seed] = (build(model_name, seed).to(device),
@@ -157,14 +161,15 @@ def run(setting: str, out: Path, fresh: bool = False) -> dict:
                 row.update(schedule=schedule, train=len(x_fit), epochs=epochs)
             record["rows"].append(row)
             record["seconds"] = round(time.perf_counter() - started, 1)
-            common.write_json(record, out)
+            save(record, out)
             print(f"{model_name:<8} {schedule:<6} seed {seed} {method:<9} density {density:6.2%} rounds {rounds:>3}: accuracy "
                   f"{row['accuracy']:.2%}, {len(row['collapsed'])} tensors at zero, prune {prune_s:.1f}s, "
                   f"train {train_s:.1f}s", flush=True)
     record["seconds"] = round(time.perf_counter() - started, 1)
     # the smoke run draws beside its JSON, so that it never touches the committed plots in docs/img
+    save(record, out)   # first the other shards' rows, which the plots draw too
     record["plots"] = plots(record, common.IMAGES if setting != "smoke" else out.parent)
-    common.write_json(record, out)
+    save(record, out)
     return record
 
 
@@ -430,12 +435,18 @@ def main(argv=None) -> int:
                         help="torch CPU threads (1 is much faster on a machine shared with other jobs)")
     parser.add_argument("--fresh", action="store_true",
                         help="measure every case again (default: resume from the JSON if the same code wrote it)")
+    parser.add_argument("--shard", default="0/1", metavar="I/N",
+                        help="measure every N-th run from the I-th (0-based): start N processes together, one per "
+                             "core, with the same --out; a later plain run measures whatever they left")
     args = parser.parse_args(argv)
+    index, _, count = args.shard.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        parser.error(f"--shard {args.shard!r}: give I/N with 0 <= I < N, e.g. --shard 0/2 and --shard 1/2")
     if args.threads:
         torch.set_num_threads(args.threads)
     setting = "smoke" if args.smoke else "full" if args.full else "converged" if args.converged else "quick"
     out = args.out or common.RESULTS / ("study_pai.json" if setting == "quick" else f"study_pai_{setting}.json")
-    results = run(setting, out, fresh=args.fresh)
+    results = run(setting, out, fresh=args.fresh, shard=(int(index), int(count)))
     print(report(results))
     return 0
 

@@ -205,3 +205,26 @@ def test_jobs_run_every_case_once_sparsest_cells_first(setting):
         grid = [job for job in order if job[0] == "grid" and job[1] != "dense"]
         assert [job[2] for job in grid] == sorted(job[2] for job in grid)
         assert all(job[0] == "grid" and job[1] == "dense" for job in order[:len(config["seeds"])])
+
+
+def test_shards_together_measure_what_one_run_does(tmp_path, monkeypatch):
+    """Two shards of the smoke setting into one JSON hold exactly the rows of an unsharded run, with the same
+    accuracies; a shard writing while another's rows are on disk keeps them."""
+    monkeypatch.setattr(study_pai.common, "code_fingerprint", lambda study_file=None: "abc1234")
+    whole, shared = tmp_path / "whole.json", tmp_path / "shared.json"
+    assert study_pai.main(["--smoke", "--out", str(whole), "--threads", "1"]) == 0
+    first = study_pai.run("smoke", shared, shard=(0, 2))
+    mine = {study_pai._key(r) for r in first["rows"]}
+    assert 0 < len(mine) < len(json.loads(whole.read_text())["rows"])
+    study_pai.common.write_json(dict(first, rows=[]), shared)     # shard 1 starts before shard 0 has written
+    second = study_pai.run("smoke", shared, shard=(1, 2))
+    assert not mine & {study_pai._key(r) for r in second["rows"]}      # the shards split the runs
+    study_pai.common.write_shared(first, shared, study_pai._SAME, study_pai._key)   # shard 0's last write
+    accuracy = {study_pai._key(r): r["accuracy"] for r in json.loads(whole.read_text())["rows"]}
+    rows = json.loads(shared.read_text())["rows"]
+    assert len(rows) == len(accuracy) and {study_pai._key(r): r["accuracy"] for r in rows} == accuracy
+
+
+def test_shard_flag_is_checked():
+    with pytest.raises(SystemExit):
+        study_pai.main(["--smoke", "--shard", "2/2"])
