@@ -31,6 +31,7 @@ STUDIES = [("transfer", "study_transfer", "study_transfer", "python benchmarks/s
            ("transfer_quick", "study_transfer", "study_transfer_quick", "python benchmarks/study_transfer.py"),
            ("transfer_second_vit", "study_transfer", "study_transfer_second_vit",
             "python benchmarks/study_transfer.py --second-vit"),
+           ("transfer_budget", "study_transfer", "study_transfer_budget", "python benchmarks/study_transfer.py --budget"),
            ("pai", "study_pai", "study_pai", "python benchmarks/study_pai.py"),
            ("pai_converged", "study_pai", "study_pai_converged", "python benchmarks/study_pai.py --converged"),
            ("transformers", "study_transformers", "study_transformers", "python benchmarks/study_transformers.py"),
