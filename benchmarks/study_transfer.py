@@ -616,17 +616,21 @@ def report(results: dict) -> str:
              "quick": "Study 4, quick: the cells that decide `--method auto`, measured again within 2 hours",
              "budget": "Study 4, the budget check again at 3x the grid's epochs (dense only)"}.get(
         results["setting"], "Study 4: transfer (pre-trained → pruned with 10 images per class → fine-tuned)")
-    lines = [f"## {title}", "",
-             f"{common.run_summary(results)}; {len(results['rows'])} runs).", "",
-             f"Every run is `hf-px prune` then `hf-px finetune` (the functions behind them), the fine-tuned checkpoint "
-             f"loaded back and judged on all {10 * config['test_per_class']} Fashion-MNIST test images. Fine-tuning "
-             f"set: {10 * config['train_per_class']} class-balanced train images; the scoring sample: "
-             f"{config['score_per_class']} of them per class, drawn by the seed. Inputs: "
-             + ", ".join(f"{EFFICIENTNET_SIZE}x{EFFICIENTNET_SIZE} for EfficientNet-Lite0" if m == "efficientnet-lite0"
-                         else f"{VIT_SIZE}x{VIT_SIZE} for {m}" for m in config["models"]) + ". "
-             f"Rounds: {', '.join(f'{m} {r}' for m, r in config['rounds'].items()) or 'none set'}; px and the "
-             "others their defaults unless the case says otherwise. Cells: mean ± std over seeds of the fine-tuned accuracy (%); the probe is the ridge head on "
-             "the pruned (BatchNorm-recalibrated) features at pruning time, before any training.", ""]
+    lines = [f"## {title}", "", f"{common.run_summary(results)}; {len(results['rows'])} runs).", ""]
+    if not config["cases"]:   # a budget check alone: the dense reference at two budgets
+        lines += [f"The grid's dense reference (its data, recipe and fine-tuning flow), seed{'s' * (len(config['seeds']) > 1)} "
+                  f"{', '.join(map(str, config['seeds']))}, fine-tuned for the epochs below and 3x them: whether a "
+                  "longer budget than the grid's would converge.", ""]
+    else:
+        lines += [f"Every run is `hf-px prune` then `hf-px finetune` (the functions behind them), the fine-tuned checkpoint "
+                 f"loaded back and judged on all {10 * config['test_per_class']} Fashion-MNIST test images. Fine-tuning "
+                 f"set: {10 * config['train_per_class']} class-balanced train images; the scoring sample: "
+                 f"{config['score_per_class']} of them per class, drawn by the seed. Inputs: "
+                 + ", ".join(f"{EFFICIENTNET_SIZE}x{EFFICIENTNET_SIZE} for EfficientNet-Lite0" if m == "efficientnet-lite0"
+                             else f"{VIT_SIZE}x{VIT_SIZE} for {m}" for m in config["models"]) + ". "
+                 f"Rounds: {', '.join(f'{m} {r}' for m, r in config['rounds'].items()) or 'none set'}; px and the "
+                 "others their defaults unless the case says otherwise. Cells: mean ± std over seeds of the fine-tuned accuracy (%); the probe is the ridge head on "
+                 "the pruned (BatchNorm-recalibrated) features at pruning time, before any training.", ""]
     pretraining = results.get("pretraining")
     if pretraining:
         vit = next(VIT_ARGS[m] for m in config["models"] if m in VIT_ARGS)

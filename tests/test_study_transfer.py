@@ -210,3 +210,19 @@ def test_layers_diagnosis_accounts_for_every_kept_weight(tmp_path):
     text = study.layers_report(json.loads((tmp_path / "layers.json").read_text()))
     assert "| `blocks.*.attn.qkv.weight` |" in text or "vit-mnist" not in study.available_models("smoke")
     assert "Not measured yet" in study.layers_report({"rows": []})
+
+
+def test_budget_setting_is_the_grid_s_efficientnet_reference_at_3x_its_epochs():
+    """`--budget` re-checks the grid's dense EfficientNet-Lite0 (same data, recipe, pre-training) at 3x the grid's
+    epochs, and the page renders it as a budget check alone (no case table, no plot)."""
+    budget, grid = study.SETTINGS["budget"], study.SETTINGS["grid"]
+    same = [k for k in study._SAME if k != "epochs"]
+    assert {k: budget[k] for k in same} == {k: grid[k] for k in same}
+    assert budget["epochs"]["efficientnet-lite0"] == grid["longer"] * grid["epochs"]["efficientnet-lite0"]
+    assert budget["cases"] == [] and budget["models"] == ["efficientnet-lite0"]
+    rows = [_row("efficientnet-lite0", "dense", 1.0, 0, e, a) for e, a in ((270, 0.81), (810, 0.827))]
+    results = {"setting": "budget", "config": budget, "rows": rows, "command": "python s.py --budget",
+               "machine": {"commit": "abc", "cpu": "CPU", "threads": 1}, "seconds": 60}
+    text = study.report(results)
+    assert "dense 81.0% after 270 epochs, 82.7% after 810: +1.7 points, more than 1 point apart" in text
+    assert "| case |" not in text and study.plots(results, Path("/nonexistent")) == {}
