@@ -282,13 +282,15 @@ def _converged_method(converged: dict, method: str) -> list[str]:
         for density, means in cells:
             order = _ordered({case: mean for case, (mean, _) in means.items()}, True)
             wins += order[0] == method
-            gaps.append(means[order[0]][0] - means[method][0])
+            if method in means:   # auto's CNN pick, where the setting runs it
+                gaps.append(means[order[0]][0] - means[method][0])
             best_px += _is_px(order[0])
             texts.append(f"{density:.1%}: " + ", ".join(f"{case} {100 * means[case][0]:.1f} ± {100 * means[case][1]:.1f}"
                                                          for case in order))
         out.append(f"{head} {len(cells)} of {len(config['densities'])} densities complete; " + "; ".join(texts)
-                   + f". `{method}` has the best mean at {wins} of {len(cells)} and is at most {100 * max(gaps):.1f} "
-                   f"points behind the best; PX (any rounds) is best at {best_px} of {len(cells)}.")
+                   + (f". `{method}` has the best mean at {wins} of {len(cells)} and is at most {100 * max(gaps):.1f} "
+                      "points behind the best" if gaps else f". `{method}` is not among its methods")
+                   + f"; PX (any rounds) is best at {best_px} of {len(cells)}.")
     return out
 
 

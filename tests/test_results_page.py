@@ -223,3 +223,6 @@ def test_converged_study_1_without_a_complete_density_says_so():
     [line] = report._converged_method(converged, "magnitude")
     assert line.endswith("4 runs so far; no density has every seed of every method yet.")
     assert report._converged_claim(converged) == []
+    # a pick the setting does not run is named, not ranked
+    assert "`snip` is not among its methods; PX (any rounds) is best at 1 of 2." in report._converged_method(
+        _converged_results(), "snip")[0]
