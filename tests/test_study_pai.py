@@ -211,6 +211,7 @@ def test_shards_together_measure_what_one_run_does(tmp_path, monkeypatch):
     """Two shards of the smoke setting into one JSON hold exactly the rows of an unsharded run, with the same
     accuracies; a shard writing while another's rows are on disk keeps them."""
     monkeypatch.setattr(study_pai.common, "code_fingerprint", lambda study_file=None: "abc1234")
+    monkeypatch.setitem(study_pai.SETTINGS, "smoke", dict(study_pai.SETTINGS["smoke"], models=["vgg"]))  # one model
     whole, shared = tmp_path / "whole.json", tmp_path / "shared.json"
     assert study_pai.main(["--smoke", "--out", str(whole), "--threads", "1"]) == 0
     first = study_pai.run("smoke", shared, shard=(0, 2))
