@@ -421,7 +421,7 @@ def _cells(pai: dict | None, transformers: dict | None, *transfers: dict, conver
         for model in transfer["config"]["models"]:
             for density, ranked in complete_transfer_cells(transfer, model):
                 yield f"study 4 {model} {density:.0%}", {case: mean for case, mean, _, _ in ranked}, True, 100.0, 1
-    for model in (converged or {"config": {"models": []}})["config"]["models"]:
+    for model in converged["config"]["models"] if converged else []:
         for density, means in study_pai.complete_cells(converged, model):
             yield (f"study 1 converged {model} {density:.1%}", {case: mean for case, (mean, _) in means.items()},
                    True, 100.0, 1)
@@ -602,8 +602,10 @@ def when_to_use_px(results: dict[str, dict]) -> str:
 def _converged_claim(converged: dict | None) -> list[str]:
     """The claim's line from study 1 at a budget that converges (trained from initialisation, second to study
     4): where PX ties the best (within one standard deviation over seeds, as study 4's ties) and where not."""
+    import study_transfer
+
     lines = []
-    for model in (converged or {"config": {"models": []}})["config"]["models"]:
+    for model in converged["config"]["models"] if converged else []:
         cells = study_pai.complete_cells(converged, model)
         if not cells:
             continue
@@ -611,8 +613,7 @@ def _converged_claim(converged: dict | None) -> list[str]:
         ties, behind = [], []
         for density, means in cells:
             best = max(means, key=lambda case: means[case][0])
-            tied = [c for c, (mean, std) in means.items()
-                    if _is_px(c) and means[best][0] - mean <= max(means[best][1], std, 0.005) + 1e-9]
+            tied = [c for c in means if _is_px(c) and study_transfer.ties(means[best], means[c])]
             if tied:
                 ties.append(f"{density:.1%} ({' / '.join(tied)})")
             else:

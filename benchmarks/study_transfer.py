@@ -575,10 +575,13 @@ def complete(results: dict, model: str, density: float) -> bool:
 def winners(results: dict, model: str, density: float) -> list[str]:
     """The cases whose mean is within one pooled standard deviation of the best (ties are not rankings)."""
     ranked = ranking(results, model, density)
-    if not ranked:
-        return []
-    best, best_std = ranked[0][1], ranked[0][2]
-    return [case for case, mean, std, _ in ranked if best - mean <= max(best_std, std, 0.005) + 1e-9]
+    return [case for case, mean, std, _ in ranked if ties(ranked[0][1:3], (mean, std))]
+
+
+def ties(best: tuple[float, float], other: tuple[float, float]) -> bool:
+    """Whether `other` (mean, std) is within one standard deviation of `best` (the larger of the two, and at
+    least half a point): a tie, not a ranking."""
+    return best[0] - other[0] <= max(best[1], other[1], 0.005) + 1e-9
 
 
 def plots(results: dict, directory: Path) -> dict:
