@@ -208,8 +208,10 @@ def test_converged_study_1_ranks_complete_densities_only():
     assert "dense 90.0% vs 91.0% at 3x the epochs (1 of 2 seeds so far), converged" in line
     assert "2 of 3 densities complete; 0.5%: px (1 round) 85.0 ± 0.0, magnitude 84.0 ± 0.0, px 81.0 ± 1.4" in line
     assert "5.0%: magnitude 90.0 ± 0.0, px 88.0 ± 0.0" in line
-    assert ("`magnitude` has the best mean at 1 of 2 and is at most 1.0 points behind the best; PX (any rounds) "
-            "is best at 1 of 2.") in line
+    # at 0.5% magnitude's 84 ± 0 is a point below px at 1 round's 85 ± 0 (a tie allows half a point at least)
+    assert ("`magnitude` has the best mean at 1 of 2, ties the best at 1 of 2 and is at most 1.0 points behind the "
+            "best; PX (any rounds) has the best mean at 1 of 2 and ties the best at 1 of 2") in line
+    assert "at chance" not in line
     # the README's claim: px at 1 round ties the best at 0.5% (it is the best); at 5% px is 2 points behind
     [claim] = report._converged_claim(converged)
     assert "PX ties the best at 0.5% (px (1 round)); it is behind at 5.0% (magnitude 90.0% vs px 88.0%)" in claim
@@ -224,5 +226,23 @@ def test_converged_study_1_without_a_complete_density_says_so():
     assert line.endswith("4 runs so far; no density has every seed of every method yet.")
     assert report._converged_claim(converged) == []
     # a pick the setting does not run is named, not ranked
-    assert "`snip` is not among its methods; PX (any rounds) is best at 1 of 2." in report._converged_method(
+    assert "`snip` is not among its methods; PX (any rounds) has the best mean at 1 of 2" in report._converged_method(
         _converged_results(), "snip")[0]
+
+
+def test_converged_study_1_ties_and_runs_at_chance_are_named():
+    converged = _converged_results()
+    for row in converged["rows"]:
+        if row["method"] == "px" and row["density"] == 0.05:
+            row["accuracy"] = 0.896
+        if row["method"] == "magnitude" and row["density"] == 0.005 and row["seed"] == 1:
+            row["accuracy"] = 0.100   # collapsed: 84 and 10 average 47 ± 52
+    [line] = report._converged_method(converged, "magnitude")
+    assert "0.5%: px (1 round) 85.0 ± 0.0, px 81.0 ± 1.4, magnitude 47.0 ± 52.3" in line
+    # 5%: px 89.6 is within half a point of magnitude's 90.0, a tie; 0.5%: magnitude 38 points behind
+    # magnitude's 47.0 ± 52.3 is within one std of 85.0, but a collapsed run's spread is no seed noise: no tie
+    assert ("`magnitude` has the best mean at 1 of 2, ties the best at 1 of 2 and is at most 38.0 points behind "
+            "the best; PX (any rounds) has the best mean at 1 of 2 and ties the best at 2 of 2") in line
+    assert line.endswith("; runs at chance (a collapsed network, counted in the means, and its case ties nothing): "
+                         "magnitude seed 1 at 0.5% (10.0%).")
+    assert report._at_chance(converged, "resnet20") == {(0.005, "magnitude"): [(1, 0.100)]}
