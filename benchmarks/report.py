@@ -318,8 +318,8 @@ def _at_chance(results: dict, model: str) -> dict[tuple[float, str], list[tuple[
     config, chance = results["config"], {}
     for r in results["rows"]:
         if r["model"] == model and r.get("schedule", "grid") == "grid" and r["accuracy"] <= FASHION_MNIST_CHANCE + 0.01:
-            case = r["method"] if r["rounds"] == study_pai._rounds(config, r["method"]) else \
-                study_pai._case_label(r["method"], r["rounds"])
+            grid = r["method"] == "dense" or r["rounds"] == study_pai._rounds(config, r["method"])
+            case = r["method"] if grid else study_pai._case_label(r["method"], r["rounds"])
             chance.setdefault((r["density"], case), []).append((r["seed"], r["accuracy"]))
     return chance
 
