@@ -42,7 +42,6 @@ STUDIES = [("transfer", "study_transfer", "study_transfer", "python benchmarks/s
 # the engine benchmarks: (key, JSON file); gpu_check.json exists only once a GPU session has run it; and
 # study 4's layer diagnosis (`study_transfer.py --layers`), rendered inside study 4's section
 BENCHMARKS = [("bench", "bench_px_cpu"), ("gpu", "gpu_check"), ("transfer_layers", "study_transfer_layers")]
-FASHION_MNIST_CHANCE = 0.1   # study 1's accuracy of a network that predicts one class
 
 
 def load_results(directory: Path = common.RESULTS) -> dict[str, dict]:
@@ -265,8 +264,6 @@ def _transformers_method(results: dict, choice: dict) -> list[str]:
 
 def _converged_method(converged: dict, method: str) -> list[str]:
     """Study 1 at a budget that converges: does it back `method` (auto's CNN pick) at its complete densities?"""
-    import study_transfer
-
     config, out = converged["config"], []
     for model in config["models"]:
         check = study_pai.budget_check(converged, model)
@@ -280,21 +277,16 @@ def _converged_method(converged: dict, method: str) -> list[str]:
         if not cells:
             out.append(f"{head} {len(converged['rows'])} runs so far; no density has every seed of every method yet.")
             continue
-        wins, ties, gaps, best_px, px_ties = 0, 0, [], 0, 0
-        texts, chance = [], _at_chance(converged, model)
-        for density, means in cells:
+        wins, ties, gaps, best_px, px_ties, texts = 0, 0, [], 0, 0, []
+        chance = study_pai.runs_at_chance(converged, model)
+        for density, means, best, tied in study_pai.cell_ties(converged, model):
             order = _ordered({case: mean for case, (mean, _) in means.items()}, True)
-            best = means[order[0]]
-
-            def tied(case):   # a case with a collapsed run ties nothing: its spread is the collapse, not noise
-                return study_transfer.ties(best, means[case]) and (density, case) not in chance
-
-            wins += order[0] == method
+            wins += best == method
             if method in means:   # auto's CNN pick, where the setting runs it
-                gaps.append(best[0] - means[method][0])
-                ties += tied(method)
-            best_px += _is_px(order[0])
-            px_ties += any(_is_px(case) and tied(case) for case in means)
+                gaps.append(means[best][0] - means[method][0])
+                ties += method in tied
+            best_px += _is_px(best)
+            px_ties += any(_is_px(case) for case in tied)
             texts.append(f"{density:.1%}: " + ", ".join(f"{case} {100 * means[case][0]:.1f} ± {100 * means[case][1]:.1f}"
                                                          for case in order))
         n = len(cells)
@@ -309,19 +301,6 @@ def _converged_method(converged: dict, method: str) -> list[str]:
                                   for (density, case), runs in sorted(chance.items()) for seed, accuracy in runs)
                       if chance else "") + ".")
     return out
-
-
-def _at_chance(results: dict, model: str) -> dict[tuple[float, str], list[tuple[int, float]]]:
-    """{(density, case label as `complete_cells` names it): [(seed, accuracy)]} of study 1's grid runs that
-    ended at chance (within a point of 10% on the 10 Fashion-MNIST classes): networks that collapsed, which a
-    mean ± std alone hides."""
-    config, chance = results["config"], {}
-    for r in results["rows"]:
-        if r["model"] == model and r.get("schedule", "grid") == "grid" and r["accuracy"] <= FASHION_MNIST_CHANCE + 0.01:
-            grid = r["method"] == "dense" or r["rounds"] == study_pai._rounds(config, r["method"])
-            case = r["method"] if grid else study_pai._case_label(r["method"], r["rounds"])
-            chance.setdefault((r["density"], case), []).append((r["seed"], r["accuracy"]))
-    return chance
 
 
 def _cnn_method(pai: dict, transformers: dict | None, method: str) -> list[str]:
@@ -632,19 +611,15 @@ def when_to_use_px(results: dict[str, dict]) -> str:
 def _converged_claim(converged: dict | None) -> list[str]:
     """The claim's line from study 1 at a budget that converges (trained from initialisation, second to study
     4): where PX ties the best (within one standard deviation over seeds, as study 4's ties) and where not."""
-    import study_transfer
-
     lines = []
     for model in converged["config"]["models"] if converged else []:
         cells = study_pai.complete_cells(converged, model)
         if not cells:
             continue
         status = _status(study_pai.budget_check(converged, model))
-        ties, behind, chance = [], [], _at_chance(converged, model)
-        for density, means in cells:
-            best = max(means, key=lambda case: means[case][0])
-            tied = [c for c in means if _is_px(c) and study_transfer.ties(means[best], means[c])
-                    and (density, c) not in chance]
+        ties, behind = [], []
+        for density, means, best, tied in study_pai.cell_ties(converged, model):
+            tied = [case for case in tied if _is_px(case)]
             if tied:
                 ties.append(f"{density:.1%} ({' / '.join(tied)})")
             else:

@@ -29,6 +29,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+CHANCE = 0.1   # Fashion-MNIST's 10 classes: the accuracy of a network that predicts one class
 METHODS = ["px", "px-exact", "random", "magnitude", "snip", "grasp", "synflow", "ntk-sap"]
 SETTINGS = {
     "smoke": dict(models=["resnet20", "vgg"], methods=["px", "random"], densities=[0.2], seeds=[0, 1],
@@ -389,29 +390,57 @@ def _longer_report(results: dict, model: str) -> list[str]:
     return lines + [""]
 
 
+def runs_at_chance(results: dict, model: str) -> dict[tuple[float, str], list[tuple[int, float]]]:
+    """{(density, case label as `complete_cells` names it): [(seed, accuracy)]} of the grid's runs that ended at
+    chance (within a point of 10% on Fashion-MNIST's 10 classes): networks that collapsed, which a mean ± std
+    alone hides."""
+    config, chance = results["config"], {}
+    for r in results["rows"]:   # the rounds ablation's too
+        if r["model"] == model and r.get("schedule", "grid") == "grid" and r["accuracy"] <= CHANCE + 0.01:
+            grid = r["method"] == "dense" or r["rounds"] == _rounds(config, r["method"])
+            case = r["method"] if grid else _case_label(r["method"], r["rounds"])
+            chance.setdefault((r["density"], case), []).append((r["seed"], r["accuracy"]))
+    return chance
+
+
+def cell_ties(results: dict, model: str) -> list[tuple[float, dict[str, tuple[float, float]], str, list[str]]]:
+    """(density, {case: (mean, std)}, the case with the best mean, the cases that tie it) of each complete cell
+    (`complete_cells`). A tie is study 4's: within one standard deviation over seeds. A case with a run at chance
+    ties nothing, the best included: its spread is the collapse, not seed noise."""
+    from study_transfer import ties
+
+    chance, out = runs_at_chance(results, model), []
+    for density, means in complete_cells(results, model):
+        best = max(means, key=lambda case: means[case][0])
+        tied = [case for case in sorted(means, key=lambda c: -means[c][0])
+                if ties(means[best], means[case]) and (density, case) not in chance]
+        out.append((density, means, best, tied))
+    return out
+
+
 def _verdicts(results: dict, model: str) -> list[str]:
-    """Computed sentences: who wins at each density, and how PX compares with random."""
+    """Computed sentences, density by density: the best mean, the cases that tie it, how far PX's grid case is
+    behind, and the runs that ended at chance."""
     config, out = results["config"], []
+    cells = {density: (means, best, tied) for density, means, best, tied in cell_ties(results, model)}
+    chance = runs_at_chance(results, model)
     for density in config["densities"]:
-        runs = {m: [r["accuracy"] for r in _rows(results, model=model, method=m, density=density)]
-                for m in config["methods"]}
-        done = sum(len(values) for values in runs.values())
-        if not done:
+        if density not in cells:   # a partial cell ranks nothing
+            done = sum(len(_rows(results, model=model, method=m, density=density)) for m in config["methods"])
+            if done:
+                out.append(f"- at {density:.1%} density: {done} of {len(config['methods']) * len(config['seeds'])} "
+                           "runs so far; no verdict until every method has all its seeds")
             continue
-        if any(len(values) < len(config["seeds"]) for values in runs.values()):   # a partial cell ranks nothing
-            out.append(f"- at {density:.1%} density: {done} of {len(runs) * len(config['seeds'])} runs so far; no "
-                       "verdict until every method has all its seeds")
-            continue
-        means = {m: common.mean_std(values) for m, values in runs.items()}
-        best = max(means, key=lambda m: means[m][0])
-        rank = sorted(means, key=lambda m: -means[m][0]).index("px") + 1 if "px" in means else None
-        text = f"- at {density:.1%} density the best method is **{best}** ({100 * means[best][0]:.1f}%)"
-        if rank is not None and "random" in means:
-            gap = 100 * (means["px"][0] - means["random"][0])
-            spread = 100 * max(means["px"][1], means["random"][1])
-            verdict = ("within the seed spread of" if abs(gap) <= spread else "above" if gap > 0 else "below")
-            text += (f"; px ranks {rank} of {len(means)} and is {verdict} random ({gap:+.1f} points; std up to "
-                     f"{spread:.1f})")
+        means, best, tied = cells[density]
+        others = [case for case in tied if case != best]
+        text = (f"- at {density:.1%} density the best mean is **{best}** ({100 * means[best][0]:.1f}%); "
+                + (f"tied (within one standard deviation): {', '.join(others)}" if others else "no other case ties it"))
+        if "px" in means and "px" not in tied:
+            text += f"; px is {100 * (means[best][0] - means['px'][0]):.1f} points behind"
+        at_chance = [f"{case} seed {seed} ({100 * accuracy:.1f}%)" for (d, case), runs in sorted(chance.items())
+                     if d == density for seed, accuracy in runs]
+        if at_chance:
+            text += f"; at chance (collapsed; counted in the mean, ties nothing): {', '.join(at_chance)}"
         out.append(text)
     return out + [""]
 

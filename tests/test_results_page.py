@@ -245,9 +245,9 @@ def test_converged_study_1_ties_and_runs_at_chance_are_named():
             "the best; PX (any rounds) has the best mean at 1 of 2 and ties the best at 2 of 2") in line
     assert line.endswith("; runs at chance (a collapsed network, counted in the means, and its case ties nothing): "
                          "magnitude seed 1 at 0.5% (10.0%).")
-    assert report._at_chance(converged, "resnet20") == {(0.005, "magnitude"): [(1, 0.100)]}
+    assert report.study_pai.runs_at_chance(converged, "resnet20") == {(0.005, "magnitude"): [(1, 0.100)]}
     converged["rows"][0]["accuracy"] = converged["rows"][4]["accuracy"] = 0.095   # a diverged dense run; px at 0.5%
-    assert report._at_chance(converged, "resnet20") == {
+    assert report.study_pai.runs_at_chance(converged, "resnet20") == {
         (1.0, "dense"): [(0, 0.095)], (0.005, "px"): [(1, 0.095)], (0.005, "magnitude"): [(1, 0.100)]}
     # px at 0.5%, 44.8 ± 50.0, is within one std of px at 1 round's 85.0 but collapsed: only px at 1 round ties
     assert "PX ties the best at 0.5% (px (1 round)), 5.0% (px);" in report._converged_claim(converged)[0]

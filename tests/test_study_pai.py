@@ -36,7 +36,7 @@ def test_smoke_run_writes_rows_report_and_plots(tmp_path, capsys, monkeypatch):
     assert len({r["seed"] for r in dense}) == len(config["seeds"])
 
     text = study_pai.report(results)
-    assert "| **px** |" in text and "| random |" in text and "best method is" in text
+    assert "| **px** |" in text and "| random |" in text and "best mean is" in text
     assert "PX rounds at 20.0% density" in text
     assert "Longer-training check (vgg)" in text and "| px (3 rounds) |" in text and "| magnitude |" in text
     for path in results["plots"].values():
@@ -172,18 +172,28 @@ def test_fingerprint_ignores_the_settings_table_only(tmp_path):
 
 
 def test_verdicts_wait_for_every_seed_of_every_method():
-    """A partial cell (px alone so far) names no best method; a complete one does."""
+    """A partial cell (px alone so far) names no best method; a complete one names the best mean, the cases
+    within one standard deviation of it, how far px is behind, and runs at chance, which tie nothing."""
     def row(method, seed, accuracy):
-        return {"model": "m", "method": method, "density": 0.05, "seed": seed, "rounds": 1 if method == "random"
-                else 20, "accuracy": accuracy, "collapsed": []}
+        return {"model": "m", "method": method, "density": 0.05, "seed": seed, "rounds": 20 if method == "px" else 1,
+                "accuracy": accuracy, "collapsed": []}
 
-    results = {"config": {"densities": [0.05], "methods": ["px", "random"], "seeds": [0, 1], "rounds": 20},
+    results = {"config": {"densities": [0.05], "methods": ["px", "random", "magnitude"], "seeds": [0, 1],
+                          "rounds": 20, "rounds_ablation": {"model": "other", "density": 0.05, "rounds": [1]}},
                "rows": [row("px", 0, 0.8), row("px", 1, 0.82)]}
-    assert study_pai._verdicts(results, "m")[0] == ("- at 5.0% density: 2 of 4 runs so far; no verdict until "
+    assert study_pai._verdicts(results, "m")[0] == ("- at 5.0% density: 2 of 6 runs so far; no verdict until "
                                                     "every method has all its seeds")
-    results["rows"] += [row("random", 0, 0.7), row("random", 1, 0.72)]
-    assert study_pai._verdicts(results, "m")[0].startswith("- at 5.0% density the best method is **px** (81.0%); "
-                                                           "px ranks 1 of 2 and is above random (+10.0 points")
+    # px 81 ± 1.4; magnitude 84 ± 1.4 (px 3 points behind); random 47.5 ± 53: within one std of the best only
+    # through its collapsed seed
+    results["rows"] += [row("magnitude", 0, 0.83), row("magnitude", 1, 0.85), row("random", 0, 0.85),
+                        row("random", 1, 0.10)]
+    assert study_pai._verdicts(results, "m")[0] == (
+        "- at 5.0% density the best mean is **magnitude** (84.0%); no other case ties it; px is 3.0 points behind; "
+        "at chance (collapsed; counted in the mean, ties nothing): random seed 1 (10.0%)")
+    results["rows"][1]["accuracy"] = 0.86   # px 83 ± 4.2: a tie
+    assert study_pai._verdicts(results, "m")[0] == (
+        "- at 5.0% density the best mean is **magnitude** (84.0%); tied (within one standard deviation): px; "
+        "at chance (collapsed; counted in the mean, ties nothing): random seed 1 (10.0%)")
 
 
 @pytest.mark.parametrize("setting", sorted(study_pai.SETTINGS))
