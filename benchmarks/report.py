@@ -28,6 +28,8 @@ from hf_px.pruning import AUTO_FOR_CNNS, AUTO_FOR_TRANSFORMERS, describe_choice 
 # (key, module that renders it, its JSON file's stem, the command that writes it); transfer first: the
 # toolkit's own use case
 STUDIES = [("transfer", "study_transfer", "study_transfer", "python benchmarks/study_transfer.py --grid"),
+           ("transfer_cnn", "study_transfer", "study_transfer_cnn",
+            "python benchmarks/study_transfer.py --cnn"),
            ("transfer_quick", "study_transfer", "study_transfer_quick", "python benchmarks/study_transfer.py"),
            ("transfer_second_vit", "study_transfer", "study_transfer_second_vit",
             "python benchmarks/study_transfer.py --second-vit"),
@@ -71,9 +73,10 @@ def defaults_section(results: dict[str, dict]) -> str:
              "evaluation sets):", ""]
     pai, transformers, transfer = results.get("pai"), results.get("transformers"), results.get("transfer")
     # study 4 (the toolkit's use case) first, then the studies without fine-tuning or from initialisation
-    for grid in (transfer, results.get("transfer_second_vit")):
+    grids = [grid for grid in (transfer, results.get("transfer_cnn"), results.get("transfer_second_vit")) if grid]
+    for grid in grids:
         for model, (family, choice) in TRANSFER_FAMILIES.items():
-            if grid and model in grid["config"]["models"]:
+            if model in grid["config"]["models"]:
                 lines += _transfer_method(grid, model, family, choice)
     converged = results.get("pai_converged")
     if converged:   # study 1 second: from initialisation, but trained to convergence
@@ -85,7 +88,6 @@ def defaults_section(results: dict[str, dict]) -> str:
         lines += _rounds(pai, px.default_rounds)
     if transformers:
         lines += _options(transformers)
-    grids = [grid for grid in (transfer, results.get("transfer_second_vit")) if grid]
     lines += _api_default(pai, transformers, *grids, converged=converged)
     lines += _where_px_loses(pai, transformers, *grids, converged=converged)
     return "\n".join(lines + [""])
@@ -94,6 +96,7 @@ def defaults_section(results: dict[str, dict]) -> str:
 # study 4's models and the family of `--method auto` each stands for: (family, what auto runs on it)
 TRANSFER_FAMILIES = {"vit-mnist": ("Transformers", AUTO_FOR_TRANSFORMERS),
                      "efficientnet-lite0": ("CNNs", AUTO_FOR_CNNS),
+                     "efficientnet-lite0-64px": ("CNNs, EfficientNet-Lite0 at 64 px", AUTO_FOR_CNNS),
                      "vit-mnist-deep": ("Transformers, a second ViT", AUTO_FOR_TRANSFORMERS)}
 
 
@@ -575,19 +578,19 @@ def when_to_use_px(results: dict[str, dict]) -> str:
     if not transfer or not transfer["rows"]:
         return ("Study 4 (pre-trained → pruned → fine-tuned, the toolkit's use case) has not run yet; until it has, "
                 "[docs/results.md](docs/results.md) has the evidence of the other studies.")
-    config = transfer["config"]
+    grids = [grid for grid in (transfer, results.get("transfer_cnn")) if grid]
     lines = [f"When to use PX, from study 4 of [docs/results.md](docs/results.md) (pre-trained model pruned with 10 "
-             f"images per class of Fashion-MNIST, then fine-tuned; {len(transfer['rows'])} runs; \"ties\": within "
-             "one standard deviation over seeds of the best fine-tuned accuracy):", ""]
-    for model in config["models"]:
-        cells = complete_transfer_cells(transfer, model)
+             f"images per class of Fashion-MNIST, then fine-tuned; {sum(len(g['rows']) for g in grids)} runs; "
+             "\"ties\": within one standard deviation over seeds of the best fine-tuned accuracy):", ""]
+    for grid, model in [(grid, model) for grid in grids for model in grid["config"]["models"]]:
+        cells = complete_transfer_cells(grid, model)
         if not cells:
             continue
-        status = _budget_status(transfer, model)
+        status = _budget_status(grid, model)
         seeds = min(n for _, ranked in cells for *_, n in ranked)
         ties, behind = [], []
         for density, ranked in cells:
-            winners = study_transfer.winners(transfer, model, density)
+            winners = study_transfer.winners(grid, model, density)
             px_cases = [c for c in winners if _is_px(c)]
             if px_cases:
                 ties.append(f"{density:.0%} ({' / '.join(px_cases)})")
@@ -596,9 +599,9 @@ def when_to_use_px(results: dict[str, dict]) -> str:
                 leader = f"{ranked[0][0]} {100 * ranked[0][1]:.1f}%"
                 behind.append(f"{density:.0%} ({leader}" + (f" vs {best_px[0]} {100 * best_px[1]:.1f}%" if best_px
                                                               else "") + ")")
-        lines.append(f"- **{model}** ({len(cells)} of {len(config['densities'])} densities complete, {seeds} seed"
-                     f"{'s' * (seeds != 1)} or more, {status}): PX (px in any variant, or px-exact) ties the best at "
-                     + (", ".join(ties) or "no density") + "; it is behind at " + (", ".join(behind) or "no density")
+        lines.append(f"- **{model}** ({len(cells)} of {len(grid['config']['densities'])} densities complete, {seeds} "
+                     f"seed{'s' * (seeds != 1)} or more, {status}): PX (px in any variant, or px-exact) ties the best "
+                     "at " + (", ".join(ties) or "no density") + "; it is behind at " + (", ".join(behind) or "no density")
                      + ".")
     lines += _converged_claim(results.get("pai_converged"))
     if len(lines) == 2:   # budget checks only, so far

