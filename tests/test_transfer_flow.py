@@ -1,7 +1,8 @@
 """The toolkit's main flow in the user's regime: a pre-trained BatchNorm CNN (real running statistics, from
 another domain) -> `hf-px prune` on a small sample of the downstream data -> `hf-px finetune` with an ordinary
 SGD recipe. With BatchNorm recalibration, the leave-one-out ridge head and precise BatchNorm the fine-tuning
-improves on the pruning-time probe; without them (the previous flow) the same run ends below it."""
+improves on the pruning-time probe; without them (the previous flow) the same run starts far worse and ends
+below the run with them."""
 
 import functools
 import json
@@ -88,10 +89,13 @@ def test_fine_tuning_a_pruned_pretrained_bn_model_beats_its_probe_and_the_previo
     assert record["batchnorm"]["recalibrated"] and record["batchnorm"]["images"] == 100
     assert record["probe"]["sparse_stale_batchnorm"] < probe      # the dense statistics hurt the pruned model
 
+    # the failure this flow fixes: stale statistics and an unregularised head wreck the first epoch, and the run
+    # ends below this flow's (below its own probe too on some CPUs: AMD EPYC, not Intel Xeon)
     before, after = _flow(root, data, previous=True, monkeypatch=monkeypatch)
-    assert after.history[-1]["eval_accuracy"] < before["probe"]["sparse"]   # the failure this flow fixes
-    assert after.provenance.finetune.below_probe is True
-    assert after.history[0]["train_loss"] > losses[0] + 0.5                # and a worse start
+    assert after.history[0]["train_loss"] > losses[0] + 0.5
+    assert after.history[0]["eval_accuracy"] < before["probe"]["sparse"] - 0.15
+    assert after.history[-1]["eval_accuracy"] < result.history[-1]["eval_accuracy"]
+    assert after.provenance.finetune.below_probe == (after.history[-1]["eval_accuracy"] < before["probe"]["sparse"])
 
 
 def test_checkpoint_head_is_sane_in_train_mode_as_in_eval_mode(pretrained, monkeypatch):
