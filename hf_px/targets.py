@@ -40,8 +40,8 @@ def _find_head(model: nn.Module, example: torch.Tensor) -> list[str]:
              if isinstance(module, PRUNABLE_MODULES) and isinstance(getattr(module, "weight", None), nn.Parameter)]
     was_training = model.training
     model.eval()
-    try:
-        logits = logits_of(model(example))
+    try:   # one image shows which layer makes the logits: a whole batch would only cost time
+        logits = logits_of(model(example[:1]))
     finally:
         model.train(was_training)
         for hook in hooks:

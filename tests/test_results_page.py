@@ -251,3 +251,25 @@ def test_converged_study_1_ties_and_runs_at_chance_are_named():
         (1.0, "dense"): [(0, 0.095)], (0.005, "px"): [(1, 0.095)], (0.005, "magnitude"): [(1, 0.100)]}
     # px at 0.5%, 44.8 ± 50.0, is within one std of px at 1 round's 85.0 but collapsed: only px at 1 round ties
     assert "PX ties the best at 0.5% (px (1 round)), 5.0% (px);" in report._converged_claim(converged)[0]
+
+
+def test_width_line_counts_removed_channels_at_each_model_s_lowest_density():
+    def row(model, case, density, dead):
+        return {"model": model, "case": case, "density": density, "seed": 0, "groups": {},
+                "dead_channels": dead}
+
+    layers = {"rows": [
+        # at 5% (not the lowest density) magnitude would look narrower: only the lowest density counts
+        row("cnn", "px", 0.05, {"a": [0, 10], "b": [0, 30]}), row("cnn", "magnitude", 0.05, {"a": [9, 10], "b": [0, 30]}),
+        row("cnn", "px", 0.02, {"a": [1, 10], "b": [24, 30]}), row("cnn", "magnitude", 0.02, {"a": [2, 10], "b": [6, 30]}),
+        row("cnn", "random", 0.02, {"a": [10, 10], "b": [30, 30]}),
+        row("vit", "px", 0.1, {"fc": [1, 4]}), row("vit", "magnitude", 0.1, {"fc": [3, 4]}),
+        row("old", "px", 0.1, {}), row("old", "magnitude", 0.1, {})]}
+    for old in layers["rows"][-2:]:   # rows measured before the channels were recorded
+        del old["dead_channels"]
+    (line,) = report._narrowing([layers])
+    # cnn at 2%: px (1 + 24) / 40 = 62%, magnitude (2 + 6) / 40 = 20%; group b differs most: 80% vs 20%
+    assert "cnn at 2%: px 62%, magnitude 20% (`b`: 80% vs 20%)" in line
+    assert "vit at 10%: px 25%, magnitude 75% (`fc`: 25% vs 75%)" in line
+    assert "the narrower network in 1 of these 2 cases" in line and "old" not in line
+    assert report._narrowing([{"rows": []}]) == []

@@ -192,6 +192,11 @@ def test_tensor_groups_pool_blocks_and_count_exactly():
     masks = {"blocks.0.fc.weight": torch.tensor([True, False, False, False]),
              "blocks.1.fc.weight": torch.tensor([True, True]), "head.weight": torch.tensor([False, True, True])}
     assert study.group_densities(masks) == {"blocks.*.fc.weight": [3, 6], "head.weight": [2, 3]}
+    # output channels (first dimension) with nothing kept: [removed, total] per group
+    conv = torch.tensor([[[1, 0], [0, 0]], [[0, 0], [0, 0]], [[0, 0], [0, 1]]], dtype=torch.bool)   # channel 1 removed
+    linear = torch.tensor([[False, False], [False, False]])                                        # both rows removed
+    assert study.group_dead_channels({"blocks.0.conv.weight": conv, "blocks.1.conv.weight": conv[:2],
+                                      "head.weight": linear}) == {"blocks.*.conv.weight": [2, 5], "head.weight": [2, 2]}
 
 
 @pytest.mark.skipif(efficientnet_lite0_weights() is None, reason="EfficientNet-Lite0 weights not installed "
@@ -207,8 +212,11 @@ def test_layers_diagnosis_accounts_for_every_kept_weight(tmp_path):
         total = sum(t for _, t in row["groups"].values())
         # the groups partition the targets: together they keep the target density (one global threshold)
         assert kept / total == pytest.approx(row["density"], abs=0.01), row["case"]
+        assert row["dead_channels"].keys() == row["groups"].keys()
+        assert all(0 <= removed <= channels for removed, channels in row["dead_channels"].values())
     text = study.layers_report(json.loads((tmp_path / "layers.json").read_text()))
     assert "| `blocks.*.attn.qkv.weight` |" in text or "vit-mnist" not in study.available_models("smoke")
+    assert "Output channels each case removes entirely" in text
     assert "Not measured yet" in study.layers_report({"rows": []})
 
 
