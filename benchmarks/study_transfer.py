@@ -504,7 +504,8 @@ def group_dead_channels(masks: dict) -> dict[str, list[int]]:
 
 def where_the_weights_go(setting: str, out: Path, workdir: Path = WORKDIR, seed: int = 0) -> dict:
     """The diagnosis beside the grid: every case of `setting` pruned (not fine-tuned) at the setting's three
-    lowest densities, with `seed`, and the fraction each kind of tensor keeps. Minutes: no training."""
+    lowest densities, with `seed`: the fraction each kind of tensor keeps, and the output channels it removes
+    entirely. Minutes: no training."""
     config = SETTINGS[setting]
     record = common.start_record("transfer-layers", setting, config, study_file=__file__)
     folders = prepare(setting, workdir)["folders"]
