@@ -523,7 +523,8 @@ def where_the_weights_go(setting: str, out: Path, workdir: Path = WORKDIR, seed:
 
 
 def layers_report(layers: dict) -> str:
-    """Tables of the kept fraction (%) per kind of tensor and case, per model and density."""
+    """Tables of the kept fraction (%) per kind of tensor and case, and of the output channels removed entirely,
+    per model and density."""
     command = layers.get("command", "python benchmarks/study_transfer.py --layers")
     if not layers["rows"]:
         return f"### Where the weights go\n\nNot measured yet: run `{command}`.\n"
@@ -534,21 +535,21 @@ def layers_report(layers: dict) -> str:
     for model in dict.fromkeys(r["model"] for r in layers["rows"]):
         for density in sorted({r["density"] for r in layers["rows"] if r["model"] == model}, reverse=True):
             rows = [r for r in layers["rows"] if r["model"] == model and r["density"] == density]
-            cases = [r["case"] for r in rows]
-            lines += [f"{model} at {density:.0%} density:", "", "| tensors | size | " + " | ".join(cases) + " |",
-                      "|---|---:|" + "---:|" * len(cases)]
-            for group, (_, total) in rows[0]["groups"].items():
-                cells = [f"{100 * r['groups'][group][0] / total:.1f}" for r in rows]
-                lines.append(f"| `{group}` | {total:,} | " + " | ".join(cells) + " |")
-            lines.append("")
+            lines += [f"{model} at {density:.0%} density:", ""] + _share_table(rows, "groups", "size")
             if all("dead_channels" in r for r in rows):   # rows measured before the channels were recorded lack it
-                lines += ["Output channels each case removes entirely (%; every weight of the channel pruned):", "",
-                          "| tensors | channels | " + " | ".join(cases) + " |", "|---|---:|" + "---:|" * len(cases)]
-                for group, (_, channels) in rows[0]["dead_channels"].items():
-                    cells = [f"{100 * r['dead_channels'][group][0] / channels:.1f}" for r in rows]
-                    lines.append(f"| `{group}` | {channels:,} | " + " | ".join(cells) + " |")
-                lines.append("")
+                lines += ["Output channels each case removes entirely (%; every weight of the channel pruned):", ""]
+                lines += _share_table(rows, "dead_channels", "channels")
     return "\n".join(lines)
+
+
+def _share_table(rows: list[dict], field: str, unit: str) -> list[str]:
+    """A table of each row's `field` ({group: [count, total]}) as a share (%) of the total, one column per case."""
+    cases = [r["case"] for r in rows]
+    lines = [f"| tensors | {unit} | " + " | ".join(cases) + " |", "|---|---:|" + "---:|" * len(cases)]
+    for group, (_, total) in rows[0][field].items():
+        cells = [f"{100 * r[field][group][0] / total:.1f}" for r in rows]
+        lines.append(f"| `{group}` | {total:,} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _seconds(record: dict, started: float) -> float:
