@@ -7,6 +7,8 @@ small downstream dataset, then fine-tuned with its masks fixed, through the func
     python benchmarks/study_transfer.py --full     # every method and variant, more seeds and data: a GPU
     python benchmarks/study_transfer.py --smoke    # seconds: what the test suite runs
     python benchmarks/study_transfer.py --adopt    # resume rows other code measured, once a sample reproduces
+    python benchmarks/study_transfer.py --channels --threads 1 --shard 0/2   # with --shard 1/2: px with a
+                                                   # per-channel floor, on both models (~50 min)
     python benchmarks/study_transfer.py --second-vit   # auto's transformer pick on a second ViT (about an hour)
     python benchmarks/study_transfer.py --budget   # EfficientNet-Lite0's budget check at 270 vs 810 epochs (~30 min)
     python benchmarks/study_transfer.py --cnn --threads 1 --shard 0/2   # with --shard 1/2: EfficientNet-Lite0
@@ -61,6 +63,7 @@ VARIANTS = {
     "px, 1 round": dict(method="px", rounds=1),
     "px, 20 rounds": dict(method="px", rounds=20),
     "px, floor": dict(method="px", floor=0.1),
+    "px, channel floor": dict(method="px", channel_floor=0.1),
     "px, head=path": dict(method="px", method_options={"head": "path"}),
     "px, BN every round": dict(method="px", recalibrate_every_round=True),
     "px, gate_only=px-exact": dict(method="px", method_options={"gate_only": "px-exact"}),
@@ -139,6 +142,13 @@ SETTINGS["budget"] = dict(SETTINGS["grid"], models=["efficientnet-lite0"], cases
 SETTINGS["cnn"] = dict(SETTINGS["grid"], models=["efficientnet-lite0-64px"], skip={},
                        cases=["px", "magnitude", "random", "px, floor", "px, head=path"],
                        densities=[0.02, 0.05, 0.1, 0.2, 0.5], epochs={"efficientnet-lite0-64px": 90})
+# Is PX's loss on the CNN its narrow tickets (docs/px.md section 2)? px with a per-channel floor (every output
+# channel keeps a tenth of the target density of its weights, at least one) at the three lowest densities, on the
+# converged CNN and the ViT, the grids' data, recipe and seeds. Compared with the grids' own rows (px, magnitude,
+# dense), which it does not measure again; about 50 min on 2 CPU cores (`--shard`)
+SETTINGS["channels"] = dict(SETTINGS["grid"], models=["vit-mnist", "efficientnet-lite0-64px"], skip={},
+                            cases=["px, channel floor"], densities=[0.02, 0.05, 0.1], dense=False,
+                            epochs={"vit-mnist": 90, "efficientnet-lite0-64px": 90})
 # EfficientNet-Lite0 by input size: its stem and 4 stride-2 stages leave 1x1 features at 32 px, the cheapest size
 # that works
 EFFICIENTNET_SIZES = {"efficientnet-lite0": 32, "efficientnet-lite0-64px": 64}
@@ -279,6 +289,8 @@ def case_options(case: str, density: float, rounds_by_method: dict) -> dict:
     options = {"sparsity": 1 - density, **(VARIANTS[case] if case in VARIANTS else {"method": case})}
     if "floor" in options:
         options["min_layer_density"] = options.pop("floor") * density
+    if "channel_floor" in options:
+        options["min_channel_density"] = options.pop("channel_floor") * density
     if "rounds" not in options and make_criterion(options["method"]).default_rounds > 1:
         options["rounds"] = rounds_by_method.get(options["method"])
     return options
@@ -419,8 +431,9 @@ def run(setting: str, out: Path, workdir: Path = WORKDIR, fresh: bool = False, a
     jobs = []
     for model_name in models:
         epochs = config["epochs"][model_name]
-        jobs += [(model_name, DENSE, 1.0, seed, e) for e in (epochs, epochs * config["longer"])
-                 for seed in config["seeds"]]
+        if config.get("dense", True):
+            jobs += [(model_name, DENSE, 1.0, seed, e) for e in (epochs, epochs * config["longer"])
+                     for seed in config["seeds"]]
         jobs += [(model_name, case, density, seed, epochs) for density in config["densities"]
                  for seed in config["seeds"] for case in cases_for(config, model_name, folders)]
     save = common.write_json if shard[1] == 1 else functools.partial(common.write_shared, same=_SAME, key=_key)
@@ -757,6 +770,9 @@ def main(argv=None) -> int:
     group.add_argument("--cnn", action="store_true",
                        help="EfficientNet-Lite0 at 64 px and 90 epochs, where its budget converges (about 7 h "
                             "on 2 cores with --shard, resumable)")
+    group.add_argument("--channels", action="store_true",
+                       help="px with a per-channel floor on the converged CNN and the ViT at 2, 5 and 10%% density "
+                            "(about 50 min on 2 cores with --shard)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--workdir", default=str(WORKDIR), help="models, data and scratch checkpoints")
     parser.add_argument("--threads", type=int, default=None)
@@ -780,7 +796,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     setting = ("full" if args.full else "smoke" if args.smoke else "second-vit" if args.second_vit
-               else "budget" if args.budget else "cnn" if args.cnn
+               else "budget" if args.budget else "cnn" if args.cnn else "channels" if args.channels
                else "grid" if args.grid or args.layers else "quick")
     # one file per setting: a smoke, quick or full run never replaces the grid's rows (the page's main tables)
     stem = ("study_transfer" + ("" if setting == "grid" else f"_{setting.replace('-', '_')}")

@@ -75,6 +75,7 @@ def render_card(record: CheckpointRecord, plot_file: str | None) -> str:
         method_options=json.dumps(record.method_options, sort_keys=True) if record.method_options else None,
         chosen_by_auto=(record.config or {}).get("method") == "auto",
         floor=record.min_layer_density,
+        channel_floor=record.min_channel_density,
         sparsity=record.sparsity,
         global_density=record.global_density,
         rounds=record.rounds,

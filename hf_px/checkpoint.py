@@ -350,7 +350,8 @@ def summarize(repo_or_dir: str | Path, revision: str | None = None) -> str:
         f"base model  {record.base_model or record.source or 'unknown'}"
         f"{f' @ {record.base_revision}' if record.base_revision else ''} ({record.library or 'unknown library'})",
         f"method      {record.method or 'unknown'}{options}, rounds {_known(record.rounds)}, seed {_known(record.seed)}"
-        + (f", min layer density {record.min_layer_density:.4g}" if record.min_layer_density else ""),
+        + (f", min layer density {record.min_layer_density:.4g}" if record.min_layer_density else "")
+        + (f", min channel density {record.min_channel_density:.4g}" if record.min_channel_density else ""),
         f"sparsity    {asked}{1 - kept / max(1, total):.2%} achieved ({kept:,} of {total:,} target weights kept)",
         f"task        {record.task or record.dataset or 'unknown'}{per_class}",
     ]

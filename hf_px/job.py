@@ -106,7 +106,8 @@ def run_prune(config: PruneConfig, command: str | None = None, progress: bool = 
         f"({1 - config.sparsity:.2%})",
         f"method    {method}{' ' + str(options) if options else ''}"
         f"{' (auto)' if config.method == 'auto' else ''}, "
-        f"rounds {rounds}, seed {config.seed}" + (f", min layer density {floor:.4g}" if floor else ""),
+        f"rounds {rounds}, seed {config.seed}" + (f", min layer density {floor:.4g}" if floor else "")
+        + (f", min channel density {config.min_channel_density:.4g}" if config.min_channel_density else ""),
         f"device    {device}",
     ]
     bn_count = len(batchnorm_layers(loaded.model))

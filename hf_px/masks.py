@@ -25,21 +25,24 @@ def kept_count(density: float, total: int) -> int:
     return total - int((1.0 - density) * total)
 
 
-def masks_from_scores(scores: dict[str, Tensor], density: float,
-                      masks: dict[str, Tensor] | None = None, min_density: float = 0.0) -> dict[str, Tensor]:
+def masks_from_scores(scores: dict[str, Tensor], density: float, masks: dict[str, Tensor] | None = None,
+                      min_density: float = 0.0, min_channel_density: float = 0.0) -> dict[str, Tensor]:
     """Keep the `kept_count(density, N)` highest scores over all tensors; masks only shrink.
 
     Entries already pruned in `masks` are never revived. Ties at the threshold are broken
     deterministically: the earlier tensor (in `scores` order) and the lower flat index win.
     min_density: every tensor first keeps its own `ceil(min_density * size)` best alive entries (a floor,
     so that no tensor is emptied by a global threshold); the rest of the count goes by the global threshold.
+    min_channel_density: the same floor per output channel (dim 0): each keeps its `ceil(min_channel_density *
+    fan_in)` best alive entries, so that no channel is removed from the ticket entirely (docs/px.md section 2).
     Works on the scores' device, with one scratch copy of the scores as its only weight-sized memory (two
     with a floor).
     """
     if not 0.0 < density <= 1.0:
         raise ConfigError(f"density {density} must lie in (0, 1]")
-    if not 0.0 <= min_density <= density:
-        raise ConfigError(f"min_density {min_density} must lie in [0, density={density}]")
+    for name, floor in (("min_density", min_density), ("min_channel_density", min_channel_density)):
+        if not 0.0 <= floor <= density:
+            raise ConfigError(f"{name} {floor} must lie in [0, density={density}]")
     names = list(scores)
     # compare in the scores' own precision (float32 scores stay float32: exact, and half the memory traffic)
     dtype = torch.float64 if any(s.dtype == torch.float64 for s in scores.values()) else torch.float32
@@ -51,12 +54,15 @@ def masks_from_scores(scores: dict[str, Tensor], density: float,
         if not all_finite(scores[name]):
             raise ModelError(f"scores of {name} hold NaN or inf; cannot threshold them")
     floors = 0
-    if min_density > 0:   # the floor: a tensor's best alive entries score +inf, above every other score
+    if min_density > 0 or min_channel_density > 0:   # the floors: their entries score +inf, above every other
         scores = dict(scores)
         for name, count in zip(names, counts):
-            floor = min(math.ceil(min_density * scores[name].numel()), count)
-            scores[name] = _with_floor(scores[name], masks[name], floor)
-            floors += floor
+            if min_density > 0:
+                floor = min(math.ceil(min_density * scores[name].numel()), count)
+                scores[name] = _with_floor(scores[name], masks[name], floor)
+            if min_channel_density > 0:
+                scores[name] = _with_channel_floor(scores[name], masks[name], min_channel_density)
+            floors += int(torch.isposinf(scores[name]).sum())
     # everything kept so far is a candidate, side by side (pruned entries never are, so the selection
     # shrinks with every round)
     values, start = torch.empty(sum(counts), dtype=dtype, device=device), 0
@@ -67,8 +73,8 @@ def masks_from_scores(scores: dict[str, Tensor], density: float,
         start += count
     keep_count = min(kept_count(density, sum(scores[n].numel() for n in names)), values.numel())
     if floors > keep_count:
-        raise ConfigError(f"min_density {min_density} keeps {floors} weights but density {density:.4g} keeps only "
-                          f"{keep_count}; lower min_density")
+        raise ConfigError(f"the floors (min_density {min_density:.4g}, min_channel_density {min_channel_density:.4g}) "
+                          f"keep {floors} weights but density {density:.4g} keeps only {keep_count}; lower them")
     if keep_count == 0:
         return {n: torch.zeros(scores[n].shape, dtype=torch.bool, device=scores[n].device) for n in names}
     threshold = _kth_smallest_(values, values.numel() - keep_count + 1)   # the keep_count-th largest alive
@@ -98,6 +104,19 @@ def _with_floor(score: Tensor, mask: Tensor | None, floor: int) -> Tensor:
     ranked = floored if mask is None else floored.masked_fill(~mask.flatten().to(floored.device), -torch.inf)
     floored[torch.sort(ranked, descending=True, stable=True).indices[:floor]] = torch.inf
     return floored.view(score.shape)
+
+
+def _with_channel_floor(score: Tensor, mask: Tensor | None, fraction: float) -> Tensor:
+    """A copy of `score` whose `ceil(fraction * fan_in)` best alive entries in each output channel (the rows of
+    dim 0) are +inf (ties: the lower index first)."""
+    rows = score.detach().reshape(score.shape[0] if score.dim() > 1 else 1, -1).clone()
+    ranked = rows if mask is None else rows.masked_fill(~mask.reshape(rows.shape).to(rows.device), -torch.inf)
+    best = torch.sort(ranked, dim=1, descending=True, stable=True)
+    count = min(math.ceil(fraction * rows.shape[1]), rows.shape[1])
+    floored = torch.zeros_like(rows, dtype=torch.bool)
+    # a row with fewer alive entries than `count` keeps those it has (pruned entries rank at -inf)
+    floored.scatter_(1, best.indices[:, :count], best.values[:, :count] > -torch.inf)
+    return rows.masked_fill_(floored, torch.inf).view(score.shape)
 
 
 def all_finite(tensor: Tensor) -> bool:

@@ -110,6 +110,7 @@ class PruneSpec:
     rounds: int | None = None            # None: the method's default (100 for px)
     seed: int = 0
     min_layer_density: float | None = None   # every target tensor keeps this fraction (see `layer_density_floor`)
+    min_channel_density: float = 0.0     # every output channel of a target keeps this fraction (at least one weight)
     allow_empty_layers: bool = True      # a tensor left at zero density warns (True) or raises `ModelError`
     include: list[str] | None = None     # target name patterns, globs or dotted suffixes (`hf_px.targets`)
     exclude: list[str] | None = None
@@ -128,6 +129,12 @@ class PruneSpec:
         if not isinstance(self.method_options, dict):
             raise ConfigError(f"method_options={self.method_options!r} must be a mapping of option names to values")
         layer_density_floor(self.method, self.sparsity, self.min_layer_density)
+        channel = self.min_channel_density
+        if isinstance(channel, bool) or not isinstance(channel, (int, float)) or not 0.0 <= channel <= 1 - self.sparsity:
+            raise ConfigError(f"{self._given('min_channel_density', channel)} must be a number in "
+                              f"[0, {1 - self.sparsity:.4g}] (at most the target density 1 - sparsity); e.g. "
+                              f"{AUTO_MIN_LAYER_DENSITY * (1 - self.sparsity):.3g}")
+        self.min_channel_density = float(channel)
         self.criterion()   # an unknown method or option fails here, before any work
 
     def _given(self, name: str, value) -> str:
@@ -166,7 +173,8 @@ def score(model: nn.Module, batches: Iterable, method: "str | Criterion" = AUTO,
     options: the method's own options when `method` is a name (see each criterion's docstring).
     The model is left exactly as found, also when this raises.
     """
-    misplaced = sorted(set(options) & {"sparsity", "rounds", "progress", "min_layer_density", "allow_empty_layers"})
+    misplaced = sorted(set(options) & {"sparsity", "rounds", "progress", "min_layer_density", "min_channel_density",
+                                       "allow_empty_layers"})
     if misplaced:
         raise ConfigError(f"score takes no {', '.join(misplaced)}: it returns one round of scores; "
                           f"hf_px.prune(model, batches, method={method!r}, sparsity=...) prunes")
@@ -185,6 +193,7 @@ def prune(model: nn.Module, batches: Iterable, method: "str | Criterion | PruneS
           seed: int = PruneSpec.seed, *, include: list[str] | None = PruneSpec.include,
           exclude: list[str] | None = PruneSpec.exclude, calibration: Iterable | None = None, progress: bool = False,
           min_layer_density: float | None = PruneSpec.min_layer_density,
+          min_channel_density: float = PruneSpec.min_channel_density,
           allow_empty_layers: bool = PruneSpec.allow_empty_layers, on_round=None, **options) -> dict[str, Tensor]:
     """Prune `model` in place to `sparsity` over the targets; return boolean masks keyed by name.
 
@@ -198,6 +207,8 @@ def prune(model: nn.Module, batches: Iterable, method: "str | Criterion | PruneS
     broken by position). Pruned weights are zeroed in place at the end.
     min_layer_density: every target tensor keeps at least this fraction of its weights (None: 0 for a
     named method, a tenth of the target density for "auto"; see `layer_density_floor`).
+    min_channel_density: every output channel of every target tensor keeps at least this fraction of its
+    weights, and at least one when > 0, so that no channel leaves the ticket entirely (default 0).
     allow_empty_layers: a tensor left at zero density warns (True) or raises `ModelError` (False).
     calibration: batches on which every BatchNorm layer's running statistics are re-estimated after each
     round (`recalibrate_batchnorm_`, weights masked first), so that later rounds score the pruned network
@@ -209,7 +220,8 @@ def prune(model: nn.Module, batches: Iterable, method: "str | Criterion | PruneS
     seconds_so_far) after every round (`hf-px prune` refines its time estimate with it).
     """
     spec = _spec_of(method, {"method_options": options, "sparsity": sparsity, "rounds": rounds, "seed": seed,
-                             "min_layer_density": min_layer_density, "allow_empty_layers": allow_empty_layers,
+                             "min_layer_density": min_layer_density, "min_channel_density": min_channel_density,
+                             "allow_empty_layers": allow_empty_layers,
                              "include": include, "exclude": exclude})
     _check_model(model)
     floor = layer_density_floor(spec.method, spec.sparsity, spec.min_layer_density)
@@ -227,7 +239,8 @@ def prune(model: nn.Module, batches: Iterable, method: "str | Criterion | PruneS
         for done, density in enumerate(tqdm(density_schedule(1.0 - spec.sparsity, rounds), desc=f"{criterion.name} rounds",
                                             unit="round", disable=not progress), start=1):
             scores = _checked(criterion, score_round(masks), targets, masks)
-            masks = masks_from_scores(scores, density, masks, min_density=floor)
+            masks = masks_from_scores(scores, density, masks, min_density=floor,
+                                      min_channel_density=spec.min_channel_density)
             if calibration is not None:
                 apply_masks_(model, masks)
                 recalibrate_batchnorm_(model, calibration)

@@ -202,6 +202,7 @@ class CheckpointRecord(Record):
     rounds: int | None = None
     seed: int | None = None
     min_layer_density: float | None = None
+    min_channel_density: float | None = None
     allow_empty_layers: bool | None = None
     include: list[str] | None = None
     exclude: list[str] | None = None

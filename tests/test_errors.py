@@ -178,6 +178,53 @@ def test_min_layer_density_floor_is_exact_against_a_hand_count():
         hf_px.masks_from_scores(scores, 0.5, min_density=0.6)
 
 
+def test_min_channel_density_floor_is_exact_against_a_hand_count():
+    """Rows are output channels. Density 5/16 keeps 5 of the 16 scores: a global threshold takes a's row 0 and the
+    first of a's tied 0.6s, and leaves b empty. The channel floor 0.1 keeps each row's best alive entry
+    (ceil(0.1 * 4) = 1; ties: the lower index), 4 of them, so one weight goes by the threshold: a[0]'s 8."""
+    scores = {"a": torch.tensor([[9.0, 8, 7, 1], [0.5, 0.6, 0.6, 0.2]]), "b": torch.tensor([[0.1, 0.3, 0.2, 0.3],
+                                                                                          [0.4, 0.1, 0.1, 0.1]])}
+    plain = hf_px.masks_from_scores(scores, 5 / 16)
+    assert plain["a"].tolist() == [[True] * 4, [False, True, False, False]] and not plain["b"].any()
+    floored = hf_px.masks_from_scores(scores, 5 / 16, min_channel_density=0.1)
+    assert floored["a"].tolist() == [[True, True, False, False], [False, True, False, False]]
+    assert floored["b"].tolist() == [[False, True, False, False], [True, False, False, False]]
+    # masks only shrink: b's row 0 keeps its best *alive* entry, a's pruned row stays empty (3 floors, then a[0]'s
+    # 8 and 7 by the threshold)
+    masks = {"a": torch.tensor([[True] * 4, [False] * 4]), "b": torch.tensor([[True, False, True, False], [True] * 4])}
+    shrunk = hf_px.masks_from_scores(scores, 5 / 16, masks=masks, min_channel_density=0.1)
+    assert shrunk["a"].tolist() == [[True, True, True, False], [False] * 4]
+    assert shrunk["b"].tolist() == [[False, False, True, False], [True, False, False, False]]
+    # a larger fraction keeps ceil(0.3 * 4) = 2 per row: 8 weights, more than the density keeps (5)
+    with pytest.raises(hf_px.ConfigError, match="keep 8 weights but density 0.3125 keeps only 5"):
+        hf_px.masks_from_scores(scores, 5 / 16, min_channel_density=0.3)
+
+
+def test_prune_channel_floor_keeps_every_output_channel():
+    """At 98% sparsity magnitude empties whole output channels of PlainCNN (and a tensor); with the channel floor
+    none is empty, the count stays exact, and a floor above the target density is refused naming the bound."""
+    import warnings
+
+    from hf_px.masks import kept_and_total
+
+    batches = random_batches()
+
+    def empty_rows(masks):
+        return sum(int((~mask.reshape(mask.shape[0], -1).any(1)).sum()) for mask in masks.values())
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the tensor at zero density is the point
+        plain = hf_px.prune(PlainCNN(in_channels=3), batches, method="magnitude", sparsity=0.98)
+    torch.manual_seed(0)
+    floored = hf_px.prune(PlainCNN(in_channels=3), batches, method="magnitude", sparsity=0.98,
+                          min_channel_density=0.002)
+    assert empty_rows(plain) > 0 and empty_rows(floored) == 0
+    assert kept_and_total(floored) == kept_and_total(plain)
+    with pytest.raises(hf_px.ConfigError, match="min_channel_density=0.5 must be a number in \\[0, 0.02\\]"):
+        hf_px.prune(PlainCNN(in_channels=3), batches, method="magnitude", sparsity=0.98, min_channel_density=0.5)
+
+
 def test_prune_floor_and_empty_layer_arguments(model):
     import warnings
 

@@ -15,7 +15,7 @@ from .flags import add_config_flags
 
 _METAVARS = {"task": "NAME", "dataset": "ID_OR_PATH", "image_column": "COLUMN", "label_column": "COLUMN",
              "split": "NAME", "eval_split": "NAME", "method": "NAME", "sparsity": "FRACTION", "rounds": "N",
-             "min_layer_density": "FRACTION", "device": "DEVICE", "revision": "REV", "include": "PATTERN",
+             "min_layer_density": "FRACTION", "min_channel_density": "FRACTION", "device": "DEVICE", "revision": "REV", "include": "PATTERN",
              "exclude": "PATTERN", "output": "DIR", "push_to_hub": "REPO"}
 
 
@@ -40,6 +40,8 @@ def _help() -> dict[str, str]:
         "rounds": "pruning rounds (default: the method's, 100 for px, or auto's)",
         "min_layer_density": "every target tensor keeps at least this fraction of its weights (default: 0, or a "
                              "tenth of 1 - sparsity with --method auto)",
+        "min_channel_density": "every output channel of every target tensor keeps at least this fraction of its "
+                               "weights, and at least one (default 0: off), so that no channel leaves the ticket",
         "allow_empty_layers": "save a result with target tensors at zero density (default: an error)",
         "examples_per_class": "scoring images per class (default 10, or as many as the smallest class has)",
         "eval_examples": "held-out images for the probe accuracy (default {default}, or all there are; 0: none)",
