@@ -30,6 +30,8 @@ from hf_px.pruning import AUTO_FOR_CNNS, AUTO_FOR_TRANSFORMERS, describe_choice 
 STUDIES = [("transfer", "study_transfer", "study_transfer", "python benchmarks/study_transfer.py --grid"),
            ("transfer_cnn", "study_transfer", "study_transfer_cnn",
             "python benchmarks/study_transfer.py --cnn"),
+           ("transfer_channels", "study_transfer", "study_transfer_channels",
+            "python benchmarks/study_transfer.py --channels"),
            ("transfer_quick", "study_transfer", "study_transfer_quick", "python benchmarks/study_transfer.py"),
            ("transfer_second_vit", "study_transfer", "study_transfer_second_vit",
             "python benchmarks/study_transfer.py --second-vit"),
@@ -584,7 +586,10 @@ def render(results: dict[str, dict]) -> str:
                          + (" with uncommitted changes" if info.get("dirty") else ""))
     parts += ["", defaults_section(results)]
     for key, module, stem, command in STUDIES:
-        if key in results:
+        if key == "transfer_channels" and key in results:   # beside the grids' own rows of its models
+            parts += [importlib.import_module(module).channels_report(
+                results[key], [results[k] for k in ("transfer", "transfer_cnn") if k in results]), ""]
+        elif key in results:
             parts += [importlib.import_module(module).report(results[key]), ""]
             if LAYERS.get(key) in results:
                 parts += [importlib.import_module(module).layers_report(results[LAYERS[key]]), ""]

@@ -755,6 +755,51 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
+def channels_report(channels: dict, references: list[dict]) -> str:
+    """`--channels` beside the rows of the grid that ran each of its models (`references`: the grid and `--cnn`
+    results): px, magnitude and the grid's best case at each density, measured there with the same data, recipe,
+    seeds and epochs. A density where the floor ties the best case on every model is a win (`ties`)."""
+    config, floored = channels["config"], channels["config"]["cases"]
+    lines = ["## Study 4, px with a per-channel floor: do wider tickets fine-tune better?", "",
+             f"{common.run_summary(channels)}; {len(channels['rows'])} runs).", "",
+             "PX's tickets remove many more whole output channels than magnitude's (the layer tables above). Here "
+             "px runs as published but with `min_channel_density` at a tenth of the target density: every output "
+             "channel of every target tensor keeps at least that fraction of its weights, and at least one, so no "
+             "channel leaves the ticket (docs/px.md section 2). The other rows are the grid's own (the same data, "
+             "recipe, seeds and epochs), not measured again. Cells: fine-tuned accuracy, mean ± std over seeds (%); "
+             "bold: within one standard deviation of the best mean of all the grid's cases and the floor.", ""]
+    wins = {}
+    for model in config["models"]:
+        reference = next((r for r in references if model in r["config"]["models"]), None)
+        densities = [d for d in config["densities"] if any(_values(channels, model, c, d) for c in floored)]
+        if reference is None or not densities:
+            continue
+        merged = dict(reference, rows=reference["rows"] + channels["rows"],
+                      config=dict(reference["config"], cases=reference["config"]["cases"] + floored))
+        best = {d: ranking(reference, model, d)[0] for d in densities}
+        lines += [f"### {model}", "", "| case | " + " | ".join(f"{d:.0%}" for d in densities) + " |",
+                  "|---|" + "---:|" * len(densities)]
+        for case in ["px", *floored, "magnitude"]:
+            cells = []
+            for d in densities:
+                values = _values(merged, model, case, d)
+                cell = common.fmt_pm(values)
+                cells.append(f"**{cell}**" if values and case in winners(merged, model, d) else cell)
+            lines.append(f"| {case}{' (grid)' if case not in floored else ''} | " + " | ".join(cells) + " |")
+        lines += ["| the grid's best | " + " | ".join(f"{100 * best[d][1]:.1f} ± {100 * best[d][2]:.1f} ({best[d][0]})"
+                                                   for d in densities) + " |", ""]
+        for d in densities:
+            wins.setdefault(d, []).append(all(case in winners(merged, model, d) for case in floored)
+                                          and len(_values(channels, model, floored[0], d)) >= len(config["seeds"]))
+        gains = [f"{d:.0%}: {100 * (common.mean_std(_values(merged, model, floored[0], d))[0] - common.mean_std(_values(merged, model, 'px', d))[0]):+.1f}"
+                 for d in densities]
+        lines += [f"The floor's mean minus px's, in points: {', '.join(gains)}.", ""]
+    won = [d for d, on_models in wins.items() if len(on_models) == len(config["models"]) and all(on_models)]
+    lines += [f"The floor ties the best case on every model at: {', '.join(f'{d:.0%}' for d in won) or 'no density'} "
+              "(a variant counts only there).", ""]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = parser.add_mutually_exclusive_group()
