@@ -58,6 +58,10 @@ def test_body_holds_table_counts_probe_citation_and_command():
     assert "90.00%" in body and "| Rounds | 100" in body and "| Seed | 3 |" in body and "10 examples per class" in body
     assert '{"gate_only": "dense"}' in body
     assert "--method auto" not in body and "Per-tensor floor" not in body     # a named method, no floor
+    assert "Per-channel floor" not in body
+    channels = render_card(_record(PROBE, min_channel_density=0.002), None)
+    assert ("| Per-channel floor | every output channel of a targeted tensor keeps at least 0.20% of its weights, "
+            "and at least one |\n| Target sparsity") in channels
     auto = render_card(_record(PROBE, config={"method": "auto"}, min_layer_density=0.01), None)
     assert '`px` with options `{"gate_only": "dense"}` (what `--method auto` runs on this model) |' in auto
     assert "| Per-tensor floor | every targeted tensor keeps at least 1.00% of its weights |\n| Target sparsity" in auto

@@ -146,6 +146,25 @@ def test_the_default_method_never_empties_a_tensor(model, vit_folder, dataset, t
         assert density >= 0.01, name        # the floor: a tenth of the 10% target density
 
 
+def test_min_channel_density_keeps_every_output_channel_end_to_end(vit_folder, dataset, tmp_path, capsys):
+    """`--min-channel-density` through `hf-px prune`: the saved masks (read back) have no output channel pruned
+    away, which the same run without the flag has; the record and `hf-px inspect` name the floor."""
+    def empty_channels(folder):
+        _, masks = hf_px.load_sparse(str(folder))
+        return sum(int((~mask.reshape(mask.shape[0], -1).any(1)).sum()) for mask in masks.values())
+
+    common = [str(vit_folder), "--dataset", str(dataset), "--method", "magnitude", "--sparsity", "0.97",
+              "--allow-empty-layers", *SMALL]
+    assert main(["prune", *common, "--output", str(tmp_path / "plain")]) == 0
+    assert main(["prune", *common, "--min-channel-density", "0.003", "--output", str(tmp_path / "floored")]) == 0
+    assert empty_channels(tmp_path / "plain") > 0 and empty_channels(tmp_path / "floored") == 0
+    record = json.loads((tmp_path / "floored" / "hf_px.json").read_text())
+    assert record["min_channel_density"] == pytest.approx(0.003)
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "floored")]) == 0
+    assert ", min channel density 0.003" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- 7-8: tracebacks left
 
 
