@@ -32,6 +32,8 @@ STUDIES = [("transfer", "study_transfer", "study_transfer", "python benchmarks/s
             "python benchmarks/study_transfer.py --cnn"),
            ("transfer_channels", "study_transfer", "study_transfer_channels",
             "python benchmarks/study_transfer.py --channels"),
+           ("transfer_auto_cnn", "study_transfer", "study_transfer_auto_cnn",
+            "python benchmarks/study_transfer.py --auto-cnn"),
            ("transfer_quick", "study_transfer", "study_transfer_quick", "python benchmarks/study_transfer.py"),
            ("transfer_second_vit", "study_transfer", "study_transfer_second_vit",
             "python benchmarks/study_transfer.py --second-vit"),
@@ -586,8 +588,8 @@ def render(results: dict[str, dict]) -> str:
                          + (" with uncommitted changes" if info.get("dirty") else ""))
     parts += ["", defaults_section(results)]
     for key, module, stem, command in STUDIES:
-        if key == "transfer_channels" and key in results:   # beside the grids' own rows of its models
-            parts += [importlib.import_module(module).channels_report(
+        if key in ("transfer_channels", "transfer_auto_cnn") and key in results:   # beside the grids' own rows
+            parts += [importlib.import_module(module).beside_grid_report(
                 results[key], [results[k] for k in ("transfer", "transfer_cnn") if k in results]), ""]
         elif key in results:
             parts += [importlib.import_module(module).report(results[key]), ""]

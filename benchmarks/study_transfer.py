@@ -9,6 +9,7 @@ small downstream dataset, then fine-tuned with its masks fixed, through the func
     python benchmarks/study_transfer.py --adopt    # resume rows other code measured, once a sample reproduces
     python benchmarks/study_transfer.py --channels --threads 1 --shard 0/2   # with --shard 1/2: px with a
                                                    # per-channel floor, on both models (~50 min)
+    python benchmarks/study_transfer.py --auto-cnn --threads 1 --shard 0/2   # and 1/2: auto's CNN ticket at 64 px
     python benchmarks/study_transfer.py --second-vit   # auto's transformer pick on a second ViT (about an hour)
     python benchmarks/study_transfer.py --budget   # EfficientNet-Lite0's budget check at 270 vs 810 epochs (~30 min)
     python benchmarks/study_transfer.py --cnn --threads 1 --shard 0/2   # with --shard 1/2: EfficientNet-Lite0
@@ -64,6 +65,7 @@ VARIANTS = {
     "px, 20 rounds": dict(method="px", rounds=20),
     "px, floor": dict(method="px", floor=0.1),
     "px, channel floor": dict(method="px", channel_floor=0.1),
+    "magnitude, floor": dict(method="magnitude", floor=0.1),   # what --method auto runs on CNNs
     "px, head=path": dict(method="px", method_options={"head": "path"}),
     "px, BN every round": dict(method="px", recalibrate_every_round=True),
     "px, gate_only=px-exact": dict(method="px", method_options={"gate_only": "px-exact"}),
@@ -149,6 +151,9 @@ SETTINGS["cnn"] = dict(SETTINGS["grid"], models=["efficientnet-lite0-64px"], ski
 SETTINGS["channels"] = dict(SETTINGS["grid"], models=["vit-mnist", "efficientnet-lite0-64px"], skip={},
                             cases=["px, channel floor"], densities=[0.02, 0.05, 0.1], dense=False,
                             epochs={"vit-mnist": 90, "efficientnet-lite0-64px": 90})
+# auto's exact CNN ticket (magnitude with its per-tensor floor) where it differs from the grid's magnitude: at 2%
+# on the 64 px model, the one density where the floor binds there (about 20 min on 2 CPU cores with `--shard`)
+SETTINGS["auto-cnn"] = dict(SETTINGS["cnn"], cases=["magnitude, floor"], densities=[0.02], dense=False)
 # EfficientNet-Lite0 by input size: its stem and 4 stride-2 stages leave 1x1 features at 32 px, the cheapest size
 # that works
 EFFICIENTNET_SIZES = {"efficientnet-lite0": 32, "efficientnet-lite0-64px": 64}
@@ -755,48 +760,63 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
-def channels_report(channels: dict, references: list[dict]) -> str:
-    """`--channels` beside the rows of the grid that ran each of its models (`references`: the grid and `--cnn`
-    results): px, magnitude and the grid's best case at each density, measured there with the same data, recipe,
-    seeds and epochs. A density where the floor ties the best case on every model is a win (`ties`)."""
-    config, floored = channels["config"], channels["config"]["cases"]
-    lines = ["## Study 4, px with a per-channel floor: do wider tickets fine-tune better?", "",
-             f"{common.run_summary(channels)}; {len(channels['rows'])} runs).", "",
-             "PX's tickets remove many more whole output channels than magnitude's (the layer tables above). Here "
-             "px runs as published but with `min_channel_density` at a tenth of the target density: every output "
-             "channel of every target tensor keeps at least that fraction of its weights, and at least one, so no "
-             "channel leaves the ticket (docs/px.md section 2). The other rows are the grid's own (the same data, "
-             "recipe, seeds and epochs), not measured again. Cells: fine-tuned accuracy, mean ± std over seeds (%); "
-             "bold: within one standard deviation of the best mean of all the grid's cases and the floor.", ""]
+# the settings that run a few cases beside a grid's own rows (`beside_grid_report`): their title and what they ask
+BESIDE_GRID = {
+    "channels": ("px with a per-channel floor: do wider tickets fine-tune better?",
+                 "PX's tickets remove many more whole output channels than magnitude's (the layer tables above). Here "
+                 "px runs as published but with `min_channel_density` at a tenth of the target density: every "
+                 "output channel of every target tensor keeps at least that fraction of its weights, and at least "
+                 "one, so no channel leaves the ticket (docs/px.md section 2)."),
+    "auto-cnn": ("auto's own CNN ticket at 64 px",
+                 "`--method auto` runs magnitude on CNNs with a per-tensor floor of a tenth of the target density, "
+                 "which the grid's `magnitude` lacks; it binds only at 2% on this model (the defaults section), so "
+                 "this is the one density where auto's ticket differs from the grid's."),
+}
+
+
+def beside_grid_report(results: dict, references: list[dict]) -> str:
+    """A `BESIDE_GRID` setting's cases beside the rows of the grid that ran each of its models (`references`:
+    the grid and `--cnn` results): px, magnitude and the grid's best case at each density, measured there with
+    the same data, recipe, seeds and epochs. A case wins at a density where it ties the best on every model."""
+    config, cases = results["config"], results["config"]["cases"]
+    title, question = BESIDE_GRID[results["setting"]]
+    lines = [f"## Study 4, {title}", "", f"{common.run_summary(results)}; {len(results['rows'])} runs).", "",
+             question + " The other rows are the grid's own (the same data, recipe, seeds and epochs), not "
+             "measured again. Cells: fine-tuned accuracy, mean ± std over seeds (%); bold: within one standard "
+             "deviation of the best mean of all the grid's cases and these.", ""]
     wins = {}
     for model in config["models"]:
         reference = next((r for r in references if model in r["config"]["models"]), None)
-        densities = [d for d in config["densities"] if any(_values(channels, model, c, d) for c in floored)]
+        densities = [d for d in config["densities"] if any(_values(results, model, c, d) for c in cases)]
         if reference is None or not densities:
             continue
-        merged = dict(reference, rows=reference["rows"] + channels["rows"],
-                      config=dict(reference["config"], cases=reference["config"]["cases"] + floored))
+        merged = dict(reference, rows=reference["rows"] + results["rows"],
+                      config=dict(reference["config"], cases=reference["config"]["cases"] + cases))
         best = {d: ranking(reference, model, d)[0] for d in densities}
         lines += [f"### {model}", "", "| case | " + " | ".join(f"{d:.0%}" for d in densities) + " |",
                   "|---|" + "---:|" * len(densities)]
-        for case in ["px", *floored, "magnitude"]:
+        for case in ["px", "magnitude", *cases]:
             cells = []
             for d in densities:
                 values = _values(merged, model, case, d)
                 cell = common.fmt_pm(values)
                 cells.append(f"**{cell}**" if values and case in winners(merged, model, d) else cell)
-            lines.append(f"| {case}{' (grid)' if case not in floored else ''} | " + " | ".join(cells) + " |")
+            lines.append(f"| {case}{' (grid)' if case not in cases else ''} | " + " | ".join(cells) + " |")
         lines += ["| the grid's best | " + " | ".join(f"{100 * best[d][1]:.1f} ± {100 * best[d][2]:.1f} ({best[d][0]})"
                                                    for d in densities) + " |", ""]
-        for d in densities:
-            wins.setdefault(d, []).append(all(case in winners(merged, model, d) for case in floored)
-                                          and len(_values(channels, model, floored[0], d)) >= len(config["seeds"]))
-        gains = [f"{d:.0%}: {100 * (common.mean_std(_values(merged, model, floored[0], d))[0] - common.mean_std(_values(merged, model, 'px', d))[0]):+.1f}"
-                 for d in densities]
-        lines += [f"The floor's mean minus px's, in points: {', '.join(gains)}.", ""]
-    won = [d for d, on_models in wins.items() if len(on_models) == len(config["models"]) and all(on_models)]
-    lines += [f"The floor ties the best case on every model at: {', '.join(f'{d:.0%}' for d in won) or 'no density'} "
-              "(a variant counts only there).", ""]
+        for case in cases:
+            method = VARIANTS[case]["method"]
+            gains = [f"{d:.0%} {100 * (common.mean_std(_values(merged, model, case, d))[0] - common.mean_std(_values(merged, model, method, d))[0]):+.1f}"
+                     for d in densities]
+            lines += [f"`{case}`'s mean minus `{method}`'s, in points: {', '.join(gains)}.", ""]
+            for d in densities:
+                wins.setdefault((case, d), []).append(
+                    case in winners(merged, model, d) and len(_values(results, model, case, d)) >= len(config["seeds"]))
+    for case in cases:
+        won = [d for (c, d), on_models in wins.items() if c == case and len(on_models) == len(config["models"])
+               and all(on_models)]
+        lines += [f"`{case}` ties the best case on every model at: {', '.join(f'{d:.0%}' for d in won) or 'no density'}.",
+                  ""]
     return "\n".join(lines)
 
 
@@ -815,6 +835,8 @@ def main(argv=None) -> int:
     group.add_argument("--cnn", action="store_true",
                        help="EfficientNet-Lite0 at 64 px and 90 epochs, where its budget converges (about 7 h "
                             "on 2 cores with --shard, resumable)")
+    group.add_argument("--auto-cnn", action="store_true",
+                       help="auto's own CNN ticket (magnitude with its floor) at 64 px and 2%% density")
     group.add_argument("--channels", action="store_true",
                        help="px with a per-channel floor on the converged CNN and the ViT at 2, 5 and 10%% density "
                             "(about 50 min on 2 cores with --shard)")
@@ -842,6 +864,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     setting = ("full" if args.full else "smoke" if args.smoke else "second-vit" if args.second_vit
                else "budget" if args.budget else "cnn" if args.cnn else "channels" if args.channels
+               else "auto-cnn" if args.auto_cnn
                else "grid" if args.grid or args.layers else "quick")
     # one file per setting: a smoke, quick or full run never replaces the grid's rows (the page's main tables)
     stem = ("study_transfer" + ("" if setting == "grid" else f"_{setting.replace('-', '_')}")

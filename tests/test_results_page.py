@@ -273,3 +273,26 @@ def test_width_line_counts_removed_channels_at_each_model_s_lowest_density():
     assert "vit at 10%: px 25%, magnitude 75% (`fc`: 25% vs 75%)" in line
     assert "the narrower network in 1 of these 2 cases" in line and "old" not in line
     assert report._narrowing([{"rows": []}]) == []
+
+
+def test_a_case_beside_the_grid_is_ranked_with_the_grid_s_rows():
+    """`--channels` rows sit beside the grid's: at 10% the floor's 70.0 ± 0.7 ties magnitude's 70.5 ± 0.7 (the
+    best) and is 9.5 points above px's 60.5; at 50% its 75.0 is 6 points below the best: no tie there."""
+    import study_transfer
+
+    grid = _transfer_results()
+    rows = [{"model": "m", "case": "px, channel floor", "density": d, "seed": s, "epochs": 30, "finetuned": a,
+             "probe": 0.5, "collapsed": [], "min_layer_density": 0.05}
+            for d, pair in ((0.5, (0.75, 0.75)), (0.1, (0.695, 0.705))) for s, a in enumerate(pair)]
+    channels = {"setting": "channels", "command": "python benchmarks/study_transfer.py --channels", "seconds": 60,
+                "machine": {"cpu": "a CPU", "threads": 1, "commit": "abc"}, "rows": rows,
+                "config": {"models": ["m"], "cases": ["px, channel floor"], "densities": [0.5, 0.1],
+                           "seeds": [0, 1], "epochs": {"m": 30}}}
+    text = study_transfer.beside_grid_report(channels, [grid])
+    assert "## Study 4, px with a per-channel floor" in text and "commit abc; 4 runs)" in text
+    assert "| px (grid) | **81.0 ± 1.4** | 60.5 ± 0.7 |" in text
+    assert "| magnitude (grid) | **81.0 ± 0.0** | **70.5 ± 0.7** |" in text
+    assert "| px, channel floor | 75.0 ± 0.0 | **70.0 ± 0.7** |" in text
+    assert "| the grid's best | 81.0 ± 1.4 (px) | 70.5 ± 0.7 (magnitude) |" in text
+    assert "`px, channel floor`'s mean minus `px`'s, in points: 50% -6.0, 10% +9.5." in text
+    assert "`px, channel floor` ties the best case on every model at: 10%." in text
