@@ -98,6 +98,9 @@ def defaults_section(results: dict[str, dict]) -> str:
     lines += _api_default(pai, transformers, *grids, converged=converged)
     lines += _where_px_loses(pai, transformers, *grids, converged=converged)
     lines += _narrowing([results[key] for key in LAYERS.values() if key in results])
+    if "transfer_channels" in results:
+        lines += _keeping_width(results["transfer_channels"], [results[k] for k in ("transfer", "transfer_cnn")
+                                                               if k in results])
     return "\n".join(lines + [""])
 
 
@@ -130,6 +133,34 @@ def _narrowing(diagnoses: list[dict]) -> list[str]:
             "tensor where px and magnitude differ most: " + "; ".join(text for text, _ in cells) + ". PX ranks a "
             "weight by the paths through it, which favours the weights of channels already on many paths: its "
             f"ticket is the narrower network in {narrower} of these {len(cells)} cases, at the same density."]
+
+
+def _keeping_width(channels: dict, references: list[dict]) -> list[str]:
+    """Whether keeping every channel buys PX's accuracy back: `--channels`' floor against px, per model and
+    density, the px rows from the grid that ran the model (the same data, recipe, seeds and epochs)."""
+    import study_transfer
+
+    [case] = channels["config"]["cases"]
+    cells, ahead = [], 0
+    for model in channels["config"]["models"]:
+        reference = next((r for r in references if model in r["config"]["models"]), None)
+        if reference is None:
+            continue
+        for density in channels["config"]["densities"]:
+            floored = study_transfer._values(channels, model, case, density)
+            px = study_transfer._values(reference, model, "px", density)
+            if floored and px:
+                gap = 100 * (common.mean_std(floored)[0] - common.mean_std(px)[0])
+                ahead += gap > 0
+                cells.append(f"{model} {density:.0%} {gap:+.1f}")
+    if not cells:
+        return []
+    return [f"- **Does keeping width buy it back?** px with a per-channel floor (`min_channel_density` at a tenth of "
+            "the target density: every output channel keeps at least one weight; study 4's section on it), minus "
+            f"px, in points of fine-tuned accuracy: {', '.join(cells)}. "
+            + ("It is behind px in every one, so restoring channels one weight at a time is not what PX lacks "
+               "(docs/px.md section 2)" if not ahead else f"It is ahead of px in {ahead} of these {len(cells)}")
+            + "; the floor stays an option, off by default."]
 
 
 # study 4's models and the family of `--method auto` each stands for: (family, what auto runs on it)

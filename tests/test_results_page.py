@@ -296,3 +296,9 @@ def test_a_case_beside_the_grid_is_ranked_with_the_grid_s_rows():
     assert "| the grid's best | 81.0 ± 1.4 (px) | 70.5 ± 0.7 (magnitude) |" in text
     assert "`px, channel floor`'s mean minus `px`'s, in points: 50% -6.0, 10% +9.5." in text
     assert "`px, channel floor` ties the best case on every model at: 10%." in text
+    [width] = report._keeping_width(channels, [grid])
+    assert "minus px, in points of fine-tuned accuracy: m 50% -6.0, m 10% +9.5. It is ahead of px in 1 of these 2;" \
+        in width
+    for row in rows:   # behind px everywhere: the page says restoring channels is not what PX lacks
+        row["finetuned"] -= 0.2
+    assert "It is behind px in every one, so restoring channels" in report._keeping_width(channels, [grid])[0]
