@@ -59,7 +59,9 @@ METHODS = ["px", "px-exact", "random", "magnitude", "snip", "grasp", "synflow", 
 # BatchNorm statistics re-estimated between rounds (BatchNorm models only), and the weights on no path
 # (attention's W_Q/W_K) ranked by px-exact instead of by magnitude (models with such weights only), also at 20
 # rounds (each px round then scores those weights with px-exact: a fifth of the rounds, a fifth of that cost),
-# and that with auto's floor (what --method auto runs on attention models: `hf_px.pruning.AUTO_FOR_TRANSFORMERS`)
+# and that with auto's floor (what --method auto runs on attention models: `hf_px.pruning.AUTO_FOR_TRANSFORMERS`);
+# a per-channel floor (`min_channel_density`: does keeping every channel undo PX's narrow tickets?); and
+# magnitude with auto's floor, what --method auto runs on CNNs
 VARIANTS = {
     "px, 1 round": dict(method="px", rounds=1),
     "px, 20 rounds": dict(method="px", rounds=20),
