@@ -97,6 +97,9 @@ def defaults_section(results: dict[str, dict]) -> str:
         lines += _options(transformers)
     lines += _api_default(pai, transformers, *grids, converged=converged)
     lines += _where_px_loses(pai, transformers, *grids, converged=converged)
+    if "transfer_auto_cnn" in results:
+        lines += _auto_ticket(results["transfer_auto_cnn"], [results[k] for k in ("transfer", "transfer_cnn")
+                                                            if k in results])
     lines += _narrowing([results[key] for key in LAYERS.values() if key in results])
     if "transfer_channels" in results:
         lines += _keeping_width(results["transfer_channels"], [results[k] for k in ("transfer", "transfer_cnn")
@@ -133,6 +136,36 @@ def _narrowing(diagnoses: list[dict]) -> list[str]:
             "tensor where px and magnitude differ most: " + "; ".join(text for text, _ in cells) + ". PX ranks a "
             "weight by the paths through it, which favours the weights of channels already on many paths: its "
             f"ticket is the narrower network in {narrower} of these {len(cells)} cases, at the same density."]
+
+
+def _auto_ticket(measured: dict, references: list[dict]) -> list[str]:
+    """auto's own ticket (the study's case with auto's floor, `--auto-cnn`) where the floor binds, against the
+    grid's case without it and against px, from the grid that ran the model."""
+    import study_transfer
+
+    [case] = measured["config"]["cases"]
+    method = study_transfer.VARIANTS[case]["method"]
+    cells = []
+    for model in measured["config"]["models"]:
+        reference = next((r for r in references if model in r["config"]["models"]), None)
+        for density in measured["config"]["densities"] if reference else []:
+            mine = study_transfer._values(measured, model, case, density)
+            plain = study_transfer._values(reference, model, method, density)
+            px = study_transfer._values(reference, model, "px", density)
+            if not (mine and plain and px):
+                continue
+            (m, ms), (p, ps), (x, _) = (common.mean_std(v) for v in (mine, plain, px))
+            verdict = "ties it" if study_transfer.ties(max((m, ms), (p, ps)), min((m, ms), (p, ps))) else (
+                f"{100 * abs(m - p):.1f} points {'below' if m < p else 'above'} it")
+            cells.append(f"{model} at {density:.0%}: {100 * m:.1f} ± {100 * ms:.1f} against `{method}`'s "
+                         f"{100 * p:.1f} ± {100 * ps:.1f} without the floor ({verdict}; seeds "
+                         f"{', '.join(f'{100 * a:.1f}' for a in mine)} against "
+                         f"{', '.join(f'{100 * a:.1f}' for a in plain)}), and {100 * (m - x):+.1f} against px")
+    if not cells:
+        return []
+    return [f"- **auto's own CNN ticket, measured where its floor binds** (`{case}`, study 4's section on it): "
+            + "; ".join(cells) + ". `--method auto` keeps the floor on CNNs too, as the guard against emptied "
+            "tensors at extreme sparsity; this is so far the only CNN measurement of what it costs."]
 
 
 def _keeping_width(channels: dict, references: list[dict]) -> list[str]:

@@ -302,3 +302,20 @@ def test_a_case_beside_the_grid_is_ranked_with_the_grid_s_rows():
     for row in rows:   # behind px everywhere: the page says restoring channels is not what PX lacks
         row["finetuned"] -= 0.2
     assert "It is behind px in every one, so restoring channels" in report._keeping_width(channels, [grid])[0]
+
+
+def test_auto_s_own_ticket_is_compared_with_the_case_without_its_floor():
+    """`--auto-cnn` rows at 10% against the grid's magnitude, 70.5 ± 0.7, and px, 60.5. A tie is a gap within the
+    larger std: 69.0 ± 1.4 is 1.5 points below (1.5 > 1.41), 69.5 ± 0.7 is 1.0 below (> 0.71), 70.0 ± 0 ties."""
+    grid = _transfer_results()
+    rows = [{"model": "m", "case": "magnitude, floor", "density": 0.1, "seed": s, "epochs": 30, "finetuned": a,
+             "probe": 0.5, "collapsed": [], "min_layer_density": 0.01} for s, a in enumerate((0.68, 0.70))]
+    measured = {"setting": "auto-cnn", "rows": rows, "config": {"models": ["m"], "cases": ["magnitude, floor"],
+                                                                "densities": [0.1], "seeds": [0, 1], "epochs": {"m": 30}}}
+    [line] = report._auto_ticket(measured, [grid])
+    assert ("m at 10%: 69.0 ± 1.4 against `magnitude`'s 70.5 ± 0.7 without the floor (1.5 points below it; seeds "
+            "68.0, 70.0 against 70.0, 71.0), and +8.5 against px") in line
+    rows[0]["finetuned"] = 0.69
+    assert "(1.0 points below it;" in report._auto_ticket(measured, [grid])[0]
+    rows[0]["finetuned"] = 0.70
+    assert "(ties it;" in report._auto_ticket(measured, [grid])[0]
