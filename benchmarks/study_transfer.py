@@ -776,6 +776,10 @@ BESIDE_GRID = {
 }
 
 
+def _mean(results: dict, model: str, case: str, density: float) -> float:
+    return common.mean_std(_values(results, model, case, density))[0]
+
+
 def beside_grid_report(results: dict, references: list[dict]) -> str:
     """A `BESIDE_GRID` setting's cases beside the rows of the grid that ran each of its models (`references`:
     the grid and `--cnn` results): px, magnitude and the grid's best case at each density, measured there with
@@ -808,7 +812,7 @@ def beside_grid_report(results: dict, references: list[dict]) -> str:
                                                    for d in densities) + " |", ""]
         for case in cases:
             method = VARIANTS[case]["method"]
-            gains = [f"{d:.0%} {100 * (common.mean_std(_values(merged, model, case, d))[0] - common.mean_std(_values(merged, model, method, d))[0]):+.1f}"
+            gains = [f"{d:.0%} {100 * (_mean(merged, model, case, d) - _mean(merged, model, method, d)):+.1f}"
                      for d in densities]
             lines += [f"`{case}`'s mean minus `{method}`'s, in points: {', '.join(gains)}.", ""]
             for d in densities:
@@ -817,8 +821,8 @@ def beside_grid_report(results: dict, references: list[dict]) -> str:
     for case in cases:
         won = [d for (c, d), on_models in wins.items() if c == case and len(on_models) == len(config["models"])
                and all(on_models)]
-        lines += [f"`{case}` ties the best case on every model at: {', '.join(f'{d:.0%}' for d in won) or 'no density'}.",
-                  ""]
+        where = ", ".join(f"{d:.0%}" for d in won) or "no density"
+        lines += [f"`{case}` ties the best case on every model at: {where}.", ""]
     return "\n".join(lines)
 
 

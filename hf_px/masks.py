@@ -36,7 +36,7 @@ def masks_from_scores(scores: dict[str, Tensor], density: float, masks: dict[str
     min_channel_density: the same floor per output channel (dim 0): each keeps its `ceil(min_channel_density *
     fan_in)` best alive entries, so that no channel is removed from the ticket entirely (docs/px.md section 2).
     Works on the scores' device, with one scratch copy of the scores as its only weight-sized memory (two
-    with a floor).
+    with a floor, plus one tensor's sort at a time).
     """
     if not 0.0 < density <= 1.0:
         raise ConfigError(f"density {density} must lie in (0, 1]")

@@ -129,11 +129,11 @@ class PruneSpec:
         if not isinstance(self.method_options, dict):
             raise ConfigError(f"method_options={self.method_options!r} must be a mapping of option names to values")
         layer_density_floor(self.method, self.sparsity, self.min_layer_density)
-        channel = self.min_channel_density
-        if isinstance(channel, bool) or not isinstance(channel, (int, float)) or not 0.0 <= channel <= 1 - self.sparsity:
+        channel, density = self.min_channel_density, 1 - self.sparsity
+        if isinstance(channel, bool) or not isinstance(channel, (int, float)) or not 0.0 <= channel <= density:
             raise ConfigError(f"{self._given('min_channel_density', channel)} must be a number in "
-                              f"[0, {1 - self.sparsity:.4g}] (at most the target density 1 - sparsity); e.g. "
-                              f"{AUTO_MIN_LAYER_DENSITY * (1 - self.sparsity):.3g}")
+                              f"[0, {density:.4g}] (at most the target density 1 - sparsity); e.g. "
+                              f"{AUTO_MIN_LAYER_DENSITY * density:.3g}")
         self.min_channel_density = float(channel)
         self.criterion()   # an unknown method or option fails here, before any work
 

@@ -310,8 +310,9 @@ def test_auto_s_own_ticket_is_compared_with_the_case_without_its_floor():
     grid = _transfer_results()
     rows = [{"model": "m", "case": "magnitude, floor", "density": 0.1, "seed": s, "epochs": 30, "finetuned": a,
              "probe": 0.5, "collapsed": [], "min_layer_density": 0.01} for s, a in enumerate((0.68, 0.70))]
-    measured = {"setting": "auto-cnn", "rows": rows, "config": {"models": ["m"], "cases": ["magnitude, floor"],
-                                                                "densities": [0.1], "seeds": [0, 1], "epochs": {"m": 30}}}
+    measured = {"setting": "auto-cnn", "rows": rows,
+                "config": {"models": ["m"], "cases": ["magnitude, floor"], "densities": [0.1], "seeds": [0, 1],
+                           "epochs": {"m": 30}}}
     [line] = report._auto_ticket(measured, [grid])
     assert ("m at 10%: 69.0 ± 1.4 against `magnitude`'s 70.5 ± 0.7 without the floor (1.5 points below it; seeds "
             "68.0, 70.0 against 70.0, 71.0), and +8.5 against px") in line

@@ -15,8 +15,8 @@ from .flags import add_config_flags
 
 _METAVARS = {"task": "NAME", "dataset": "ID_OR_PATH", "image_column": "COLUMN", "label_column": "COLUMN",
              "split": "NAME", "eval_split": "NAME", "method": "NAME", "sparsity": "FRACTION", "rounds": "N",
-             "min_layer_density": "FRACTION", "min_channel_density": "FRACTION", "device": "DEVICE", "revision": "REV", "include": "PATTERN",
-             "exclude": "PATTERN", "output": "DIR", "push_to_hub": "REPO"}
+             "min_layer_density": "FRACTION", "min_channel_density": "FRACTION", "device": "DEVICE",
+             "revision": "REV", "include": "PATTERN", "exclude": "PATTERN", "output": "DIR", "push_to_hub": "REPO"}
 
 
 def _help() -> dict[str, str]:
