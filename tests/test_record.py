@@ -41,7 +41,7 @@ def test_a_file_of_the_earlier_writer_round_trips_exactly():
     # what the typed record adds: the fields the earlier writer did not write, at their defaults ...
     assert again["finetune"].pop("below_probe") is False     # (written only when true before)
     assert {key: value for key, value in again.items() if key not in SAVED} == {
-        "allow_empty_layers": None, "include": None, "exclude": None}
+        "min_channel_density": None, "allow_empty_layers": None, "include": None, "exclude": None}
     assert {key: again[key] for key in SAVED} == SAVED       # ... and nothing lost or changed
 
 
