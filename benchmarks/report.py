@@ -140,41 +140,54 @@ def _narrowing(diagnoses: list[dict]) -> list[str]:
 
 def _auto_ticket(measured: dict, references: list[dict]) -> list[str]:
     """auto's own ticket (the study's case with auto's floor, `--auto-cnn`) where the floor binds, against the
-    grid's case without it and against px, from the grid that ran the model."""
+    case without it (measured beside it where the setting runs it, seed by seed; else the grid's rows) and
+    against the grid's px."""
     import study_transfer
 
-    [case] = measured["config"]["cases"]
+    case = next(c for c in measured["config"]["cases"] if "floor" in c)
     method = study_transfer.VARIANTS[case]["method"]
-    cells = []
+    cells, tied = [], []
     for model in measured["config"]["models"]:
         reference = next((r for r in references if model in r["config"]["models"]), None)
         for density in measured["config"]["densities"] if reference else []:
-            mine = study_transfer._values(measured, model, case, density)
-            plain = study_transfer._values(reference, model, method, density)
+            mine = _by_seed(measured, model, case, density)
+            plain = _by_seed(measured, model, method, density) or _by_seed(reference, model, method, density)
             px = study_transfer._values(reference, model, "px", density)
             if not (mine and plain and px):
                 continue
-            (m, ms), (p, ps), (x, _) = (common.mean_std(v) for v in (mine, plain, px))
-            verdict = "ties it" if study_transfer.ties(max((m, ms), (p, ps)), min((m, ms), (p, ps))) else (
-                f"{100 * abs(m - p):.1f} points {'below' if m < p else 'above'} it")
-            cells.append(f"{model} at {density:.0%}: {100 * m:.1f} ± {100 * ms:.1f} against `{method}`'s "
-                         f"{100 * p:.1f} ± {100 * ps:.1f} without the floor ({verdict}; seeds "
-                         f"{', '.join(f'{100 * a:.1f}' for a in mine)} against "
-                         f"{', '.join(f'{100 * a:.1f}' for a in plain)}), and {100 * (m - x):+.1f} against px")
+            (m, ms), (p, ps), (x, _) = (common.mean_std(v) for v in (list(mine.values()), list(plain.values()), px))
+            tied.append(study_transfer.ties(max((m, ms), (p, ps)), min((m, ms), (p, ps))))
+            verdict = "ties it" if tied[-1] else f"{100 * abs(m - p):.1f} points {'below' if m < p else 'above'} it"
+            paired = [100 * (mine[seed] - plain[seed]) for seed in mine if seed in plain]
+            differences = (f"; seed by seed, with minus without: {', '.join(f'{d:+.1f}' for d in paired)}, "
+                           f"below in {sum(d < 0 for d in paired)} of {len(paired)}" if paired else "")
+            cells.append(f"{model} at {density:.0%} ({len(mine)} seeds): {100 * m:.1f} ± {100 * ms:.1f} against "
+                         f"`{method}`'s {100 * p:.1f} ± {100 * ps:.1f} without the floor ({verdict}{differences}), "
+                         f"and {100 * (m - x):+.1f} against px")
     if not cells:
         return []
+    cost = ("it ties the ticket without the floor wherever measured, so the guard costs nothing the seeds resolve"
+            if all(tied) else "this is what the guard costs where it binds")
     return [f"- **auto's own CNN ticket, measured where its floor binds** (`{case}`, study 4's section on it): "
-            + "; ".join(cells) + ". `--method auto` keeps the floor on CNNs too, as the guard against emptied "
-            "tensors at extreme sparsity; this is so far the only CNN measurement of what it costs."]
+            + "; ".join(cells) + f". `--method auto` keeps the floor on CNNs too, as the guard against emptied "
+            f"tensors at extreme sparsity: {cost}."]
+
+
+def _by_seed(results: dict, model: str, case: str, density: float) -> dict[int, float]:
+    """{seed: fine-tuned accuracy} of one case and density, at the setting's epochs (`study_transfer._values`)."""
+    epochs = results["config"]["epochs"][model]
+    return {r["seed"]: r["finetuned"] for r in results["rows"] if (r["model"], r["case"], r["density"], r["epochs"])
+            == (model, case, density, epochs) and r["finetuned"] is not None}
 
 
 def _keeping_width(channels: dict, references: list[dict]) -> list[str]:
     """Whether keeping every channel buys PX's accuracy back: `--channels`' floor against px, per model and
-    density, the px rows from the grid that ran the model (the same data, recipe, seeds and epochs)."""
+    density, the px rows from the grid that ran the model (the same data, recipe, seeds and epochs); a gap
+    within one standard deviation is a tie (`study_transfer.ties`), as everywhere on the page."""
     import study_transfer
 
     [case] = channels["config"]["cases"]
-    cells, ahead = [], 0
+    cells, verdicts = [], []
     for model in channels["config"]["models"]:
         reference = next((r for r in references if model in r["config"]["models"]), None)
         if reference is None:
@@ -183,17 +196,22 @@ def _keeping_width(channels: dict, references: list[dict]) -> list[str]:
             floored = study_transfer._values(channels, model, case, density)
             px = study_transfer._values(reference, model, "px", density)
             if floored and px:
-                gap = 100 * (common.mean_std(floored)[0] - common.mean_std(px)[0])
-                ahead += gap > 0
-                cells.append(f"{model} {density:.0%} {gap:+.1f}")
+                floored, px = common.mean_std(floored), common.mean_std(px)
+                tie = study_transfer.ties(max(floored, px), min(floored, px))
+                verdicts.append("tie" if tie else "ahead" if floored[0] > px[0] else "behind")
+                cells.append(f"{model} {density:.0%} {100 * (floored[0] - px[0]):+.1f}{' (a tie)' if tie else ''}")
     if not cells:
         return []
-    return [f"- **Does keeping width buy it back?** px with a per-channel floor (`min_channel_density` at a tenth of "
-            "the target density: every output channel keeps at least one weight; study 4's section on it), minus "
-            f"px, in points of fine-tuned accuracy: {', '.join(cells)}. "
-            + ("It is behind px in every one, so restoring channels one weight at a time is not what PX lacks "
-               "(docs/px.md section 2)" if not ahead else f"It is ahead of px in {ahead} of these {len(cells)}")
-            + "; the floor stays an option, off by default."]
+    fraction = study_transfer.VARIANTS[case]["channel_floor"]
+    counts = {verdict: verdicts.count(verdict) for verdict in ("ahead", "tie", "behind")}
+    verdict = (f"It is ahead of px in {counts['ahead']} of these {len(cells)} (beyond one standard deviation)"
+               if counts["ahead"] else
+               f"It is never ahead of px (behind in {counts['behind']}, a tie in {counts['tie']}), so restoring "
+               "channels one weight at a time is not what PX lacks (docs/px.md section 2)")
+    return [f"- **Does keeping width buy it back?** px with a per-channel floor (`min_channel_density` at {fraction:g} "
+            "x the target density: every output channel keeps at least one weight; study 4's section on it), "
+            f"minus px, in points of fine-tuned accuracy: {', '.join(cells)}. {verdict}; the floor stays an "
+            "option, off by default."]
 
 
 # study 4's models and the family of `--method auto` each stands for: (family, what auto runs on it)

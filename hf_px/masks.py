@@ -58,7 +58,7 @@ def masks_from_scores(scores: dict[str, Tensor], density: float, masks: dict[str
         scores = dict(scores)
         for name, count in zip(names, counts):
             if min_density > 0:
-                floor = min(math.ceil(min_density * scores[name].numel()), count)
+                floor = min(ceil_share(min_density, scores[name].numel()), count)
                 scores[name] = _with_floor(scores[name], masks[name], floor)
             if min_channel_density > 0:
                 scores[name] = _with_channel_floor(scores[name], masks[name], min_channel_density)
@@ -73,8 +73,9 @@ def masks_from_scores(scores: dict[str, Tensor], density: float, masks: dict[str
         start += count
     keep_count = min(kept_count(density, sum(scores[n].numel() for n in names)), values.numel())
     if floors > keep_count:
-        raise ConfigError(f"the floors (min_density {min_density:.4g}, min_channel_density {min_channel_density:.4g}) "
-                          f"keep {floors} weights but density {density:.4g} keeps only {keep_count}; lower them")
+        raise ConfigError(f"the floors (min_layer_density {min_density:.4g}, min_channel_density "
+                          f"{min_channel_density:.4g}) keep {floors} weights but density {density:.4g} keeps only "
+                          f"{keep_count}; lower them or the sparsity")
     if keep_count == 0:
         return {n: torch.zeros(scores[n].shape, dtype=torch.bool, device=scores[n].device) for n in names}
     threshold = _kth_smallest_(values, values.numel() - keep_count + 1)   # the keep_count-th largest alive
@@ -98,6 +99,24 @@ def masks_from_scores(scores: dict[str, Tensor], density: float, masks: dict[str
     return {n: mask.to(scores[n].device) for n, mask in out.items()}
 
 
+def ceil_share(fraction: float, total: int) -> int:
+    """ceil(fraction * total), capped at total, without the float product's last-bit excess pushing an exact
+    integer up by one (0.07 * 100 is 7.000000000000001)."""
+    if fraction <= 0 or total == 0:
+        return 0
+    return min(max(math.ceil(round(fraction * total, 9)), 1), total)
+
+
+def floor_count(shape: torch.Size, min_density: float = 0.0, min_channel_density: float = 0.0) -> int:
+    """The fewest weights the floors of `masks_from_scores` keep in a tensor of `shape` with every entry alive:
+    the larger of the two floors (they may overlap, so the union can be larger, never smaller)."""
+    total = math.prod(shape)
+    rows = shape[0] if len(shape) > 1 else 1
+    per_channel = rows * ceil_share(min_channel_density, total // rows) if total else 0
+    per_tensor = ceil_share(min_density, total)
+    return max(per_tensor, per_channel)
+
+
 def _with_floor(score: Tensor, mask: Tensor | None, floor: int) -> Tensor:
     """A copy of `score` whose `floor` best alive entries are +inf (ties: the lower index first)."""
     floored = score.detach().flatten().clone()
@@ -108,11 +127,13 @@ def _with_floor(score: Tensor, mask: Tensor | None, floor: int) -> Tensor:
 
 def _with_channel_floor(score: Tensor, mask: Tensor | None, fraction: float) -> Tensor:
     """A copy of `score` whose `ceil(fraction * fan_in)` best alive entries in each output channel (the rows of
-    dim 0) are +inf (ties: the lower index first)."""
+    dim 0; a 1-D tensor is one channel) are +inf (ties: the lower index first)."""
+    if score.numel() == 0:
+        return score.detach().clone()
     rows = score.detach().reshape(score.shape[0] if score.dim() > 1 else 1, -1).clone()
     ranked = rows if mask is None else rows.masked_fill(~mask.reshape(rows.shape).to(rows.device), -torch.inf)
     best = torch.sort(ranked, dim=1, descending=True, stable=True)
-    count = min(math.ceil(fraction * rows.shape[1]), rows.shape[1])
+    count = ceil_share(fraction, rows.shape[1])
     floored = torch.zeros_like(rows, dtype=torch.bool)
     # a row with fewer alive entries than `count` keeps those it has (pruned entries rank at -inf)
     floored.scatter_(1, best.indices[:, :count], best.values[:, :count] > -torch.inf)

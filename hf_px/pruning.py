@@ -3,6 +3,7 @@
 import contextlib
 import copy
 import dataclasses
+import math
 import time
 import warnings
 from collections.abc import Iterable
@@ -18,7 +19,7 @@ from .batches import first_images, iter_batches, reiterable
 from .batchnorm import recalibrate_batchnorm_
 from .criteria import Criterion, make_criterion
 from .errors import ConfigError, DataError, ModelError
-from .masks import all_finite, check_masks, density_schedule, masks_from_scores
+from .masks import all_finite, check_masks, density_schedule, floor_count, kept_count, masks_from_scores
 from .targets import find_head, resolve_targets
 
 AUTO = "auto"
@@ -90,10 +91,10 @@ def layer_density_floor(method: str, sparsity: float, value: float | None = None
     density = 1.0 - sparsity
     if value is None:
         return AUTO_MIN_LAYER_DENSITY * density if method == AUTO else 0.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= density:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= density + 1e-9:
         raise ConfigError(f"min_layer_density={value!r} must be a number in [0, {density:.4g}] (at most the target "
                           f"density 1 - sparsity); e.g. {AUTO_MIN_LAYER_DENSITY * density:.3g}")
-    return float(value)
+    return min(float(value), density)   # 1 - 0.93 is 0.06999999999999995: 0.07 is the density, not above it
 
 
 @dataclass
@@ -130,11 +131,12 @@ class PruneSpec:
             raise ConfigError(f"method_options={self.method_options!r} must be a mapping of option names to values")
         layer_density_floor(self.method, self.sparsity, self.min_layer_density)
         channel, density = self.min_channel_density, 1 - self.sparsity
-        if isinstance(channel, bool) or not isinstance(channel, (int, float)) or not 0.0 <= channel <= density:
+        if (isinstance(channel, bool) or not isinstance(channel, (int, float))
+                or not 0.0 <= channel <= density + 1e-9):   # the float tolerance as in `layer_density_floor`
             raise ConfigError(f"{self._given('min_channel_density', channel)} must be a number in "
                               f"[0, {density:.4g}] (at most the target density 1 - sparsity); e.g. "
                               f"{AUTO_MIN_LAYER_DENSITY * density:.3g}")
-        self.min_channel_density = float(channel)
+        self.min_channel_density = min(float(channel), density)
         self.criterion()   # an unknown method or option fails here, before any work
 
     def _given(self, name: str, value) -> str:
@@ -234,6 +236,7 @@ def prune(model: nn.Module, batches: Iterable, method: "str | Criterion | PruneS
             criterion, chosen = auto_criterion(model, first_images(batches, _device(model)))
         rounds = spec.rounds or chosen.get("rounds") or criterion.default_rounds
         masks = _initial_masks(model, targets, None)
+        _check_floors_fit({name: mask.shape for name, mask in masks.items()}, spec, floor)
         started = time.perf_counter()
         score_round = criterion.scorer(model, batches, targets, head, spec.seed)   # the model's structure, once
         for done, density in enumerate(tqdm(density_schedule(1.0 - spec.sparsity, rounds), desc=f"{criterion.name} rounds",
@@ -256,6 +259,31 @@ def prune(model: nn.Module, batches: Iterable, method: "str | Criterion | PruneS
         warnings.warn(message, stacklevel=2)
     apply_masks_(model, masks)
     return masks
+
+
+def _check_floors_fit(shapes: dict[str, torch.Size], spec: PruneSpec, floor: float) -> None:
+    """Refuse, before any scoring, floors that need more weights than the target density keeps: they keep the
+    same count every round while the schedule shrinks, so they would otherwise fail only in a late round."""
+    def needed(channel: float) -> int:
+        return sum(floor_count(shape, floor, channel) for shape in shapes.values())
+
+    keep = kept_count(1.0 - spec.sparsity, sum(math.prod(shape) for shape in shapes.values()))
+    if needed(spec.min_channel_density) <= keep:
+        return
+    if spec.min_channel_density == 0:
+        raise ConfigError(f"min_layer_density={floor:.4g} keeps {needed(0.0)} weights (ceil({floor:.4g} x its size) "
+                          f"per tensor) but "
+                          f"sparsity={spec.sparsity:.4g} keeps only {keep}; lower min_layer_density or the sparsity")
+    low, high = 0.0, spec.min_channel_density   # the largest channel floor that fits (`needed` grows with it)
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if needed(middle) <= keep else (low, middle)
+    hint = (f"lower min_channel_density to at most {math.floor(low * 1e4) / 1e4:g}" if needed(low) <= keep
+            and low >= 1e-4 else "one weight per output channel is already more than that: lower the sparsity")
+    raise ConfigError(f"min_channel_density={spec.min_channel_density:.4g} (every output channel keeps "
+                      f"ceil({spec.min_channel_density:.4g} x its fan-in) weights, at least one) with "
+                      f"min_layer_density={floor:.4g} keeps {needed(spec.min_channel_density)} weights but "
+                      f"sparsity={spec.sparsity:.4g} keeps only {keep} of the targets; {hint}")
 
 
 def _spec_of(method, keywords: dict) -> PruneSpec:

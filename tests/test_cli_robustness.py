@@ -163,6 +163,10 @@ def test_min_channel_density_keeps_every_output_channel_end_to_end(vit_folder, d
     capsys.readouterr()
     assert main(["inspect", str(tmp_path / "floored")]) == 0
     assert ", min channel density 0.003" in capsys.readouterr().out
+    # a floor that cannot fit: one line naming the value that does, before any round, and nothing written
+    err = _fails(capsys, ["prune", *common, "--min-channel-density", "0.03", "--output", str(tmp_path / "tight")],
+                 "min_channel_density=0.03", "lower min_channel_density to at most")
+    assert not (tmp_path / "tight").exists(), err
 
 
 # --------------------------------------------------------------------------- 7-8: tracebacks left

@@ -200,6 +200,48 @@ def test_min_channel_density_floor_is_exact_against_a_hand_count():
         hf_px.masks_from_scores(scores, 5 / 16, min_channel_density=0.3)
 
 
+def test_floors_overlap_counted_once_and_shares_are_exact_ceilings():
+    """Both floors: the per-tensor floor 0.25 keeps 2 of each tensor's 8 (a's 9 and 8, b's 0.4 and its first
+    0.3); the channel floor 0.1 keeps each row's best (a's 9 and first 0.6, b's first 0.3 and 0.4), 3 of them
+    already in: the floors are 5 weights, not 8. Density 5/16 keeps exactly them; 4/16 cannot."""
+    scores = {"a": torch.tensor([[9.0, 8, 7, 1], [0.5, 0.6, 0.6, 0.2]]), "b": torch.tensor([[0.1, 0.3, 0.2, 0.3],
+                                                                                          [0.4, 0.1, 0.1, 0.1]])}
+    both = hf_px.masks_from_scores(scores, 5 / 16, min_density=0.25, min_channel_density=0.1)
+    assert both["a"].tolist() == [[True, True, False, False], [False, True, False, False]]
+    assert both["b"].tolist() == [[False, True, False, False], [True, False, False, False]]
+    with pytest.raises(hf_px.ConfigError, match="keep 5 weights but density 0.25 keeps only 4"):
+        hf_px.masks_from_scores(scores, 4 / 16, min_density=0.25, min_channel_density=0.1)
+    # ceil(0.07 * 100) is 7, though the float product is 7.000000000000001; a positive share keeps at least one
+    assert hf_px.masks.ceil_share(0.07, 100) == 7 and hf_px.masks.ceil_share(0.071, 100) == 8
+    assert hf_px.masks.ceil_share(1e-12, 10) == 1 and hf_px.masks.ceil_share(0.0, 10) == 0
+    kept = hf_px.masks_from_scores({"a": torch.rand(4, 100)}, 0.5, min_channel_density=0.07)["a"]
+    assert int(kept.sum()) == 200
+    assert hf_px.masks.floor_count(torch.Size([4, 100]), 0.0, 0.07) == 28
+    assert hf_px.masks.floor_count(torch.Size([4, 100]), 0.5, 0.07) == 200
+    # a tensor with no entries (Linear(k, 0)) has no channel to keep
+    empty = hf_px.masks_from_scores({"a": torch.rand(0, 5), "b": torch.rand(3, 4)}, 0.5, min_channel_density=0.2)
+    assert empty["a"].shape == (0, 5) and int(empty["b"].sum()) == 6
+
+
+def test_floors_that_cannot_fit_are_refused_before_any_scoring():
+    """The floors keep the same count every round while the schedule shrinks: prune refuses them up front (no
+    round runs), naming the largest channel floor that fits, and that value then works."""
+    batches, rounds_run = random_batches(), []
+    with pytest.raises(hf_px.ConfigError) as info:
+        hf_px.prune(PlainCNN(in_channels=3), batches, method="px", sparsity=0.98, rounds=5, min_channel_density=0.02,
+                    on_round=lambda done, seconds: rounds_run.append(done))
+    message = str(info.value)
+    assert not rounds_run and "\n" not in message
+    assert message.startswith("min_channel_density=0.02 (every output channel keeps ceil(0.02 x its fan-in)")
+    hint = float(message.rsplit("at most ", 1)[1])
+    assert 0 < hint < 0.02
+    masks = hf_px.prune(PlainCNN(in_channels=3), batches, method="magnitude", sparsity=0.98, min_channel_density=hint)
+    assert all(mask.reshape(mask.shape[0], -1).any(1).all() for mask in masks.values())
+    # the upper end of the range is the density itself, float error included (1 - 0.93 < 0.07)
+    with pytest.raises(hf_px.ConfigError, match="min_layer_density=0.07 keeps .* but sparsity=0.93 keeps only"):
+        hf_px.prune(PlainCNN(in_channels=3), batches, method="magnitude", sparsity=0.93, min_layer_density=0.07)
+
+
 def test_prune_channel_floor_keeps_every_output_channel():
     """At 98% sparsity magnitude empties whole output channels of PlainCNN (and a tensor); with the channel floor
     none is empty, the count stays exact, and a floor above the target density is refused naming the bound."""

@@ -297,11 +297,17 @@ def test_a_case_beside_the_grid_is_ranked_with_the_grid_s_rows():
     assert "`px, channel floor`'s mean minus `px`'s, in points: 50% -6.0, 10% +9.5." in text
     assert "`px, channel floor` ties the best case on every model at: 10%." in text
     [width] = report._keeping_width(channels, [grid])
-    assert "minus px, in points of fine-tuned accuracy: m 50% -6.0, m 10% +9.5. It is ahead of px in 1 of these 2;" \
-        in width
+    assert ("`min_channel_density` at 0.1 x the target density" in width and "minus px, in points of fine-tuned "
+            "accuracy: m 50% -6.0, m 10% +9.5. It is ahead of px in 1 of these 2 (beyond one standard deviation);"
+            in width)
     for row in rows:   # behind px everywhere: the page says restoring channels is not what PX lacks
         row["finetuned"] -= 0.2
-    assert "It is behind px in every one, so restoring channels" in report._keeping_width(channels, [grid])[0]
+    assert "It is never ahead of px (behind in 2, a tie in 0), so restoring channels" in \
+        report._keeping_width(channels, [grid])[0]
+    for row, value in zip(rows[2:], (0.605, 0.615)):   # 10%: 61.0 ± 0.7 against px's 60.5 ± 0.7, a tie
+        row["finetuned"] = value
+    width = report._keeping_width(channels, [grid])[0]
+    assert "m 10% +0.5 (a tie)." in width and "never ahead of px (behind in 1, a tie in 1)" in width
 
 
 def test_auto_s_own_ticket_is_compared_with_the_case_without_its_floor():
@@ -314,9 +320,26 @@ def test_auto_s_own_ticket_is_compared_with_the_case_without_its_floor():
                 "config": {"models": ["m"], "cases": ["magnitude, floor"], "densities": [0.1], "seeds": [0, 1],
                            "epochs": {"m": 30}}}
     [line] = report._auto_ticket(measured, [grid])
-    assert ("m at 10%: 69.0 ± 1.4 against `magnitude`'s 70.5 ± 0.7 without the floor (1.5 points below it; seeds "
-            "68.0, 70.0 against 70.0, 71.0), and +8.5 against px") in line
+    assert ("m at 10% (2 seeds): 69.0 ± 1.4 against `magnitude`'s 70.5 ± 0.7 without the floor (1.5 points below "
+            "it; seed by seed, with minus without: -2.0, -1.0, below in 2 of 2), and +8.5 against px") in line
+    assert line.endswith("this is what the guard costs where it binds.")
     rows[0]["finetuned"] = 0.69
     assert "(1.0 points below it;" in report._auto_ticket(measured, [grid])[0]
     rows[0]["finetuned"] = 0.70
-    assert "(ties it;" in report._auto_ticket(measured, [grid])[0]
+    line = report._auto_ticket(measured, [grid])[0]
+    assert "(ties it;" in line and line.endswith("so the guard costs nothing the seeds resolve.")
+    # magnitude measured beside it (a third seed too): compared with those rows, not the grid's
+    measured["config"]["cases"].append("magnitude")
+    rows += [{**rows[0], "case": "magnitude", "seed": s, "finetuned": a} for s, a in enumerate((0.72, 0.71, 0.7))]
+    rows.append({**rows[0], "seed": 2, "finetuned": 0.73})
+    line = report._auto_ticket(measured, [grid])[0]
+    assert ("m at 10% (3 seeds): 71.0 ± 1.7 against `magnitude`'s 71.0 ± 1.0 without the floor (ties it; seed by "
+            "seed, with minus without: -2.0, -1.0, +3.0, below in 2 of 3)") in line
+    import study_transfer
+
+    measured.update(command="python benchmarks/study_transfer.py --auto-cnn", seconds=60,
+                    machine={"cpu": "a CPU", "threads": 1, "commit": "abc"})
+    text = study_transfer.beside_grid_report(measured, [grid])
+    assert "`magnitude` is measured here too, seed by seed beside it on one machine; these rows replace" in text
+    assert "| magnitude | **71.0 ± 1.0** |" in text and "magnitude (grid)" not in text
+    assert "| magnitude, floor | **71.0 ± 1.7** |" in text and "`magnitude`'s mean minus" not in text
