@@ -65,7 +65,8 @@ def test_winners_are_ties_with_the_best():
 
 def test_the_second_vit_is_another_vit_judged_on_auto_s_own_ticket():
     """`--second-vit`: another depth and head count, pre-trained from another seed, with the grid's recipe
-    and budget; among its cases, the one `--method auto` reproduces (auto's choice with auto's floor)."""
+    and budget check at 3x the grid's epochs (the grid's 90 did not converge on it); among its cases, the one
+    `--method auto` reproduces (auto's choice with auto's floor)."""
     import report
 
     from hf_px.pruning import AUTO_FOR_TRANSFORMERS
@@ -77,7 +78,7 @@ def test_the_second_vit_is_another_vit_judged_on_auto_s_own_ticket():
     assert len(study.vit_mnist("vit-mnist", 0).blocks) == 4
     assert config["pretrain"]["seed"] != grid["pretrain"].get("seed", 0)
     assert study.RECIPES["vit-mnist-deep"] == study.RECIPES["vit-mnist"]
-    assert config["epochs"]["vit-mnist-deep"] == grid["epochs"]["vit-mnist"]
+    assert config["epochs"]["vit-mnist-deep"] == 3 * grid["epochs"]["vit-mnist"]
     # the same images and budget check (its cases set their own rounds)
     same = [k for k in study._SAME if k not in ("epochs", "pretrain", "rounds")]
     assert {k: config[k] for k in same} == {k: grid[k] for k in same}
