@@ -100,8 +100,8 @@ def masks_from_scores(scores: dict[str, Tensor], density: float, masks: dict[str
 
 
 def ceil_share(fraction: float, total: int) -> int:
-    """ceil(fraction * total), capped at total, without the float product's last-bit excess pushing an exact
-    integer up by one (0.07 * 100 is 7.000000000000001)."""
+    """ceil(fraction * total): at least one for a positive fraction, at most total, and without the float
+    product's last-bit excess pushing an exact integer up by one (0.07 * 100 is 7.000000000000001)."""
     if fraction <= 0 or total == 0:
         return 0
     return min(max(math.ceil(round(fraction * total, 9)), 1), total)

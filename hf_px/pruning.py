@@ -272,14 +272,17 @@ def _check_floors_fit(shapes: dict[str, torch.Size], spec: PruneSpec, floor: flo
         return
     if spec.min_channel_density == 0:
         raise ConfigError(f"min_layer_density={floor:.4g} keeps {needed(0.0)} weights (ceil({floor:.4g} x its size) "
-                          f"per tensor) but "
-                          f"sparsity={spec.sparsity:.4g} keeps only {keep}; lower min_layer_density or the sparsity")
+                          f"per tensor) but sparsity={spec.sparsity:.4g} keeps only {keep}; lower "
+                          "min_layer_density or the sparsity")
     low, high = 0.0, spec.min_channel_density   # the largest channel floor that fits (`needed` grows with it)
     for _ in range(40):
         middle = (low + high) / 2
         low, high = (middle, high) if needed(middle) <= keep else (low, middle)
-    hint = (f"lower min_channel_density to at most {math.floor(low * 1e4) / 1e4:g}" if needed(low) <= keep
-            and low >= 1e-4 else "one weight per output channel is already more than that: lower the sparsity")
+    if low > 0:   # two significant digits, rounded down so that it still fits
+        digits = 1 - math.floor(math.log10(low))
+        hint = f"lower min_channel_density to at most {math.floor(low * 10**digits) / 10**digits:g}"
+    else:
+        hint = "one weight per output channel is already more than that: lower the sparsity"
     raise ConfigError(f"min_channel_density={spec.min_channel_density:.4g} (every output channel keeps "
                       f"ceil({spec.min_channel_density:.4g} x its fan-in) weights, at least one) with "
                       f"min_layer_density={floor:.4g} keeps {needed(spec.min_channel_density)} weights but "
