@@ -9,8 +9,8 @@ small downstream dataset, then fine-tuned with its masks fixed, through the func
     python benchmarks/study_transfer.py --adopt    # resume rows other code measured, once a sample reproduces
     python benchmarks/study_transfer.py --channels --threads 1 --shard 0/2   # with --shard 1/2: px with a
                                                    # per-channel floor, on both models (~50 min)
-    python benchmarks/study_transfer.py --auto-cnn --threads 1 --shard 0/2   # and 1/2: auto's CNN ticket at 64 px, with
-                                                   # and without its floor (~60 min)
+    python benchmarks/study_transfer.py --auto-cnn --threads 1 --shard 0/2   # and 1/2: auto's CNN ticket
+                                                   # at 64 px, with and without its floor (~25 min)
     python benchmarks/study_transfer.py --second-vit --threads 1 --shard 0/2   # and 1/2: auto's transformer
                                                    # pick on a second ViT, 270 epochs (~75 min)
     python benchmarks/study_transfer.py --budget   # EfficientNet-Lite0's budget check at 270 vs 810 epochs (~30 min)
@@ -160,7 +160,7 @@ SETTINGS["channels"] = dict(SETTINGS["grid"], models=["vit-mnist", "efficientnet
 # auto's exact CNN ticket (magnitude with its per-tensor floor) against magnitude without it, at 2% on the 64 px
 # model, the one density where the floor binds there. Both measured here, on one machine, with 6 seeds: a seed
 # fixes the fine-tuning order, so the two are compared seed by seed, and the gap (about 2 points at 3 seeds) is
-# near the seeds' spread (about 60 min on 2 CPU cores with `--shard`)
+# near the seeds' spread (about 25 min on 2 CPU cores with `--shard`)
 SETTINGS["auto-cnn"] = dict(SETTINGS["cnn"], cases=["magnitude, floor", "magnitude"], densities=[0.02],
                             seeds=[0, 1, 2, 3, 4, 5], dense=False)
 # EfficientNet-Lite0 by input size: its stem and 4 stride-2 stages leave 1x1 features at 32 px, the cheapest size
@@ -859,7 +859,7 @@ def main(argv=None) -> int:
                             "on 2 cores with --shard, resumable)")
     group.add_argument("--auto-cnn", action="store_true",
                        help="auto's own CNN ticket (magnitude with and without its floor) at 64 px and 2%% "
-                            "density, 6 seeds (about 60 min on 2 cores with --shard)")
+                            "density, 6 seeds (about 25 min on 2 cores with --shard)")
     group.add_argument("--channels", action="store_true",
                        help="px with a per-channel floor on the converged CNN and the ViT at 2, 5 and 10%% density "
                             "(about 50 min on 2 cores with --shard)")
