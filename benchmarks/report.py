@@ -144,7 +144,7 @@ def _auto_ticket(measured: dict, references: list[dict]) -> list[str]:
     against the grid's px."""
     import study_transfer
 
-    case = next(c for c in measured["config"]["cases"] if "floor" in c)
+    case = next(c for c in measured["config"]["cases"] if c in study_transfer.VARIANTS)   # not the grid's own
     method = study_transfer.VARIANTS[case]["method"]
     cells, tied = [], []
     for model in measured["config"]["models"]:
@@ -174,10 +174,11 @@ def _auto_ticket(measured: dict, references: list[dict]) -> list[str]:
 
 
 def _by_seed(results: dict, model: str, case: str, density: float) -> dict[int, float]:
-    """{seed: fine-tuned accuracy} of one case and density, at the setting's epochs (`study_transfer._values`)."""
-    epochs = results["config"]["epochs"][model]
-    return {r["seed"]: r["finetuned"] for r in results["rows"] if (r["model"], r["case"], r["density"], r["epochs"])
-            == (model, case, density, epochs) and r["finetuned"] is not None}
+    """{seed: fine-tuned accuracy} of one case and density, at the setting's epochs."""
+    import study_transfer
+
+    return {r["seed"]: r["finetuned"] for r in study_transfer._rows(results, model, case, density)
+            if r["finetuned"] is not None}
 
 
 def _keeping_width(channels: dict, references: list[dict]) -> list[str]:

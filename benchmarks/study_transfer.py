@@ -593,9 +593,14 @@ def _key(row: dict) -> tuple:
 
 
 def _values(results: dict, model: str, case: str, density: float, field: str = "finetuned", epochs=None) -> list:
+    return [r[field] for r in _rows(results, model, case, density, epochs) if r[field] is not None]
+
+
+def _rows(results: dict, model: str, case: str, density: float, epochs=None) -> list[dict]:
+    """The runs of one model, case and density, at `epochs` (None: the setting's)."""
     epochs = epochs or results["config"]["epochs"][model]
-    return [r[field] for r in results["rows"] if r["model"] == model and r["case"] == case
-            and r["density"] == density and r["epochs"] == epochs and r[field] is not None]
+    return [r for r in results["rows"] if (r["model"], r["case"], r["density"], r["epochs"])
+            == (model, case, density, epochs)]
 
 
 def budget_check(results: dict, model: str) -> dict | None:
